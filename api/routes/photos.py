@@ -1,0 +1,135 @@
+"""Uploads, status, thumbnails and deletion of photos."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+
+from api.deps import SessionDep, SettingsDep
+from api.metrics import UPLOADS
+from api.presenters import photo_out
+from api.schemas import ErrorOut, PhotoOut, UploadOut
+from api.uploads import parse_image_upload
+from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat
+from core.settings import Settings
+from core.storage import derivative_path, original_path, remove_quietly
+from db import photos as photo_sql
+from db.engine import session_scope
+from db.models import Photo, PhotoStatus
+from workers.enqueue import QueueUnavailable
+from workers.intake import register_photo
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/photos", tags=["photos"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, GIF, TIFF or BMP"},
+                        "title": {"type": "string", "maxLength": 1000},
+                        "photographer": {"type": "string", "maxLength": 1000},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=UploadOut,
+    responses={200: {"model": UploadOut, "description": "the same bytes were uploaded before"},
+               400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_photo(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Accept an image, store it under a generated name, register it as `pending` and queue it for indexing."""
+    upload = await parse_image_upload(
+        request, spool_dir=settings.home / "tmp", max_bytes=settings.max_upload_bytes, text_fields=("title", "photographer")
+    )
+    try:
+        body, created = await run_in_threadpool(_register_upload, settings, upload.file.path, upload.file.sha256,
+                                                upload.file.size, upload.filename, upload.fields, str(request.base_url))
+    finally:
+        upload.file.discard()  # a no-op once the file was moved into storage
+    UPLOADS.labels(result="accepted" if created else "duplicate").inc()
+    return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, filename: str | None,
+                     fields: dict[str, str], base_url: str) -> tuple[UploadOut, bool]:
+    try:
+        result = register_photo(settings, spooled, sha256=sha256, size=size, original_name=_display_name(filename),
+                                title=fields.get("title"), photographer=fields.get("photographer"))
+    except UnsupportedFormat as exc:
+        UPLOADS.labels(result="rejected").inc()
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.reason) from None
+    except ImageTooLarge as exc:
+        UPLOADS.labels(result="rejected").inc()
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, exc.reason) from None
+    except ImageRejected as exc:
+        UPLOADS.labels(result="rejected").inc()
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.reason) from None
+    except QueueUnavailable as exc:
+        UPLOADS.labels(result="queue_unavailable").inc()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; nothing was stored, retry later",
+                            headers={"Retry-After": "5"}) from None
+    return UploadOut(**photo_out(result.photo, base_url).model_dump(), duplicate=not result.created), result.created
+
+
+def _display_name(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    # Display only: strip control characters and any path the client sent, and cap the length.
+    name = "".join(ch for ch in filename if ch.isprintable()).replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:255] or None
+
+
+def _load(session: SessionDep, photo_id: uuid.UUID) -> Photo:
+    photo = photo_sql.get_photo(session, photo_id)
+    if photo is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+    return photo
+
+
+@router.get("/{photo_id}", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
+def get_photo(photo_id: uuid.UUID, session: SessionDep, request: Request) -> PhotoOut:
+    """The photo's metadata and indexing status (with the failure reason when it failed)."""
+    return photo_out(_load(session, photo_id), str(request.base_url))
+
+
+@router.get("/{photo_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
+def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The 224x224 JPEG derivative, once the photo is indexed."""
+    photo = _load(session, photo_id)
+    path = derivative_path(settings, photo.id)
+    if photo.status != PhotoStatus.INDEXED or not path.exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the thumbnail of photo {photo_id} is not ready (status {photo.status})")
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorOut}})
+def delete_photo(photo_id: uuid.UUID, settings: SettingsDep) -> Response:
+    """Delete the photo: it leaves search when this returns; its files are removed after the commit."""
+    with session_scope() as session:
+        photo = photo_sql.delete_photo(session, photo_id)
+        if photo is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+        storage_key = photo.storage_key
+    errors = remove_quietly(original_path(settings, storage_key), derivative_path(settings, photo_id))
+    for error in errors:
+        log.error("photo %s deleted but a file could not be removed: %s", photo_id, error)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,194 @@
+"""`withsense`: the operator's command line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+app = typer.Typer(help="With Sense photo search: run the stack, ingest photos, search, evaluate.", no_args_is_help=True)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    """Settings, with the URLs of a running `withsense up` filled in when none are set."""
+    from core.settings import Settings, get_settings
+
+    settings = get_settings()
+    stack_env = settings.home / "stack.env"
+    if (not settings.database_url or not settings.broker_url) and stack_env.exists():
+        for line in stack_env.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            if key and not os.environ.get(key):
+                os.environ[key] = value
+        get_settings.cache_clear()
+        settings = get_settings()
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="worker processes (each loads the model)")] = 1,
+    flower: Annotated[bool, typer.Option(help="start Flower on 127.0.0.1:5555")] = True,
+) -> None:
+    """Run the whole local stack in the foreground: Postgres, Redis, migrations, worker, beat, API, Flower."""
+    from cli.stack import LocalStack
+    from core.settings import get_settings
+
+    stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
+    try:
+        stack.start(echo=typer.echo)
+    except Exception as exc:
+        typer.echo(f"error: the stack did not start: {exc}", err=True)
+        stack.stop(echo=typer.echo)
+        raise typer.Exit(1) from exc
+    settings = stack.settings
+    typer.echo("")
+    typer.echo(f"  API      {stack.api_url}  (docs: {stack.api_url}/docs)")
+    if flower:
+        typer.echo(f"  Flower   http://{settings.api_host}:{settings.flower_port}")
+    typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
+    typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
+    typer.echo(f"  Data     {settings.home.resolve()}")
+    typer.echo("Ready. Press Ctrl-C to stop.")
+    raise typer.Exit(stack.run_forever(echo=typer.echo))
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply the database migrations (Alembic) up to `revision`."""
+    from db.migrate import upgrade
+
+    settings = _settings()
+    if not settings.database_url:
+        typer.echo("error: WITHSENSE_DATABASE_URL is not set (or run `withsense up`)", err=True)
+        raise typer.Exit(2)
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database migrated to {revision}")
+
+
+@app.command()
+def ingest(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="folder to scan recursively")],
+    photographer: Annotated[str | None, typer.Option(help="photographer recorded on every photo")] = None,
+    wait: Annotated[bool, typer.Option(help="wait until every photo is indexed or failed")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
+    from core.images import ImageRejected
+    from workers.enqueue import QueueUnavailable
+    from workers.intake import register_photo
+
+    settings = _settings()
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        typer.echo(f"no images under {directory} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise typer.Exit(0)
+    counts = {"queued": 0, "duplicate": 0, "rejected": 0}
+    queued: list[uuid.UUID] = []
+    spool = settings.home / "tmp"
+    spool.mkdir(parents=True, exist_ok=True)
+    with tqdm(files, desc="registering", unit="photo") as bar:
+        for path in bar:
+            fd, tmp_name = tempfile.mkstemp(dir=spool, prefix=".ingest-")
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                shutil.copyfile(path, tmp)
+                data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
+                result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,
+                                        original_name=path.name, photographer=photographer)
+            except ImageRejected as exc:
+                counts["rejected"] += 1
+                tqdm.write(f"skipped {path}: {exc.reason}")
+                continue
+            except QueueUnavailable as exc:
+                typer.echo(f"error: {exc}; stopped after {sum(counts.values())} files", err=True)
+                raise typer.Exit(1) from exc
+            finally:
+                tmp.unlink(missing_ok=True)
+            if result.created:
+                counts["queued"] += 1
+                queued.append(result.photo.id)
+            else:
+                counts["duplicate"] += 1
+            bar.set_postfix(counts)
+    typer.echo(f"{counts['queued']} queued, {counts['duplicate']} already known, {counts['rejected']} rejected")
+    if wait and queued:
+        _wait_for_indexing(queued, timeout)
+
+
+def _wait_for_indexing(photo_ids: list[uuid.UUID], timeout: float) -> None:
+    from sqlalchemy import func, select
+
+    from db.engine import session_scope
+    from db.models import Photo
+
+    deadline = time.monotonic() + timeout
+    with tqdm(total=len(photo_ids), desc="indexing", unit="photo") as bar:
+        while True:
+            with session_scope() as session:
+                rows = dict(session.execute(
+                    select(Photo.status, func.count()).where(Photo.id.in_(photo_ids)).group_by(Photo.status)).all())
+            done = rows.get("indexed", 0) + rows.get("failed", 0)
+            bar.update(done - bar.n)
+            bar.set_postfix(indexed=rows.get("indexed", 0), failed=rows.get("failed", 0))
+            if done >= len(photo_ids):
+                break
+            if time.monotonic() > deadline:
+                typer.echo(f"gave up waiting: {len(photo_ids) - done} photos still pending", err=True)
+                raise typer.Exit(1)
+            time.sleep(1.0)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what the photo should show")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="number of results")] = 10,
+    region: Annotated[str | None, typer.Option(help="viewer region (ISO code)")] = None,
+) -> None:
+    """Print the photos that best match QUERY."""
+    from core.embedding import get_embedder
+    from core.policy import DISCLAIMER, check_query
+    from core.storage import derivative_path
+    from db.engine import session_scope
+    from db.policy import region_is_restricted
+    from db.search import NoActiveModel, search_by_vector
+
+    settings = _settings()
+    with session_scope() as session:
+        if check_query(query).blocked and region_is_restricted(session, region):
+            typer.echo(DISCLAIMER)
+            return
+    vector = get_embedder().embed_texts([query])[0]
+    with session_scope() as session:
+        try:
+            hits = search_by_vector(session, vector, k, region)
+        except NoActiveModel:
+            hits = []
+    if not hits:
+        typer.echo("no results (is anything indexed yet? see `withsense ingest`)")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title / file")
+    for rank, hit in enumerate(hits, 1):
+        label = hit.title or ""
+        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {label}  {derivative_path(settings, hit.photo_id)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

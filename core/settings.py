@@ -1,0 +1,91 @@
+"""One settings class for every process (API, workers, CLI), read from WITHSENSE_* variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WITHSENSE_", env_file=".env", extra="ignore")
+
+    # Where the data lives. Unset URLs mean "the local stack started by `withsense up`".
+    home: Path = Path("./var")
+    database_url: str | None = None
+    broker_url: str | None = None
+
+    # The embedding model: a sentence-transformers name on the Hugging Face hub or a local folder.
+    model: str = "clip-ViT-B-32"
+    model_revision: str | None = None
+    text_model: str | None = None
+    model_cache_dir: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    image_batch_size: int = Field(default=32, ge=1, le=1024)
+    text_batch_size: int = Field(default=64, ge=1, le=4096)
+
+    # Upload limits: checked while streaming, before anything is stored.
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+    derivative_size: int = 224
+    derivative_quality: int = Field(default=90, ge=1, le=100)
+
+    # Search.
+    default_k: int = 10
+    max_k: int = 100
+    hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+
+    # Worker and queue.
+    worker_concurrency: int = Field(default=1, ge=1)
+    task_max_attempts: int = Field(default=5, ge=1)
+    task_time_limit_s: int = Field(default=600, ge=10)
+    broker_visibility_timeout_s: int = Field(default=3600, ge=60)
+    reconcile_every_s: int = Field(default=60, ge=1)
+    reconcile_after_s: int = Field(default=900, ge=1)
+
+    # HTTP.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    # Ports of the servers that `withsense up` starts when no URL is set.
+    local_postgres_port: int = 54329
+    local_redis_port: int = 63799
+    public_base_url: str = ""
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def originals_dir(self) -> Path:
+        return self.home / "originals"
+
+    @property
+    def derivatives_dir(self) -> Path:
+        return self.home / "derivatives"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.home / "pg"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def torch_threads(self) -> int:
+        """Cores shared evenly by the worker's child processes, so they never oversubscribe."""
+        return max(1, (os.cpu_count() or 1) // self.worker_concurrency)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,78 @@
+"""Engine and sessions. One engine per process, created lazily (after a Celery fork, never before)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from pgvector.psycopg import register_vector
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.settings import get_settings
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain postgresql:// URLs (psql style) and make SQLAlchemy use psycopg 3."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def build_engine(url: str, *, pool_size: int = 5) -> Engine:
+    engine = create_engine(
+        normalise_database_url(url),
+        pool_size=pool_size,
+        max_overflow=5,
+        pool_pre_ping=True,  # a Postgres restart must not leave dead connections in the pool
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        try:
+            register_vector(dbapi_connection)
+        except Exception:
+            # Before the first migration the extension does not exist yet; types register on the next connect.
+            dbapi_connection.rollback()
+
+    return engine
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    url = get_settings().database_url
+    if not url:
+        raise RuntimeError(
+            "WITHSENSE_DATABASE_URL is not set. Start the local stack with `withsense up`, "
+            "or point WITHSENSE_DATABASE_URL at a Postgres with pgvector >= 0.8."
+        )
+    return build_engine(url)
+
+
+@lru_cache(maxsize=1)
+def get_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A unit of work: commit on success, roll back on any error."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engine() -> None:
+    """Drop pooled connections (after fork, or in tests that restart Postgres)."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()

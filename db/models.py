@@ -1,0 +1,114 @@
+"""SQLAlchemy models of the search database. The migrations in migrations/versions are the source of truth
+for DDL (views, SQL functions, roles, per-model indexes); these classes map the tables for Python code."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PhotoStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+class Visibility(StrEnum):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class EmbeddingModel(Base):
+    """A model whose vectors live in photo_embeddings. Exactly one is active for search."""
+
+    __tablename__ = "embedding_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    dimension: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("name", "revision", name="uq_embedding_models_name_revision"),
+        CheckConstraint("dimension BETWEEN 1 AND 4000", name="dimension_range"),
+    )
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    photographer: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text)
+    # The client's file name, for display only: it never reaches a filesystem path.
+    original_name: Mapped[str | None] = mapped_column(Text)
+    storage_key: Mapped[str] = mapped_column(Text, unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    format: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(Text, server_default=PhotoStatus.PENDING.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    visibility: Mapped[str] = mapped_column(Text, server_default=Visibility.PUBLIC.value)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    embeddings: Mapped[list[PhotoEmbedding]] = relationship(back_populates="photo", passive_deletes=True)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'processing', 'indexed', 'failed')", name="status"),
+        CheckConstraint("visibility IN ('public', 'private')", name="visibility"),
+    )
+
+
+class PhotoEmbedding(Base):
+    """One vector per (photo, model). The column is unsized so that models of any dimension share it;
+    each model gets its own partial HNSW index on `embedding::halfvec(<dimension>)`."""
+
+    __tablename__ = "photo_embeddings"
+
+    photo_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[int] = mapped_column(Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True)
+    embedding: Mapped[object] = mapped_column(HALFVEC())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    photo: Mapped[Photo] = relationship(back_populates="embeddings")

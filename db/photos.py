@@ -1,0 +1,211 @@
+"""SQL for the photo lifecycle: register an upload, claim it for indexing, store its embedding, fail it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from pgvector import HalfVector
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from db.models import EmbeddingModel, Photo, PhotoEmbedding, PhotoStatus
+
+
+class InvalidEmbedding(ValueError):
+    """A vector that must never be stored: wrong dimension, NaN/inf, zero, or not normalised."""
+
+
+@dataclass(frozen=True)
+class NewPhoto:
+    sha256: str
+    storage_key: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    original_name: str | None = None
+    title: str | None = None
+    photographer: str | None = None
+
+
+def find_by_sha256(session: Session, sha256: str) -> Photo | None:
+    return session.scalars(select(Photo).where(Photo.sha256 == sha256)).one_or_none()
+
+
+def insert_photo(session: Session, new: NewPhoto) -> tuple[Photo, bool]:
+    """Insert a pending photo, or return the existing one with the same bytes.
+
+    Returns (photo, created). Concurrent uploads of the same bytes race on the sha256 unique
+    constraint; ON CONFLICT DO NOTHING makes the loser read the winner's row instead of failing.
+    """
+    statement = (
+        insert(Photo)
+        .values(
+            sha256=new.sha256,
+            storage_key=new.storage_key,
+            format=new.format,
+            width=new.width,
+            height=new.height,
+            bytes=new.bytes,
+            original_name=new.original_name,
+            title=new.title,
+            photographer=new.photographer,
+        )
+        .on_conflict_do_nothing(index_elements=[Photo.sha256])
+        .returning(Photo.id)
+    )
+    photo_id = session.execute(statement).scalar_one_or_none()
+    if photo_id is None:
+        existing = find_by_sha256(session, new.sha256)
+        if existing is None:  # deleted between the conflict and the read: vanishingly rare, retryable
+            raise RuntimeError("a photo with the same bytes was deleted concurrently; retry the upload")
+        return existing, False
+    photo = session.get(Photo, photo_id)
+    assert photo is not None
+    return photo, True
+
+
+def get_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:
+    return session.get(Photo, photo_id)
+
+
+def claim_for_indexing(session: Session, photo_id: uuid.UUID, max_attempts: int) -> Photo | None:
+    """Move a photo to `processing` and count the attempt, under a row lock.
+
+    Returns None when there is nothing to do: the photo is gone, already indexed or failed, or another
+    worker holds it right now (SKIP LOCKED), so a second delivery of the same task changes nothing.
+    A photo that has used up its attempts (a poison image that kills the worker each time) is failed.
+    """
+    photo = session.scalars(
+        select(Photo).where(Photo.id == photo_id).with_for_update(skip_locked=True)
+    ).one_or_none()
+    if photo is None or photo.status in (PhotoStatus.INDEXED, PhotoStatus.FAILED):
+        return None
+    if photo.attempts >= max_attempts:
+        photo.status = PhotoStatus.FAILED
+        photo.error = f"gave up after {photo.attempts} attempts (the worker crashed or timed out on this image each time)"
+        photo.updated_at = func.now()
+        return None
+    photo.status = PhotoStatus.PROCESSING
+    photo.attempts = photo.attempts + 1
+    photo.error = None
+    photo.updated_at = func.now()
+    return photo
+
+
+def validate_embedding(vector: np.ndarray, dimension: int) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.shape[0] != dimension:
+        raise InvalidEmbedding(f"embedding has shape {array.shape}; the model produces {dimension} dimensions")
+    if not np.all(np.isfinite(array)):
+        raise InvalidEmbedding("embedding contains NaN or infinity")
+    norm = float(np.linalg.norm(array))
+    if norm < 1e-6:
+        raise InvalidEmbedding("embedding is a zero vector")
+    return array / norm
+
+
+def store_embedding(session: Session, photo_id: uuid.UUID, model: EmbeddingModel, vector: np.ndarray) -> bool:
+    """Write the embedding and mark the photo indexed, in the caller's transaction.
+
+    Idempotent: an embedding already present for (photo, model) is kept as it is.
+    Returns False when the photo no longer exists (deleted while it was being embedded).
+    """
+    normalised = validate_embedding(vector, model.dimension)
+    exists = session.scalar(select(Photo.id).where(Photo.id == photo_id).with_for_update())
+    if exists is None:
+        return False
+    session.execute(
+        insert(PhotoEmbedding)
+        .values(photo_id=photo_id, model_id=model.id, embedding=HalfVector(normalised.tolist()))
+        .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
+    )
+    session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id)
+        .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
+    )
+    return True
+
+
+def mark_failed(session: Session, photo_id: uuid.UUID, reason: str) -> None:
+    session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id, Photo.status != PhotoStatus.INDEXED)
+        .values(status=PhotoStatus.FAILED, error=reason[:2000], updated_at=func.now())
+    )
+
+
+def release_for_retry(session: Session, photo_id: uuid.UUID, reason: str) -> None:
+    """A transient error: back to pending, with the reason, so status pages show what is happening."""
+    session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id, Photo.status == PhotoStatus.PROCESSING)
+        .values(status=PhotoStatus.PENDING, error=f"retrying: {reason}"[:2000], updated_at=func.now())
+    )
+
+
+def delete_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:
+    """Delete the row (its embeddings go with it): gone from search when the transaction commits."""
+    photo = session.get(Photo, photo_id, with_for_update=True)
+    if photo is None:
+        return None
+    session.execute(delete(Photo).where(Photo.id == photo_id))
+    return photo
+
+
+def stale_photo_ids(session: Session, older_than: timedelta, limit: int = 1000) -> list[uuid.UUID]:
+    """Photos stuck in pending/processing longer than `older_than`: their task was lost (e.g. Redis restarted)."""
+    rows = session.scalars(
+        select(Photo.id)
+        .where(
+            Photo.status.in_([PhotoStatus.PENDING, PhotoStatus.PROCESSING]),
+            Photo.updated_at < func.now() - older_than,
+        )
+        .order_by(Photo.updated_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def touch(session: Session, photo_ids: list[uuid.UUID]) -> None:
+    if photo_ids:
+        session.execute(update(Photo).where(Photo.id.in_(photo_ids)).values(updated_at=func.now()))
+
+
+def register_model(session: Session, name: str, revision: str, dimension: int) -> EmbeddingModel:
+    """Find or create the row for this model, build its HNSW index, and make it active if none is.
+
+    Safe to call from many workers at once: the insert races on (name, revision).
+    """
+    session.execute(
+        insert(EmbeddingModel)
+        .values(name=name, revision=revision, dimension=dimension)
+        .on_conflict_do_nothing(constraint="uq_embedding_models_name_revision")
+    )
+    model = session.scalars(
+        select(EmbeddingModel).where(EmbeddingModel.name == name, EmbeddingModel.revision == revision)
+    ).one()
+    if model.dimension != dimension:
+        raise InvalidEmbedding(
+            f"model {name}@{revision} was registered with {model.dimension} dimensions but now produces {dimension}"
+        )
+    # Serialise index creation and activation across workers.
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('withsense.register_model'))"))
+    session.execute(text("SELECT ensure_embedding_index(:id)"), {"id": model.id})
+    if session.scalar(select(func.count()).select_from(EmbeddingModel).where(EmbeddingModel.active)) == 0:
+        model.active = True
+    return model
+
+
+def active_model(session: Session) -> EmbeddingModel | None:
+    return session.scalars(select(EmbeddingModel).where(EmbeddingModel.active)).one_or_none()
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Photo.status, func.count()).group_by(Photo.status))
+    return {status: count for status, count in rows}

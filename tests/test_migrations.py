@@ -1,0 +1,63 @@
+"""Alembic: empty → head → empty → head on a fresh Postgres, and the objects the service relies on exist."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cli.local_services import LocalPostgres
+from db.migrate import downgrade, upgrade
+
+
+@pytest.fixture(scope="module")
+def empty_postgres() -> Iterator[LocalPostgres]:
+    home = Path(tempfile.mkdtemp(prefix="wsm-", dir="/tmp"))
+    server = LocalPostgres(home / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def _objects(dsn: str) -> dict[str, set[str]]:
+    with psycopg.connect(dsn) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        views = {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+        functions = {r[0] for r in conn.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
+            "WHERE n.nspname = 'public' AND d.objid IS NULL")}
+        extensions = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
+    return {"tables": tables, "views": views, "functions": functions, "extensions": extensions}
+
+
+def test_upgrade_downgrade_upgrade_on_empty_database(empty_postgres: LocalPostgres) -> None:
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    upgrade(empty_postgres.url)
+    head = _objects(dsn)
+    assert {"photos", "photo_embeddings", "embedding_models", "alembic_version"} <= head["tables"]
+    assert "searchable_photos" in head["views"]
+    assert {"search_photos", "similar_photos", "ensure_embedding_index"} <= head["functions"]
+    assert "vector" in head["extensions"]
+
+    downgrade(empty_postgres.url, "base")
+    empty = _objects(dsn)
+    assert empty["tables"] <= {"alembic_version"}
+    assert not empty["views"]
+    assert not empty["functions"]
+    assert "vector" not in empty["extensions"]
+
+    upgrade(empty_postgres.url)
+    assert _objects(dsn) == head
+
+
+def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgres) -> None:
+    upgrade(empty_postgres.url)
+    with psycopg.connect(empty_postgres.url.replace("+psycopg", "")) as conn:
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+    assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8)

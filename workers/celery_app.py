@@ -1,0 +1,57 @@
+"""The Celery application, configured in one place from settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from core.settings import get_settings
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    broker = settings.broker_url or "redis://127.0.0.1:6379/0"
+    app = Celery("withsense", broker=broker, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,  # a task is acknowledged only after it finished: a crash means redelivery
+        task_reject_on_worker_lost=True,  # ... including a worker child killed mid-task
+        worker_prefetch_multiplier=1,  # never hoard tasks that another worker could run
+        task_ignore_result=True,  # status lives in the photos table, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(5, settings.task_time_limit_s - 30),
+        # One visibility timeout above the longest task, so Redis does not redeliver a running task.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_default_queue="photos",
+        task_routes={"photos.*": {"queue": "photos"}, "maintenance.*": {"queue": "maintenance"}},
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        # The reconciler re-enqueues photos whose task was lost (Redis restarted, worker gone).
+        beat_schedule={
+            "reconcile-stale-photos": {
+                "task": "maintenance.reconcile",
+                "schedule": float(settings.reconcile_every_s),
+                "kwargs": {"older_than_s": settings.reconcile_after_s},
+            }
+        },
+        enable_utc=True,
+    )
+    return app
+
+
+celery_app = make_celery()
+
+
+@worker_process_init.connect
+def _configure_child(**_kwargs: object) -> None:
+    """Cheap per-child setup after fork: thread count and fresh DB connections. The model loads lazily."""
+    import torch
+
+    from db.engine import dispose_engine
+
+    torch.set_num_threads(get_settings().torch_threads)
+    dispose_engine()

@@ -1,0 +1,82 @@
+"""The producer side of the pipeline, shared by the upload API and `withsense ingest`:
+identify the bytes, store the original under a generated name, insert the row as pending,
+commit, and only then enqueue `photos.ingest`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.images import ImageInfo, inspect_image
+from core.settings import Settings
+from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
+from db import photos as photo_sql
+from db.engine import session_scope
+from db.models import Photo
+from workers.enqueue import enqueue_ingest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    photo: Photo
+    created: bool
+
+
+def find_duplicate(sha256: str) -> Photo | None:
+    with session_scope() as session:
+        return photo_sql.find_by_sha256(session, sha256)
+
+
+def register_photo(
+    settings: Settings,
+    spooled: Path,
+    *,
+    sha256: str,
+    size: int,
+    original_name: str | None = None,
+    title: str | None = None,
+    photographer: str | None = None,
+    info: ImageInfo | None = None,
+) -> IntakeResult:
+    """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
+
+    Raises core.images.ImageRejected subclasses for bytes we do not accept (nothing is stored),
+    and workers.enqueue.QueueUnavailable when the queue is down (the row and file are removed again).
+    """
+    existing = find_duplicate(sha256)
+    if existing is not None:
+        return IntakeResult(existing, False)
+    if info is None:
+        info = inspect_image(spooled, allowed_formats=settings.allowed_formats, max_pixels=settings.max_image_pixels)
+
+    storage_key = new_storage_key(info.format)
+    destination = original_path(settings, storage_key)
+    move_into_place(spooled, destination)
+    try:
+        with session_scope() as session:
+            photo, created = photo_sql.insert_photo(
+                session,
+                photo_sql.NewPhoto(
+                    sha256=sha256, storage_key=storage_key, format=info.format, width=info.width,
+                    height=info.height, bytes=size, original_name=original_name, title=title,
+                    photographer=photographer,
+                ),
+            )
+    except BaseException:
+        remove_quietly(destination)
+        raise
+    if not created:  # lost a race with a concurrent upload of the same bytes
+        remove_quietly(destination)
+        return IntakeResult(photo, False)
+    try:
+        enqueue_ingest(photo.id)
+    except BaseException:
+        # Nothing half-done: without a queued task the upload is undone and the client retries later.
+        with session_scope() as session:
+            photo_sql.delete_photo(session, photo.id)
+        remove_quietly(destination)
+        raise
+    return IntakeResult(photo, True)
