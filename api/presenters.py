@@ -18,6 +18,7 @@ def photo_out(photo: Photo, base_url: str) -> PhotoOut:
         photographer=photo.photographer, original_name=photo.original_name, format=photo.format,
         width=photo.width, height=photo.height, bytes=photo.bytes, attempts=photo.attempts,
         visibility=photo.visibility, created_at=photo.created_at, updated_at=photo.updated_at,
-        indexed_at=photo.indexed_at,
+        indexed_at=photo.indexed_at, moderation_status=photo.moderation_status, depicts_minor=photo.depicts_minor,
+        parental_consent=photo.parental_consent, unsafe=photo.unsafe,
         thumbnail_url=thumbnail_url(base_url, photo.id) if photo.status == PhotoStatus.INDEXED else None,
     )

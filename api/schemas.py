@@ -25,6 +25,10 @@ class PhotoOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     indexed_at: datetime | None = None
+    moderation_status: str = Field(description="pending_review, approved or rejected")
+    depicts_minor: bool
+    parental_consent: bool
+    unsafe: bool
     thumbnail_url: str | None = Field(None, description="present once the photo is indexed")
 
 

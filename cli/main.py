@@ -61,6 +61,8 @@ def up(
     typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
     typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
     typer.echo(f"  Data     {settings.home.resolve()}")
+    typer.echo(f"  Admin API key (also in {settings.home.resolve() / 'admin.key'}):")
+    typer.echo(f"    {stack.admin_key}")
     typer.echo("Ready. Press Ctrl-C to stop.")
     raise typer.Exit(stack.run_forever(echo=typer.echo))
 
@@ -184,6 +186,59 @@ def search(
     for rank, hit in enumerate(hits, 1):
         label = hit.title or ""
         typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {label}  {derivative_path(settings, hit.photo_id)}")
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option("--scope", "-s", help="search, upload, moderate or admin (repeatable)")],
+    name: Annotated[str, typer.Option(help="who or what uses the key")] = "cli",
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from db.api_keys import create_key
+    from db.engine import session_scope
+
+    _settings()
+    try:
+        with session_scope() as session:
+            key, secret = create_key(session, name, scope)
+            key_id = key.id
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"key {key_id} ({name}, scopes {', '.join(sorted(set(scope)))}):")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from db.api_keys import list_keys
+    from db.engine import session_scope
+
+    _settings()
+    with session_scope() as session:
+        for key in list_keys(session):
+            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+            typer.echo(f"{key.id:>4}  {key.name:20}  {','.join(key.scopes):28}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's number from `withsense keys list`")]) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from db.api_keys import revoke_key
+    from db.engine import session_scope
+
+    _settings()
+    with session_scope() as session:
+        revoked = revoke_key(session, key_id)
+    if not revoked:
+        typer.echo(f"error: no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} revoked")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ class LocalStack:
     redis: LocalRedis | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    admin_key: str | None = None
 
     def start(self, echo=print) -> None:  # type: ignore[no-untyped-def]
         home = self.settings.home.resolve()
@@ -52,6 +53,7 @@ class LocalStack:
 
         echo("applying migrations ...")
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, check=True)
+        self.admin_key = self._first_admin_key(home, env, echo)
 
         python = sys.executable
         self._spawn("worker", [python, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
@@ -65,6 +67,18 @@ class LocalStack:
             self._spawn("flower", [python, "-m", "celery", "-A", "workers.celery_app", "flower",
                                    f"--address={self.settings.api_host}", f"--port={self.settings.flower_port}"])
         self._wait_for_api()
+
+    def _first_admin_key(self, home: Path, env: dict[str, str], echo) -> str | None:  # type: ignore[no-untyped-def]
+        """On first start, an admin key so a newcomer can use the API at once (kept in var/admin.key, mode 0600)."""
+        key_file = home / "admin.key"
+        if key_file.exists():
+            return key_file.read_text().strip()
+        result = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--scope", "admin", "--name", "local-admin"],
+                                env=env, check=True, capture_output=True, text=True)
+        secret = result.stdout.strip().splitlines()[-1]
+        key_file.touch(mode=0o600)
+        key_file.write_text(secret + "\n")
+        return secret
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.children.append((name, subprocess.Popen(argv, env=self.env)))

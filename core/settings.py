@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # Upload limits: checked while streaming, before anything is stored.
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=100_000_000, ge=1)
-    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+    allowed_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
     derivative_size: int = 224
     derivative_quality: int = Field(default=90, ge=1, le=100)
 
@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     reconcile_every_s: int = Field(default=60, ge=1)
     reconcile_after_s: int = Field(default=900, ge=1)
 
+    # Access. Scopes granted to requests without a key (e.g. "search" for a public search API).
+    anonymous_scopes: Annotated[tuple[str, ...], NoDecode] = ()
+    # Per-key limits, in the `limits` notation ("N/second", "N/minute"); counted in Redis.
+    rate_limit_search: str = "50/second"
+    rate_limit_upload: str = "20/second"
+
     # HTTP.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -62,6 +68,17 @@ class Settings(BaseSettings):
     def _split_formats(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("anonymous_scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            scopes = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+            unknown = set(scopes) - {"search", "upload", "moderate", "admin"}
+            if unknown:
+                raise ValueError(f"unknown scopes {sorted(unknown)}")
+            return scopes
         return value
 
     @property

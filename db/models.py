@@ -13,7 +13,9 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
+    Identity,
     Integer,
     MetaData,
     String,
@@ -22,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -43,6 +45,12 @@ class PhotoStatus(StrEnum):
     PROCESSING = "processing"
     INDEXED = "indexed"
     FAILED = "failed"
+
+
+class ModerationStatus(StrEnum):
+    PENDING_REVIEW = "pending_review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
 
 
 class Visibility(StrEnum):
@@ -89,6 +97,15 @@ class Photo(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Moderation (migration 0003). `depicts_minor` is the effective flag, from the classifier, the
+    # photographer's declaration (`minor_declared`) or a moderator; search enforces it with the region.
+    moderation_status: Mapped[str] = mapped_column(Text, server_default=ModerationStatus.PENDING_REVIEW.value)
+    depicts_minor: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    parental_consent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    unsafe: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    minor_declared: Mapped[bool | None] = mapped_column(Boolean)
+    classifier_version: Mapped[str | None] = mapped_column(Text)
+    moderated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     embeddings: Mapped[list[PhotoEmbedding]] = relationship(back_populates="photo", passive_deletes=True)
 
@@ -112,3 +129,43 @@ class PhotoEmbedding(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     photo: Mapped[Photo] = relationship(back_populates="embeddings")
+
+
+class ModerationScore(Base):
+    __tablename__ = "moderation_scores"
+
+    photo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    classifier_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    category: Mapped[str] = mapped_column(Text, primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ModerationAudit(Base):
+    """Append-only trail of every moderation change, by people and by the classifier."""
+
+    __tablename__ = "moderation_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    photo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    changes: Mapped[dict[str, object]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    """A hashed API key with scopes. The secret is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text, unique=True)
+    secret_hash: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,7 @@ from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
 from db.engine import session_scope
+from db.moderation import record_declaration
 from db.models import Photo
 from workers.enqueue import enqueue_ingest
 
@@ -40,6 +41,9 @@ def register_photo(
     title: str | None = None,
     photographer: str | None = None,
     info: ImageInfo | None = None,
+    depicts_minor: bool | None = None,
+    parental_consent: bool | None = None,
+    actor: str = "uploader",
 ) -> IntakeResult:
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
 
@@ -65,6 +69,9 @@ def register_photo(
                     photographer=photographer,
                 ),
             )
+            if created:
+                record_declaration(session, photo, depicts_minor=depicts_minor, parental_consent=parental_consent,
+                                   actor=actor)
     except BaseException:
         remove_quietly(destination)
         raise

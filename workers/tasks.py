@@ -10,11 +10,13 @@ from datetime import timedelta
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from core.moderation import ModerationVerdict, get_moderator
 from core.images import ImageRejected, encode_jpeg, load_rgb, make_derivative
 from core.settings import get_settings
 from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
+from db.moderation import ClassifierOutcome, apply_classifier
 from db.models import EmbeddingModel
 from workers.celery_app import celery_app
 
@@ -25,6 +27,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, Connectio
 
 _model_lock = threading.Lock()
 _registered_model: EmbeddingModel | None = None
+
+
+def outcome_of(verdict: ModerationVerdict) -> ClassifierOutcome:
+    return ClassifierOutcome(
+        version=verdict.classifier_version,
+        scores=[(s.category, s.score, s.decision) for s in verdict.scores],
+        depicts_minor=verdict.depicts_minor, unsafe=verdict.unsafe, needs_review=verdict.needs_review,
+    )
 
 
 def registered_model() -> EmbeddingModel:
@@ -84,9 +94,13 @@ def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
 
     model = registered_model()
     vector = get_embedder().embed_images([derivative])[0]
+    verdict = get_moderator().score(vector)
 
+    # Embedding, moderation flags and `indexed` become visible together, or not at all.
     with session_scope() as session:
         stored = photo_sql.store_embedding(session, pid, model, vector)
+        if stored:
+            apply_classifier(session, pid, outcome_of(verdict))
     if not stored:
         derivative_path(settings, pid).unlink(missing_ok=True)
         return {"photo_id": photo_id, "result": "deleted"}

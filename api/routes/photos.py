@@ -10,16 +10,21 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from api.auth import SearchPrincipal, UploadPrincipal
 from api.deps import SessionDep, SettingsDep
+from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import UPLOADS
 from api.presenters import photo_out
 from api.schemas import ErrorOut, PhotoOut, UploadOut
 from api.uploads import parse_image_upload
 from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat
+from core.policy import DISCLAIMER
 from core.settings import Settings
 from core.storage import derivative_path, original_path, remove_quietly
 from db import photos as photo_sql
+from db.api_keys import Principal
 from db.engine import session_scope
+from db.moderation import audit, photo_visibility
 from db.models import Photo, PhotoStatus
 from workers.enqueue import QueueUnavailable
 from workers.intake import register_photo
@@ -55,25 +60,46 @@ UPLOAD_BODY = {
                400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     openapi_extra=UPLOAD_BODY,
 )
-async def upload_photo(request: Request, settings: SettingsDep) -> JSONResponse:
-    """Accept an image, store it under a generated name, register it as `pending` and queue it for indexing."""
+async def upload_photo(request: Request, settings: SettingsDep, principal: UploadPrincipal) -> JSONResponse:
+    """Accept an image, store it under a generated name, register it as `pending` and queue it for indexing.
+
+    Optional fields: `title`, `photographer`, and the photographer's declarations `depicts_minor`
+    and `parental_consent` (true/false).
+    """
     upload = await parse_image_upload(
-        request, spool_dir=settings.home / "tmp", max_bytes=settings.max_upload_bytes, text_fields=("title", "photographer")
+        request, spool_dir=settings.home / "tmp", max_bytes=settings.max_upload_bytes,
+        text_fields=("title", "photographer", "depicts_minor", "parental_consent"),
     )
     try:
+        declarations = {name: _parse_bool(name, upload.fields.get(name)) for name in ("depicts_minor", "parental_consent")}
         body, created = await run_in_threadpool(_register_upload, settings, upload.file.path, upload.file.sha256,
-                                                upload.file.size, upload.filename, upload.fields, str(request.base_url))
+                                                upload.file.size, upload.filename, upload.fields, str(request.base_url),
+                                                declarations, principal.actor)
     finally:
         upload.file.discard()  # a no-op once the file was moved into storage
     UPLOADS.labels(result="accepted" if created else "duplicate").inc()
     return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
 
 
+def _parse_bool(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"`{name}` must be true or false, not {value[:20]!r}")
+
+
 def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, filename: str | None,
-                     fields: dict[str, str], base_url: str) -> tuple[UploadOut, bool]:
+                     fields: dict[str, str], base_url: str, declarations: dict[str, bool | None],
+                     actor: str) -> tuple[UploadOut, bool]:
     try:
         result = register_photo(settings, spooled, sha256=sha256, size=size, original_name=_display_name(filename),
-                                title=fields.get("title"), photographer=fields.get("photographer"))
+                                title=fields.get("title"), photographer=fields.get("photographer"),
+                                depicts_minor=declarations["depicts_minor"],
+                                parental_consent=declarations["parental_consent"], actor=actor)
     except UnsupportedFormat as exc:
         UPLOADS.labels(result="rejected").inc()
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.reason) from None
@@ -105,16 +131,39 @@ def _load(session: SessionDep, photo_id: uuid.UUID) -> Photo:
     return photo
 
 
-@router.get("/{photo_id}", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
-def get_photo(photo_id: uuid.UUID, session: SessionDep, request: Request) -> PhotoOut:
-    """The photo's metadata and indexing status (with the failure reason when it failed)."""
-    return photo_out(_load(session, photo_id), str(request.base_url))
+def _load_visible(session: SessionDep, photo_id: uuid.UUID, principal: Principal, region: str | None,
+                  *, allow_unindexed: bool) -> Photo:
+    """The photo, if this caller in this region may see it: the same rule as search, decided in SQL.
 
-
-@router.get("/{photo_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
-def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    """The 224x224 JPEG derivative, once the photo is indexed."""
+    Moderators see everything (they review it). Others get 451 with the disclaimer for a minor without
+    consent in a restricted region, and 404 for what moderation hides; a photo still being indexed (or
+    failed) shows its status, so uploaders can follow it.
+    """
     photo = _load(session, photo_id)
+    if principal.allows("moderate"):
+        return photo
+    visibility = photo_visibility(session, photo_id, region)
+    if visibility == "restricted":
+        raise HTTPException(status.HTTP_451_UNAVAILABLE_FOR_LEGAL_REASONS, DISCLAIMER)
+    if visibility != "visible" and not (allow_unindexed and photo.status != PhotoStatus.INDEXED):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+    return photo
+
+
+@router.get("/{photo_id}", response_model=PhotoOut, responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}})
+def get_photo(photo_id: uuid.UUID, session: SessionDep, request: Request, principal: SearchPrincipal,
+              region: RegionParam = None, x_region: RegionHeader = None) -> PhotoOut:
+    """The photo's metadata, indexing status (with the failure reason) and moderation state."""
+    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region), allow_unindexed=True)
+    return photo_out(photo, str(request.base_url))
+
+
+@router.get("/{photo_id}/thumbnail", response_class=FileResponse,
+            responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}})
+def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: SearchPrincipal,
+                  region: RegionParam = None, x_region: RegionHeader = None) -> FileResponse:
+    """The 224x224 JPEG derivative, once the photo is indexed."""
+    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region), allow_unindexed=True)
     path = derivative_path(settings, photo.id)
     if photo.status != PhotoStatus.INDEXED or not path.exists():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"the thumbnail of photo {photo_id} is not ready (status {photo.status})")
@@ -122,13 +171,14 @@ def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDe
 
 
 @router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorOut}})
-def delete_photo(photo_id: uuid.UUID, settings: SettingsDep) -> Response:
+def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: UploadPrincipal) -> Response:
     """Delete the photo: it leaves search when this returns; its files are removed after the commit."""
     with session_scope() as session:
         photo = photo_sql.delete_photo(session, photo_id)
         if photo is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
         storage_key = photo.storage_key
+        audit(session, photo_id, principal.actor, "deleted", {}, "photo deleted")
     errors = remove_quietly(original_path(settings, storage_key), derivative_path(settings, photo_id))
     for error in errors:
         log.error("photo %s deleted but a file could not be removed: %s", photo_id, error)

@@ -7,10 +7,12 @@ import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep
+from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import thumbnail_url
 from api.routes.photos import UPLOAD_BODY
@@ -18,21 +20,16 @@ from api.schemas import ErrorOut, SearchOut, SearchResult
 from api.uploads import parse_image_upload
 from core.embedding import get_embedder
 from core.images import ImageRejected, load_rgb, make_derivative
+from core.moderation import get_moderator
 from core.policy import DISCLAIMER, check_query
 from core.settings import Settings
 from db import photos as photo_sql
+from db.moderation import photo_visibility
 from db.search import NoActiveModel, SearchHit, search_by_vector, similar_to_photo
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 KParam = Annotated[int, Query(ge=1, le=100, description="how many results, 1 to 100")]
-RegionParam = Annotated[str | None, Query(max_length=16, description="ISO country code of the viewer; defaults to X-Region")]
-RegionHeader = Annotated[str | None, Header(alias="X-Region", max_length=16, include_in_schema=True)]
-
-
-def resolve_region(query_region: str | None, header_region: str | None) -> str | None:
-    region = (query_region or header_region or "").strip().upper()
-    return region or None
 
 
 def _results(hits: list[SearchHit], base_url: str) -> list[SearchResult]:
@@ -58,6 +55,7 @@ def _search(session: SessionDep, vector: np.ndarray, k: int, region: str | None)
 async def search_text(
     request: Request,
     session: SessionDep,
+    _principal: SearchPrincipal,
     q: Annotated[str, Query(min_length=1, max_length=1000, description="what the photo should show, in words")],
     k: KParam = 10,
     region: RegionParam = None,
@@ -99,6 +97,7 @@ async def search_image(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    _principal: SearchPrincipal,
     k: KParam = 10,
     region: RegionParam = None,
     x_region: RegionHeader = None,
@@ -111,6 +110,10 @@ async def search_image(
     finally:
         upload.file.discard()
     viewer_region = resolve_region(region, x_region)
+    # A query image that shows a child leads to such content: the same disclaimer as a text query.
+    if get_moderator().score(vector).depicts_minor and await run_in_threadpool(_region_restricted, session, viewer_region):
+        SEARCHES.labels(kind="image", outcome="blocked").inc()
+        return _blocked(None, k, viewer_region)
     hits = await run_in_threadpool(_search, session, vector, k, viewer_region)
     SEARCHES.labels(kind="image", outcome="ok").inc()
     SEARCH_LATENCY.labels(kind="image").observe(time.perf_counter() - started)
@@ -133,17 +136,22 @@ def search_similar(
     photo_id: uuid.UUID,
     request: Request,
     session: SessionDep,
+    _principal: SearchPrincipal,
     k: KParam = 10,
     region: RegionParam = None,
     x_region: RegionHeader = None,
 ) -> SearchOut:
     """Photos that look like an indexed photo (the photo itself excluded)."""
     photo = photo_sql.get_photo(session, photo_id)
-    if photo is None:
+    viewer_region = resolve_region(region, x_region)
+    visibility = photo_visibility(session, photo_id, viewer_region)
+    if visibility == "restricted":
+        SEARCHES.labels(kind="similar", outcome="blocked").inc()
+        return _blocked(None, k, viewer_region)
+    if photo is None or (visibility == "hidden" and photo.status == "indexed"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
     if photo.status != "indexed":
         raise HTTPException(status.HTTP_409_CONFLICT, f"photo {photo_id} is not indexed yet (status {photo.status})")
-    viewer_region = resolve_region(region, x_region)
     hits = similar_to_photo(session, photo_id, k, viewer_region)
     SEARCHES.labels(kind="similar", outcome="ok").inc()
     return SearchOut(k=k, region=viewer_region, results=_results(hits, str(request.base_url)))

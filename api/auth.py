@@ -1,0 +1,89 @@
+"""Bearer API keys with scopes, and per-key rate limits counted in Redis."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from core.settings import Settings, get_settings
+from db.api_keys import Principal, authenticate
+from db.engine import session_scope
+
+log = logging.getLogger(__name__)
+
+bearer = HTTPBearer(auto_error=False, description="an API key created with `withsense keys create`")
+ANONYMOUS = Principal(key_id=0, name="anonymous", scopes=frozenset())
+RATE_LIMITED_SCOPES = ("search", "upload")
+
+
+@lru_cache(maxsize=4)
+def _limiter(storage_url: str) -> MovingWindowRateLimiter:
+    return MovingWindowRateLimiter(storage_from_string(storage_url, socket_timeout=0.5, socket_connect_timeout=0.5))
+
+
+def _limit_for(settings: Settings, scope: str) -> RateLimitItem:
+    return parse(settings.rate_limit_search if scope == "search" else settings.rate_limit_upload)
+
+
+def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str) -> None:
+    if scope not in RATE_LIMITED_SCOPES or not settings.broker_url:
+        return
+    item = _limit_for(settings, scope)
+    identity = str(principal.key_id) if principal.key_id else "anonymous"
+    try:
+        limiter = _limiter(settings.broker_url)
+        if limiter.hit(item, scope, identity):
+            return
+        reset_at = limiter.get_window_stats(item, scope, identity).reset_time
+    except Exception as exc:  # noqa: BLE001 - Redis down must not take search down with it: fail open, loudly
+        log.warning("rate limiter unavailable, request allowed: %s", exc)
+        return
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, f"rate limit of {item} for {scope} exceeded; retry in {retry_after}s",
+                        headers={"Retry-After": str(retry_after)})
+
+
+def require_scope(scope: str) -> Callable[..., Principal]:
+    """A dependency that admits callers whose key has `scope` (or admin), answering 401 or 403 otherwise."""
+
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        settings: Annotated[Settings, Depends(get_settings)],
+    ) -> Principal:
+        if credentials is None:
+            if scope in settings.anonymous_scopes:
+                _enforce_rate_limit(settings, ANONYMOUS, scope)
+                request.state.principal = ANONYMOUS
+                return ANONYMOUS
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API key is required: send `Authorization: Bearer <key>`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        with session_scope() as session:
+            principal = authenticate(session, credentials.credentials)
+        if principal is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the API key is invalid or revoked",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if not principal.allows(scope):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"this key may {', '.join(sorted(principal.scopes))}; this route needs the `{scope}` scope")
+        _enforce_rate_limit(settings, principal, scope)
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+SearchPrincipal = Annotated[Principal, Depends(require_scope("search"))]
+UploadPrincipal = Annotated[Principal, Depends(require_scope("upload"))]
+ModeratorPrincipal = Annotated[Principal, Depends(require_scope("moderate"))]
+AdminPrincipal = Annotated[Principal, Depends(require_scope("admin"))]

@@ -1,0 +1,87 @@
+"""The moderator's API: the review queue, decisions, and the audit trail of a photo."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field, model_validator
+
+from api.auth import ModeratorPrincipal
+from api.deps import SessionDep
+from api.presenters import photo_out
+from api.schemas import ErrorOut, PhotoOut
+from db import moderation as moderation_sql
+from db.models import ModerationStatus
+
+router = APIRouter(prefix="/v1", tags=["moderation"])
+
+
+class QueueItem(BaseModel):
+    photo: PhotoOut
+    scores: dict[str, float] = Field(description="the classifier's scores by category, 0 to 1")
+
+
+class QueueOut(BaseModel):
+    total: int
+    items: list[QueueItem]
+
+
+class ModerationIn(BaseModel):
+    status: Literal["pending_review", "approved", "rejected"] | None = None
+    depicts_minor: bool | None = None
+    parental_consent: bool | None = None
+    unsafe: bool | None = None
+    reason: str = Field(min_length=3, max_length=2000, description="why: kept in the audit log")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ModerationIn:
+        if all(v is None for v in (self.status, self.depicts_minor, self.parental_consent, self.unsafe)):
+            raise ValueError("set at least one of status, depicts_minor, parental_consent, unsafe")
+        return self
+
+
+class AuditEntry(BaseModel):
+    id: int
+    actor: str
+    action: str
+    changes: dict[str, object]
+    reason: str | None
+    created_at: datetime
+
+
+@router.get("/moderation/queue", response_model=QueueOut)
+def moderation_queue(
+    request: Request,
+    session: SessionDep,
+    _principal: ModeratorPrincipal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> QueueOut:
+    """Indexed photos waiting for a moderator, oldest first, with the classifier's scores."""
+    items = [QueueItem(photo=photo_out(photo, str(request.base_url)), scores=scores)
+             for photo, scores in moderation_sql.review_queue(session, limit, offset)]
+    return QueueOut(total=moderation_sql.queue_size(session), items=items)
+
+
+@router.post("/photos/{photo_id}/moderation", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
+def moderate_photo(photo_id: uuid.UUID, body: ModerationIn, request: Request, session: SessionDep,
+                   principal: ModeratorPrincipal) -> PhotoOut:
+    """Set moderation status, the minor flag, parental consent or the unsafe flag; effective for every search at once."""
+    decision = moderation_sql.ModeratorDecision(
+        status=ModerationStatus(body.status) if body.status else None, depicts_minor=body.depicts_minor,
+        parental_consent=body.parental_consent, unsafe=body.unsafe, reason=body.reason,
+    )
+    photo = moderation_sql.apply_moderator_decision(session, photo_id, decision, principal.actor)
+    if photo is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+    return photo_out(photo, str(request.base_url))
+
+
+@router.get("/photos/{photo_id}/moderation", response_model=list[AuditEntry])
+def moderation_history(photo_id: uuid.UUID, session: SessionDep, _principal: ModeratorPrincipal) -> list[AuditEntry]:
+    """Every moderation change of a photo, by people and by the classifier, oldest first (kept after deletion)."""
+    return [AuditEntry(id=a.id, actor=a.actor, action=a.action, changes=a.changes, reason=a.reason,
+                       created_at=a.created_at) for a in moderation_sql.audit_trail(session, photo_id)]

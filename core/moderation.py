@@ -1,0 +1,124 @@
+"""Zero-shot image moderation with the search embedding: scores per category from prompt sets.
+
+Pure computation on vectors plus a versioned prompt file; the worker calls it with the photo's
+embedding and the prompts' text embeddings (computed once per process by the same model).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field, model_validator
+
+DEFAULT_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
+PROMPTS_FILE_ENV = "WITHSENSE_MODERATION_PROMPTS"
+
+Decision = Literal["clear", "uncertain", "flagged"]
+
+
+class CategoryRules(BaseModel):
+    effect: Literal["minor", "hide"]
+    flag_at: float = Field(ge=0, le=1)
+    review_at: float = Field(ge=0, le=1)
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> CategoryRules:
+        if self.review_at > self.flag_at:
+            raise ValueError("review_at must not be above flag_at")
+        return self
+
+
+class ModerationRules(BaseModel):
+    version: str = Field(min_length=1)
+    temperature: float = Field(gt=0)
+    categories: dict[str, CategoryRules] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> ModerationRules:
+        source = path or Path(os.environ.get(PROMPTS_FILE_ENV) or DEFAULT_PROMPTS_PATH)
+        return cls.model_validate(yaml.safe_load(source.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class CategoryScore:
+    category: str
+    score: float
+    decision: Decision
+    effect: str
+
+
+@dataclass(frozen=True)
+class ModerationVerdict:
+    classifier_version: str
+    scores: tuple[CategoryScore, ...]
+
+    @property
+    def depicts_minor(self) -> bool:
+        return any(s.effect == "minor" and s.decision == "flagged" for s in self.scores)
+
+    @property
+    def unsafe(self) -> bool:
+        return any(s.effect == "hide" and s.decision == "flagged" for s in self.scores)
+
+    @property
+    def needs_review(self) -> bool:
+        """Uncertain about anything, or flagged as unsafe: a person decides."""
+        return any(s.decision == "uncertain" for s in self.scores) or self.unsafe
+
+
+class ZeroShotModerator:
+    """Scores image embeddings against the prompt sets; prompt embeddings are computed once."""
+
+    def __init__(self, rules: ModerationRules, embed_texts: Callable[[Sequence[str]], np.ndarray]) -> None:
+        self.rules = rules
+        self._prompts: dict[str, tuple[np.ndarray, int]] = {}
+        for name, category in rules.categories.items():
+            vectors = np.asarray(embed_texts(category.positive + category.negative), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            self._prompts[name] = (vectors, len(category.positive))
+
+    def score(self, image_embedding: np.ndarray) -> ModerationVerdict:
+        image = np.asarray(image_embedding, dtype=np.float64)
+        image = image / np.linalg.norm(image)
+        results = []
+        for name, category in self.rules.categories.items():
+            vectors, positives = self._prompts[name]
+            logits = self.rules.temperature * (vectors.astype(np.float64) @ image)
+            logits -= logits.max()
+            probabilities = np.exp(logits) / np.exp(logits).sum()
+            score = float(np.clip(probabilities[:positives].sum(), 0.0, 1.0))
+            decision: Decision = "flagged" if score >= category.flag_at else (
+                "uncertain" if score >= category.review_at else "clear")
+            results.append(CategoryScore(name, score, decision, category.effect))
+        return ModerationVerdict(self.rules.version, tuple(results))
+
+
+@lru_cache(maxsize=4)
+def load_rules(path: str | None = None) -> ModerationRules:
+    return ModerationRules.load(Path(path) if path else None)
+
+
+_moderator: ZeroShotModerator | None = None
+_moderator_lock = threading.Lock()
+
+
+def get_moderator() -> ZeroShotModerator:
+    """The process-wide moderator; its prompt embeddings come from the search model, computed once."""
+    global _moderator
+    if _moderator is None:
+        with _moderator_lock:
+            if _moderator is None:
+                from core.embedding import get_embedder
+
+                _moderator = ZeroShotModerator(load_rules(os.environ.get(PROMPTS_FILE_ENV)), get_embedder().embed_texts)
+    return _moderator

@@ -1,0 +1,153 @@
+"""SQL of moderation: classifier verdicts, declarations, moderator decisions, the queue, the audit trail."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from db.models import ModerationAudit, ModerationScore, ModerationStatus, Photo, PhotoStatus
+
+CLASSIFIER_ACTOR = "classifier"
+
+
+def audit(session: Session, photo_id: uuid.UUID, actor: str, action: str, changes: dict[str, object],
+          reason: str | None = None) -> None:
+    session.execute(insert(ModerationAudit).values(photo_id=photo_id, actor=actor, action=action,
+                                                   changes=changes, reason=reason))
+
+
+def _diff(photo: Photo, values: dict[str, object]) -> dict[str, object]:
+    return {name: {"from": getattr(photo, name), "to": value} for name, value in values.items()
+            if getattr(photo, name) != value}
+
+
+def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | None, parental_consent: bool | None,
+                       actor: str) -> None:
+    """What the photographer declared at upload: a minor is shown, and whether the parents consented."""
+    values: dict[str, object] = {}
+    if depicts_minor is not None:
+        values["minor_declared"] = depicts_minor
+        if depicts_minor:
+            values["depicts_minor"] = True
+    if parental_consent is not None:
+        values["parental_consent"] = parental_consent
+    changes = _diff(photo, values)
+    if not changes:
+        return
+    for name, value in values.items():
+        setattr(photo, name, value)
+    audit(session, photo.id, actor, "declared", changes, "declared by the uploader")
+
+
+@dataclass(frozen=True)
+class ClassifierOutcome:
+    version: str
+    scores: list[tuple[str, float, str]]  # (category, score, decision)
+    depicts_minor: bool
+    unsafe: bool
+    needs_review: bool
+
+
+def apply_classifier(session: Session, photo_id: uuid.UUID, outcome: ClassifierOutcome) -> None:
+    """Store scores and the automatic decision, in the worker's indexing transaction, with an audit row.
+
+    The classifier never clears what a person set: a photographer's minor declaration stands, and a
+    photo a moderator already decided keeps that decision.
+    """
+    photo = session.get(Photo, photo_id, with_for_update=True)
+    if photo is None:
+        return
+    for category, score, decision in outcome.scores:
+        session.execute(
+            pg_insert(ModerationScore)
+            .values(photo_id=photo_id, classifier_version=outcome.version, category=category, score=score, decision=decision)
+            .on_conflict_do_update(index_elements=["photo_id", "classifier_version", "category"],
+                                   set_={"score": score, "decision": decision})
+        )
+    values: dict[str, object] = {"classifier_version": outcome.version}
+    if outcome.depicts_minor:
+        values["depicts_minor"] = True
+    if outcome.unsafe:
+        values["unsafe"] = True
+    if photo.moderated_at is None:  # no person has decided yet
+        conflict = photo.minor_declared is False and outcome.depicts_minor
+        values["moderation_status"] = (
+            ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
+        )
+    changes = _diff(photo, values)
+    for name, value in values.items():
+        setattr(photo, name, value)
+    changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}
+    audit(session, photo_id, CLASSIFIER_ACTOR, "classified", changes, f"classifier {outcome.version}")
+
+
+@dataclass(frozen=True)
+class ModeratorDecision:
+    status: ModerationStatus | None = None
+    depicts_minor: bool | None = None
+    parental_consent: bool | None = None
+    unsafe: bool | None = None
+    reason: str = ""
+
+
+def apply_moderator_decision(session: Session, photo_id: uuid.UUID, decision: ModeratorDecision, actor: str) -> Photo | None:
+    """A moderator's change; takes effect for every search when the transaction commits."""
+    photo = session.get(Photo, photo_id, with_for_update=True)
+    if photo is None:
+        return None
+    values: dict[str, object] = {}
+    if decision.status is not None:
+        values["moderation_status"] = decision.status.value
+    if decision.depicts_minor is not None:
+        values["depicts_minor"] = decision.depicts_minor
+    if decision.parental_consent is not None:
+        values["parental_consent"] = decision.parental_consent
+    if decision.unsafe is not None:
+        values["unsafe"] = decision.unsafe
+    changes = _diff(photo, values)
+    for name, value in values.items():
+        setattr(photo, name, value)
+    photo.moderated_at = func.now()
+    photo.updated_at = func.now()
+    audit(session, photo_id, actor, "moderated", changes, decision.reason)
+    session.flush()
+    session.refresh(photo)
+    return photo
+
+
+def review_queue(session: Session, limit: int, offset: int = 0) -> list[tuple[Photo, dict[str, float]]]:
+    """Indexed photos waiting for a person, oldest first, with their latest classifier scores."""
+    photos = list(session.scalars(
+        select(Photo)
+        .where(Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)
+        .order_by(Photo.created_at, Photo.id)
+        .limit(limit).offset(offset)
+    ))
+    scores: dict[uuid.UUID, dict[str, float]] = {p.id: {} for p in photos}
+    if photos:
+        for row in session.scalars(select(ModerationScore).where(
+                ModerationScore.photo_id.in_(scores), ModerationScore.classifier_version.in_(
+                    {p.classifier_version for p in photos if p.classifier_version}))):
+            scores[row.photo_id][row.category] = row.score
+    return [(p, scores[p.id]) for p in photos]
+
+
+def queue_size(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Photo).where(
+        Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)) or 0)
+
+
+def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
+    return list(session.scalars(select(ModerationAudit).where(ModerationAudit.photo_id == photo_id)
+                                .order_by(ModerationAudit.id)))
+
+
+def photo_visibility(session: Session, photo_id: uuid.UUID, region: str | None) -> str:
+    """'visible', 'hidden' (not indexed, private or not approved), 'restricted' (the minors law) or 'missing'."""
+    from sqlalchemy import text
+
+    return str(session.scalar(text("SELECT photo_visibility(:id, :region)"), {"id": photo_id, "region": region}))

@@ -1,0 +1,222 @@
+"""Real components for the tests: embedded Postgres + pgvector, a Valkey (Redis) server, a Celery worker
+process and the tiny trained CLIP model, all started once per session and stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_model import tiny_clip_path  # noqa: F401 - re-exported fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Services:
+    home: Path
+    postgres: object
+    redis: object
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres.url  # type: ignore[attr-defined]
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis.url  # type: ignore[attr-defined]
+
+
+def reset_cached_state() -> None:
+    """Settings, engine and Celery app are process-wide caches: rebuild them after changing the environment."""
+    from core.settings import get_settings
+    from db.engine import dispose_engine, get_engine, get_sessionmaker
+
+    import core.embedding
+
+    core.embedding._default = None  # the model singleton follows WITHSENSE_MODEL
+    dispose_engine()
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
+    get_settings.cache_clear()
+    from workers.celery_app import celery_app
+
+    celery_app.conf.broker_url = get_settings().broker_url or celery_app.conf.broker_url
+    celery_app.close()  # drop the producer pool bound to the previous broker
+
+
+@pytest.fixture(scope="session")
+def services(tiny_clip_path: Path) -> Iterator[Services]:
+    """Postgres and Redis on loopback, migrated, with WITHSENSE_* pointing at them and at the tiny model."""
+    from cli.local_services import LocalPostgres, LocalRedis
+    from db.migrate import upgrade
+
+    # Short path: keeps any unix socket well under the ~107-byte limit.
+    home = Path(tempfile.mkdtemp(prefix="wst-", dir="/tmp"))
+    postgres = LocalPostgres(home / "pg")
+    redis = LocalRedis(home / "redis")
+    postgres.start()
+    redis.start()
+    saved = {k: v for k, v in os.environ.items() if k.startswith("WITHSENSE_")}
+    os.environ.update({
+        "WITHSENSE_HOME": str(home / "data"),
+        "WITHSENSE_DATABASE_URL": postgres.url,
+        "WITHSENSE_BROKER_URL": redis.url,
+        "WITHSENSE_MODEL": str(tiny_clip_path),
+        "WITHSENSE_DEVICE": "cpu",
+        "WITHSENSE_RECONCILE_AFTER_S": "3600",
+    })
+    reset_cached_state()
+    upgrade(postgres.url)
+    try:
+        yield Services(home=home, postgres=postgres, redis=redis)
+    finally:
+        from db.engine import dispose_engine
+
+        dispose_engine()
+        redis.stop()
+        postgres.stop()
+        for key in [k for k in os.environ if k.startswith("WITHSENSE_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+        reset_cached_state()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class WorkerProcess:
+    """A real `celery worker` child process consuming from the test Redis."""
+
+    def __init__(self, home: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / f"worker-{time.monotonic_ns()}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = dict(os.environ, **self.extra_env)
+        env["PYTHONPATH"] = str(ROOT)
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
+             "-c", str(self.concurrency), "--loglevel", "INFO", "-n", f"test{time.monotonic_ns()}@%h",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def child_pids(self) -> list[int]:
+        import psutil
+
+        assert self.process is not None
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """kill -9 the whole worker (parent and children)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def worker(services: Services) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(services.home)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture()
+def clean_db(services: Services) -> Iterator[None]:
+    """Start each test with no photos (the worker is a separate process, so rollback isolation can't apply)."""
+    from sqlalchemy import text
+
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        session.execute(text("TRUNCATE photos CASCADE"))
+    yield
+
+
+def create_api_key(*scopes: str, name: str = "test") -> str:
+    from db.api_keys import create_key
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        return create_key(session, name, list(scopes))[1]
+
+
+@pytest.fixture(scope="session")
+def admin_key(services: Services) -> str:
+    return create_api_key("admin", name="test-admin")
+
+
+@pytest.fixture()
+def api(services: Services, admin_key: str) -> Iterator[object]:
+    """The real FastAPI app over ASGI, authenticated with an admin key."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {admin_key}"}) as client:
+        yield client
+
+
+@pytest.fixture()
+def anonymous_api(services: Services) -> Iterator[object]:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def wait_for_status(client: object, photo_ids: list[str], timeout: float = 120.0) -> dict[str, dict]:
+    """Poll GET /v1/photos/{id} until every photo is indexed or failed."""
+    deadline = time.monotonic() + timeout
+    final: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        for photo_id in photo_ids:
+            if photo_id in final:
+                continue
+            body = client.get(f"/v1/photos/{photo_id}").json()  # type: ignore[attr-defined]
+            if body.get("status") in ("indexed", "failed"):
+                final[photo_id] = body
+        if len(final) == len(photo_ids):
+            return final
+        time.sleep(0.2)
+    missing = [p for p in photo_ids if p not in final]
+    raise TimeoutError(f"{len(missing)} photos not done after {timeout}s, e.g. {missing[:3]}")

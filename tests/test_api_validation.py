@@ -1,0 +1,96 @@
+"""User mistakes get a clear message and the right status, and leave nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.settings import Settings, get_settings
+from tests.images import jpeg_bytes, png_declaring, solid
+
+pytestmark = pytest.mark.usefixtures("clean_db")
+
+
+@pytest.mark.parametrize("k", [0, 101, -3])
+def test_k_out_of_range_is_422_with_a_message(api, k: int) -> None:  # type: ignore[no-untyped-def]
+    response = api.get("/v1/search", params={"q": "a red circle", "k": k})
+    assert response.status_code == 422
+    assert "k" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("q", ["", "   "])
+def test_empty_query_is_422(api, q: str) -> None:  # type: ignore[no-untyped-def]
+    response = api.get("/v1/search", params={"q": q})
+    assert response.status_code == 422
+    assert "q" in response.json()["detail"] or "empty" in response.json()["detail"]
+
+
+def test_missing_query_is_422(api) -> None:  # type: ignore[no-untyped-def]
+    assert api.get("/v1/search").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (b"<html><body>not an image</body></html>", "x.jpg"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "x.jpg"),
+        (b"<?php system($_GET['c']); ?>", "x.jpg.php"),
+        (b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF", "x.jpg"),
+    ],
+)
+def test_non_images_sent_as_jpeg_are_415(api, services, payload: bytes, name: str) -> None:  # type: ignore[no-untyped-def]
+    response = api.post("/v1/photos", files={"file": (name, payload, "image/jpeg")})
+    assert response.status_code == 415
+    assert "format" in response.json()["detail"]
+    _assert_nothing_stored(services)
+
+
+def test_decompression_bomb_is_413_and_nothing_is_stored(api, services) -> None:  # type: ignore[no-untyped-def]
+    response = api.post("/v1/photos", files={"file": ("bomb.png", png_declaring(20000, 20000), "image/png")})
+    assert response.status_code == 413
+    assert "pixels" in response.json()["detail"]
+    _assert_nothing_stored(services)
+
+
+def test_body_over_the_size_cap_is_413(services) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(max_upload_bytes=10_000)
+    with TestClient(app) as client:
+        big = jpeg_bytes(solid((10, 200, 30), (1200, 900)), quality=100)
+        assert len(big) > 10_000
+        response = client.post("/v1/photos", files={"file": ("big.jpg", big, "image/jpeg")})
+        assert response.status_code == 413
+        assert "larger than" in response.json()["detail"]
+    _assert_nothing_stored(services)
+
+
+def test_upload_without_a_file_part_is_400(api) -> None:  # type: ignore[no-untyped-def]
+    response = api.post("/v1/photos", data={"title": "no file"}, files={"other": ("x.txt", b"x", "text/plain")})
+    assert response.status_code == 400
+    assert "file" in response.json()["detail"]
+
+
+def test_upload_that_is_not_multipart_is_415(api) -> None:  # type: ignore[no-untyped-def]
+    response = api.post("/v1/photos", content=b"\xff\xd8\xff", headers={"content-type": "image/jpeg"})
+    assert response.status_code == 415
+
+
+def test_unknown_photo_is_404_and_bad_id_is_422(api) -> None:  # type: ignore[no-untyped-def]
+    assert api.get("/v1/photos/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert api.get("/v1/photos/not-a-uuid").status_code == 422
+
+
+def _assert_nothing_stored(services) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM photos")) == 0
+    originals = get_settings().originals_dir
+    assert not originals.exists() or not any(p.is_file() for p in originals.rglob("*"))
+    spool = get_settings().home / "tmp"
+    assert not spool.exists() or not any(spool.iterdir())
