@@ -108,7 +108,7 @@ def score_distributions(expert: pd.DataFrame, crowd: pd.DataFrame) -> dict[str, 
     return out
 
 
-def disagreement_cases(pairs: pd.DataFrame, query_texts: dict[str, str], limit: int = 15) -> dict[str, pd.DataFrame]:
+def disagreement_cases(pairs: pd.DataFrame, query_texts: dict[str, str], limit: int | None = None) -> dict[str, pd.DataFrame]:
     """The worst disagreements, for a person to look at.
 
     ``experts``: pairs where experts are 2+ points apart. ``expert_vs_crowd``: pairs with both
@@ -125,10 +125,11 @@ def disagreement_cases(pairs: pd.DataFrame, query_texts: dict[str, str], limit: 
     both = frame[frame["has_expert"] & frame["has_crowd"]].copy()
     both["gap"] = (both["expert_unit"] - both["crowd_share"]).abs()
     crowd = both[both["gap"] >= 0.5].sort_values("gap", ascending=False, kind="stable")
-    return {
-        "experts": experts[[*columns, "expert_spread"]].head(limit).reset_index(drop=True),
-        "expert_vs_crowd": crowd[[*columns, "gap"]].head(limit).reset_index(drop=True),
-    }
+    experts = experts[[*columns, "expert_spread"]]
+    crowd = crowd[[*columns, "gap"]]
+    if limit is not None:
+        experts, crowd = experts.head(limit), crowd.head(limit)
+    return {"experts": experts.reset_index(drop=True), "expert_vs_crowd": crowd.reset_index(drop=True)}
 
 
 def coverage(train: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, int]:

@@ -9,11 +9,12 @@ The label, documented here once and shown in the report:
 * **Blend**: ``relevance = w * expert + (1 - w) * crowd`` with ``w = 0.6`` by default. Experts
   are trained and use a graded scale, so they weigh more; the crowd adds more voters per pair,
   so it still counts. A pair is *relevant* when ``relevance >= 0.5``.
-* **Imputation**: a pair judged by only one side gets the other side predicted by a small
-  model (ridge regression on the known score, the model's image-text similarity when one is
-  given, and their squares and product) trained on the pairs judged by both. Its quality is
-  measured by k-fold cross-validation on those pairs and reported next to two naive
-  predictors (the training mean, and the known side taken as is).
+* **Imputation**: a pair judged by only one side gets the other side predicted from the pairs
+  judged by both. Three imputers are compared by k-fold cross-validation on those pairs: the
+  known side taken as is, a ridge regression on the known score (with its square), and a
+  ridge regression that also uses a model's image-text similarity (squares and products
+  included). The one with the lowest held-out MAE is used; every candidate's MAE is reported,
+  next to the error of predicting the training mean.
 """
 
 from __future__ import annotations
@@ -92,10 +93,14 @@ def merge_annotations(expert: pd.DataFrame, crowd: pd.DataFrame) -> pd.DataFrame
 
 @dataclass(frozen=True)
 class ImputationQuality:
-    """Held-out quality of one imputation direction (all errors on the [0, 1] scale)."""
+    """Held-out quality of one imputation direction (all errors on the [0, 1] scale).
+
+    ``candidates`` maps each imputer tried to its cross-validated MAE; ``method`` is the one
+    chosen (lowest MAE) and used, and ``mae``/``rmse``/``spearman`` are its held-out scores.
+    """
 
     target: str  # "crowd_share" or "expert_unit"
-    features: tuple[str, ...]
+    method: str
     n_training_pairs: int
     n_imputed: int
     folds: int
@@ -103,7 +108,7 @@ class ImputationQuality:
     rmse: float
     spearman: float
     mae_predict_mean: float
-    mae_known_side_as_is: float
+    candidates: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
 
@@ -126,20 +131,38 @@ class RelevanceLabels:
         }
 
 
-def _features(known: np.ndarray, similarity: np.ndarray | None) -> tuple[np.ndarray, tuple[str, ...]]:
-    if similarity is None:
-        return known[:, None], ("known",)
-    missing = np.isnan(similarity)
-    # A pair whose similarity cannot be computed (missing image or text) gets the mean plus a flag.
-    fill = float(np.nanmean(similarity)) if (~missing).any() else 0.0
-    sim = np.where(missing, fill, similarity)
-    return np.column_stack([known, sim, missing.astype(np.float64)]), ("known", "similarity", "similarity_missing")
+AS_IS = "known side as is"
+RIDGE_KNOWN = "ridge on the known side"
+RIDGE_KNOWN_SIMILARITY = "ridge on the known side + similarity"
+
+
+def _candidate_features(known: np.ndarray, similarity: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    """Imputers to try, by name, with their feature matrices (None: use the known side as is)."""
+    candidates: dict[str, np.ndarray | None] = {AS_IS: None, RIDGE_KNOWN: known[:, None]}
+    if similarity is not None:
+        missing = np.isnan(similarity)
+        # A pair whose similarity cannot be computed (missing image or text) gets the mean plus a flag.
+        fill = float(np.nanmean(similarity)) if (~missing).any() else 0.0
+        sim = np.where(missing, fill, similarity)
+        candidates[RIDGE_KNOWN_SIMILARITY] = np.column_stack([known, sim, missing.astype(np.float64)])
+    return candidates
 
 
 def _imputer(seed: int) -> object:
     # Degree-2 terms let the model bend (crowd shares saturate at 0 and 1); ridge keeps it stable
     # on the few hundred pairs that have both sides.
     return make_pipeline(PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1.0, random_state=seed))
+
+
+def _cross_validated(features: np.ndarray | None, known: np.ndarray, y: np.ndarray, folds: KFold, seed: int) -> np.ndarray:
+    if features is None:
+        return np.clip(known, 0.0, 1.0)
+    predictions = np.empty_like(y)
+    for train_idx, test_idx in folds.split(features):
+        model = _imputer(seed)
+        model.fit(features[train_idx], y[train_idx])  # type: ignore[attr-defined]
+        predictions[test_idx] = np.clip(model.predict(features[test_idx]), 0.0, 1.0)  # type: ignore[attr-defined]
+    return predictions
 
 
 def _fit_direction(
@@ -151,52 +174,61 @@ def _fit_direction(
     folds: int,
     seed: int,
 ) -> tuple[np.ndarray, ImputationQuality]:
-    """Cross-validate, then fit on all pairs with both sides and predict the missing target."""
+    """Cross-validate each imputer on the pairs with both sides, keep the best, predict the missing target."""
     both = (pairs["has_expert"] & pairs["has_crowd"]).to_numpy()
     to_fill = (known_mask & pairs[target_col].isna()).to_numpy()
     known = pairs[known_col].to_numpy(dtype=np.float64)
     target = pairs[target_col].to_numpy(dtype=np.float64)
-    features, names = _features(known, similarity)
+    candidates = _candidate_features(known, similarity)
     predictions = np.full(len(pairs), np.nan)
+    y, known_both = target[both], known[both]
 
-    x, y = features[both], target[both]
-    n_folds = min(folds, len(y))
     if len(y) < MIN_PAIRS_FOR_IMPUTATION or np.unique(y).size < 2:
         # Too little to learn from: the known side itself is the most honest guess.
         predictions[to_fill] = known[to_fill]
-        identity_mae = float(np.mean(np.abs(known[both] - y))) if len(y) else float("nan")
+        as_is_mae = float(np.mean(np.abs(known_both - y))) if len(y) else float("nan")
         return predictions, ImputationQuality(
-            target_col, names, int(len(y)), int(to_fill.sum()), 0, identity_mae, float("nan"), float("nan"),
-            float(np.mean(np.abs(y - y.mean()))) if len(y) else float("nan"), identity_mae,
+            target=target_col, method=AS_IS, n_training_pairs=int(len(y)), n_imputed=int(to_fill.sum()), folds=0,
+            mae=as_is_mae, rmse=float(np.sqrt(np.mean((known_both - y) ** 2))) if len(y) else float("nan"),
+            spearman=float("nan"), mae_predict_mean=float(np.mean(np.abs(y - y.mean()))) if len(y) else float("nan"),
+            candidates={AS_IS: as_is_mae},
             note=f"fewer than {MIN_PAIRS_FOR_IMPUTATION} pairs with both sides (or a constant target): "
             "the known side is used as is",
         )  # fmt: skip
 
-    held_out = np.empty_like(y)
+    n_folds = min(folds, len(y))
+    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    held_out = {
+        name: _cross_validated(None if feats is None else feats[both], known_both, y, splitter, seed)
+        for name, feats in candidates.items()
+    }
+    mae = {name: float(np.mean(np.abs(pred - y))) for name, pred in held_out.items()}
+    method = min(mae, key=lambda name: mae[name])
+    chosen = held_out[method]
     mean_baseline = np.empty_like(y)
-    for train_idx, test_idx in KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x):
-        model = _imputer(seed)
-        model.fit(x[train_idx], y[train_idx])  # type: ignore[attr-defined]
-        held_out[test_idx] = np.clip(model.predict(x[test_idx]), 0.0, 1.0)  # type: ignore[attr-defined]
+    for train_idx, test_idx in splitter.split(y):
         mean_baseline[test_idx] = y[train_idx].mean()
-    errors = held_out - y
-    rho = spearmanr(held_out, y).statistic if np.ptp(held_out) > 0 else float("nan")
+    rho = spearmanr(chosen, y).statistic if np.ptp(chosen) > 0 else float("nan")
 
-    model = _imputer(seed)
-    model.fit(x, y)  # type: ignore[attr-defined]
+    features = candidates[method]
     if to_fill.any():
-        predictions[to_fill] = np.clip(model.predict(features[to_fill]), 0.0, 1.0)  # type: ignore[attr-defined]
+        if features is None:
+            predictions[to_fill] = np.clip(known[to_fill], 0.0, 1.0)
+        else:
+            model = _imputer(seed)
+            model.fit(features[both], y)  # type: ignore[attr-defined]
+            predictions[to_fill] = np.clip(model.predict(features[to_fill]), 0.0, 1.0)  # type: ignore[attr-defined]
     return predictions, ImputationQuality(
         target=target_col,
-        features=names,
+        method=method,
         n_training_pairs=int(len(y)),
         n_imputed=int(to_fill.sum()),
         folds=n_folds,
-        mae=float(np.mean(np.abs(errors))),
-        rmse=float(np.sqrt(np.mean(errors**2))),
+        mae=mae[method],
+        rmse=float(np.sqrt(np.mean((chosen - y) ** 2))),
         spearman=float(rho),
         mae_predict_mean=float(np.mean(np.abs(mean_baseline - y))),
-        mae_known_side_as_is=float(np.mean(np.abs(x[:, 0] - y))),
+        candidates=mae,
     )
 
 

@@ -100,7 +100,7 @@ def _fig_agreement(result: EvaluationResult) -> bytes:
     colours = ["#4c72b0"] * (len(values) - 1) + ["#dd8452"]
     axes[0].bar(names, [0 if math.isnan(v) else v for v in values], color=colours)
     axes[0].axhline(0.667, color="grey", linestyle="--", linewidth=1)
-    axes[0].text(len(values) - 0.5, 0.68, "0.667 (tentative)", ha="right", fontsize=7, color="grey")
+    axes[0].text(-0.4, 0.68, "0.667: tentative", ha="left", va="bottom", fontsize=7, color="grey")
     axes[0].set_ylim(min(0.0, *[v for v in values if not math.isnan(v)], 0.0) - 0.05, 1.0)
     axes[0].set_ylabel("Krippendorff's alpha")
     axes[0].set_title("Agreement (experts: ordinal; vs crowd: interval)")
@@ -174,16 +174,16 @@ def _fig_score_histograms(result: EvaluationResult) -> bytes:
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         assert model.target_scores is not None and model.other_scores is not None
-        low = float(min(model.target_scores.min(initial=0), model.other_scores.min(initial=0)))
-        high = float(max(model.target_scores.max(initial=1), model.other_scores.max(initial=1)))
-        bins = np.linspace(low, high, 31)
+        both = np.concatenate([model.target_scores, model.other_scores])
+        low, high = float(both.min()), float(both.max())
+        bins = np.linspace(low, high if high > low else low + 1e-6, 31)
         ax.hist(model.other_scores, bins=bins, density=True, alpha=0.6, label="other images", color="#8c8c8c")
         ax.hist(model.target_scores, bins=bins, density=True, alpha=0.6, label="target image", color="#dd8452")
         ax.set_title(model.name, fontsize=9)
         ax.set_xlabel("score")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("density")
-    fig.suptitle("Scores of the target vs the other images, per query")
+    fig.suptitle("Scores of the target vs the other images, per query", y=1.04)
     return _png(fig)
 
 
@@ -217,6 +217,8 @@ def comparison_table(result: EvaluationResult) -> pd.DataFrame:
             chance[f"Recall@{r}"] = f"{min(1.0, r / gallery):.3f}"
         chance["MRR"] = f"{np.mean(1.0 / np.arange(1, gallery + 1)):.3f}"
         chance["median rank"] = f"{(gallery + 1) / 2:.1f}"
+        if not math.isnan(result.chance_ndcg):
+            chance[f"nDCG@{k} (train, expert-judged)"] = f"{result.chance_ndcg:.3f}"
         rows.append(chance)
     frame = pd.DataFrame(rows).fillna("")
     if "error" in frame:
@@ -231,27 +233,28 @@ def _dict_table(data: dict[str, object], key: str = "what", value: str = "count"
 def _imputation_table(result: EvaluationResult) -> pd.DataFrame:
     rows = []
     for q in result.labels.imputation:
-        rows.append(
-            {
-                "predicts": "crowd share (from experts)" if q.target == "crowd_share" else "expert score (from crowd)",
-                "features": ", ".join(q.features),
-                "pairs to learn from": q.n_training_pairs,
-                "pairs imputed": q.n_imputed,
-                "held-out MAE": _fmt(q.mae),
-                "RMSE": _fmt(q.rmse),
-                "Spearman": _fmt(q.spearman),
-                "MAE predicting the mean": _fmt(q.mae_predict_mean),
-                "MAE using the known side as is": _fmt(q.mae_known_side_as_is),
-                "note": q.note or f"{q.folds}-fold cross-validation",
-            }
-        )
-    return pd.DataFrame(rows)
+        row: dict[str, object] = {
+            "predicts": "crowd share (from experts)" if q.target == "crowd_share" else "expert score (from crowd)",
+            "pairs to learn from": q.n_training_pairs,
+            "pairs imputed": q.n_imputed,
+            "imputer used": q.method,
+            "held-out MAE": _fmt(q.mae),
+            "RMSE": _fmt(q.rmse),
+            "Spearman": _fmt(q.spearman),
+            "MAE predicting the mean": _fmt(q.mae_predict_mean),
+        }
+        row.update({f"MAE: {name}": _fmt(value) for name, value in q.candidates.items()})
+        row["note"] = q.note or f"{q.folds}-fold cross-validation"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
 
 
 def _disagreement_table(frame: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
     shown = frame.head(limit).copy()
     for column in shown.columns:
-        if shown[column].dtype.kind == "f":
+        if column in EXPERT_COLUMNS:
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+        elif shown[column].dtype.kind == "f":
             shown[column] = shown[column].map(lambda v: _fmt(v, 2))
     return shown
 
@@ -342,9 +345,10 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
         Block("p", "Alpha reads as: 1 perfect agreement, 0 no better than chance; 0.8+ is reliable, 0.667-0.8 tentative.")
     )
     blocks.append(Block("figure", "Agreement.", figure="agreement.png", png=_fig_agreement(result)))
-    for key, title in (("experts", "Experts 2+ points apart"), ("expert_vs_crowd", "Experts and crowd 0.5+ apart (0..1 scale)")):
+    for key, title in (("experts", "experts 2+ points apart"), ("expert_vs_crowd", "experts and crowd 0.5+ apart (0..1 scale)")):
         frame = result.disagreements[key]
-        blocks.append(Block("h3", f"Disagreements: {title} ({len(frame)} shown at most 10)"))
+        shown = f"{len(frame)} pairs" + (", the 10 largest shown" if len(frame) > 10 else "")
+        blocks.append(Block("h3", f"Disagreements: {title} ({shown})"))
         if len(frame):
             blocks.append(Block("table", table=_disagreement_table(frame)))
         else:
@@ -359,10 +363,11 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
             "Experts: the majority score when at least two of three agree, otherwise the mean; mapped to 0..1 as "
             f"(score - 1) / 3. Crowd: the share of workers who said the caption matches. Blend: relevance = "
             f"{labels.expert_weight:g} x expert + {1 - labels.expert_weight:g} x crowd; relevant when relevance >= "
-            f"{labels.threshold:g}. A pair judged by one side only gets the other side from a ridge model "
-            "(degree-2 terms) trained on the pairs judged by both"
-            + (f", using {result.labels_similarity_model}'s image-text similarity as a feature" if result.labels_similarity_model else "")
-            + ". Its held-out error is below, next to two naive predictors.",
+            f"{labels.threshold:g}. A pair judged by one side only gets the other side from the imputer with the "
+            "lowest cross-validated error on the pairs judged by both: the known side as is, a ridge model on "
+            "the known side, or one that also uses "
+            + (f"{result.labels_similarity_model}'s image-text similarity" if result.labels_similarity_model else "a model's similarity (no model given)")
+            + ". Every candidate's held-out error is below.",
         )
     )
     pairs = labels.pairs
@@ -398,9 +403,10 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
             "test queries are only reported.",
         )
     )
-    text_table = pd.DataFrame({"train": result.train_text.summary(), "test": result.test_text.summary()})
-    text_table.loc["test queries also in train (exact text)"] = ["", result.test_queries_seen_in_train]
-    blocks.append(Block("table", table=text_table.reset_index(names="")))
+    train_summary, test_summary = result.train_text.summary(), result.test_text.summary()
+    text_rows = [(key.replace("_", " "), train_summary[key], test_summary[key]) for key in train_summary]
+    text_rows.append(("test queries also in train (same normalised text)", "", result.test_queries_seen_in_train))
+    blocks.append(Block("table", table=pd.DataFrame(text_rows, columns=["", "train", "test"])))
     examples = [f"uninformative: {q} ({reason})" for q, reason in list(result.train_text.uninformative.items())[:5]]
     examples += [f"exact duplicates: {', '.join(group)}" for group in result.train_text.exact_duplicate_groups[:5]]
     examples += [f"near duplicates: {a} ~ {b}" for a, b in result.train_text.near_duplicate_pairs[:5]]

@@ -130,6 +130,7 @@ class EvaluationResult:
     gallery: list[str]
     models: list[ModelResult]
     started: float
+    chance_ndcg: float = float("nan")
     seconds: float = 0.0
     report_html: Path | None = None
     report_md: Path | None = None
@@ -227,6 +228,19 @@ def _ndcg_per_query(pairs: pd.DataFrame, scores: np.ndarray, k: int) -> pd.Serie
     return series.dropna()
 
 
+def _chance_ndcg(judged: pd.DataFrame, k: int, seed: int, rounds: int = 100) -> float:
+    """Expected nDCG@k of a random ordering of each query's judged images (few judged images per
+    query make even chance look high, so the table needs this line)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _, group in judged.groupby("query_id", sort=True):
+        gains = group["gain"].to_numpy(dtype=np.float64)
+        if len(gains) < 2 or gains.max() <= 0:
+            continue
+        values.append(np.mean([ndcg_at_k(rng.random(len(gains)), gains, k) for _ in range(rounds)]))
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _mean_ci(values: np.ndarray, config: EvaluationConfig) -> Estimate:
     return bootstrap_ci(values, lambda x: x.mean(axis=1), n_resamples=config.bootstrap_resamples, seed=config.seed)
 
@@ -299,6 +313,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
         & judged["query_id"].isin(text_row)
     ].reset_index(drop=True)
     judged["gain"] = judged["expert_score"] - 1.0
+    chance_ndcg = _chance_ndcg(judged, config.ndcg_k, config.seed)
 
     # Similarity of every judged pair we can score, for the imputation model.
     pair_mask = pairs["image"].isin(train_image_row) & pairs["query_id"].isin(text_row)
@@ -429,6 +444,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
         gallery=gallery,
         models=results,
         started=started,
+        chance_ndcg=chance_ndcg,
     )
     evaluation.seconds = time.time() - started
     write_outputs(evaluation)
@@ -627,7 +643,11 @@ def metrics_summary(result: EvaluationResult) -> dict[str, object]:
         "expert_crowd_spearman": _num(result.expert_crowd.spearman),
         "label_blend": {"expert_weight": result.labels.expert_weight, "threshold": result.labels.threshold},
         "imputation": [
-            {k: (_num(v) if isinstance(v, float) else v) for k, v in q.__dict__.items()} for q in result.labels.imputation
+            {
+                k: _num(v) if isinstance(v, float) else {n: _num(x) for n, x in v.items()} if isinstance(v, dict) else v
+                for k, v in q.__dict__.items()
+            }
+            for q in result.labels.imputation
         ],
         "text_cleaning": {"train": result.train_text.summary(), "test": result.test_text.summary()},
         "minors": {
@@ -637,6 +657,7 @@ def metrics_summary(result: EvaluationResult) -> dict[str, object]:
         },
         "training_funnel": result.training_funnel,
         "test_counts": result.test_counts,
+        f"chance_ndcg@{result.config.ndcg_k}": _num(result.chance_ndcg),
         "models": models,
         "seconds": round(result.seconds, 1),
     }

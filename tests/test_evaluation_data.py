@@ -329,8 +329,10 @@ def test_blend_is_the_documented_weighted_mean() -> None:
         blend(np.array([0.0]), np.array([0.0]), 1.5)
 
 
-def _annotation_frames(n_both: int, n_expert_only: int, n_crowd_only: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pairs whose crowd share equals the expert unit score exactly (a learnable relation)."""
+def _annotation_frames(
+    n_both: int, n_expert_only: int, n_crowd_only: int, seed: int = 0, power: float = 1.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pairs whose crowd share is the expert unit score to ``power`` (a learnable relation)."""
     rng = np.random.default_rng(seed)
     expert_rows, crowd_rows = [], []
     total = n_both + n_expert_only + n_crowd_only
@@ -340,7 +342,8 @@ def _annotation_frames(n_both: int, n_expert_only: int, n_crowd_only: int, seed:
         if i < n_both + n_expert_only:
             expert_rows.append({"image": image, "query_id": query, "expert_1": score, "expert_2": score, "expert_3": score})
         if i < n_both or i >= n_both + n_expert_only:
-            crowd_rows.append({"image": image, "query_id": query, "crowd_share": (score - 1) / 3, "crowd_yes": np.nan, "crowd_no": np.nan})
+            share = ((score - 1) / 3) ** power
+            crowd_rows.append({"image": image, "query_id": query, "crowd_share": share, "crowd_yes": np.nan, "crowd_no": np.nan})
     return pd.DataFrame(expert_rows), pd.DataFrame(crowd_rows)
 
 
@@ -366,6 +369,20 @@ def test_imputation_recovers_a_learnable_side_and_reports_held_out_quality() -> 
     assert (pairs["relevant"] == (pairs["relevance"] >= 0.5)).all()
 
 
+def test_imputer_is_chosen_by_held_out_error() -> None:
+    # crowd = expert_unit ** 2: taking the expert side as is is off by up to 2/9 on the middle
+    # grades, while a ridge model with a squared term fits the relation.
+    expert, crowd = _annotation_frames(n_both=80, n_expert_only=10, n_crowd_only=0, power=2.0)
+    labels = build_relevance_labels(expert, crowd)
+    quality = labels.imputation[0]
+    assert quality.target == "crowd_share"
+    assert quality.candidates["known side as is"] > 0.05
+    assert quality.method == "ridge on the known side"
+    assert quality.mae == quality.candidates["ridge on the known side"] < 0.03
+    filled = labels.pairs[labels.pairs["crowd_imputed"]]
+    np.testing.assert_allclose(filled["crowd_share_filled"], filled["expert_unit"] ** 2, atol=0.05)
+
+
 def test_imputation_with_too_few_pairs_falls_back_and_says_so() -> None:
     expert, crowd = _annotation_frames(n_both=4, n_expert_only=3, n_crowd_only=0)
     labels = build_relevance_labels(expert, crowd)
@@ -380,7 +397,7 @@ def test_similarity_feature_is_used_when_given() -> None:
     index = pd.MultiIndex.from_arrays([expert["image"], expert["query_id"]])
     similarity = pd.Series(np.linspace(0, 1, len(expert)), index=index)
     labels = build_relevance_labels(expert, crowd, similarity=similarity)
-    assert labels.imputation[0].features == ("known", "similarity", "similarity_missing")
+    assert set(labels.imputation[0].candidates) == {"known side as is", "ridge on the known side", "ridge on the known side + similarity"}
     assert labels.pairs["similarity"].notna().sum() == len(expert)
 
 
