@@ -154,16 +154,33 @@ def _fig_recall_curves(result: EvaluationResult) -> bytes:
     return _png(fig)
 
 
+def rank_buckets(gallery: int) -> list[tuple[int, int]]:
+    """Rank ranges for the rank plot: 1, 2-5, 6-10, 11-20, 21-50, ... up to the gallery size."""
+    edges = [1, 2, 6, 11, 21, 51, 101, 201, 501, 1001, 2001, 5001, 10001]
+    buckets = []
+    for low, high in zip(edges, edges[1:] + [None], strict=True):
+        if low > gallery:
+            break
+        top = gallery if high is None or high - 1 >= gallery else high - 1
+        buckets.append((low, top))
+        if top == gallery:
+            break
+    return buckets
+
+
 def _fig_rank_distribution(result: EvaluationResult) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4))
-    gallery = max(1, len(result.gallery))
-    bins = np.unique(np.geomspace(1, gallery + 1, num=min(25, gallery + 1)).astype(int))
-    for model in _scored(result):
+    buckets = rank_buckets(max(1, len(result.gallery)))
+    labels = [str(low) if low == high else f"{low}-{high}" for low, high in buckets]
+    models = _scored(result)
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
         assert model.ranks is not None
-        ax.hist(model.ranks, bins=bins, histtype="step", linewidth=1.8, label=model.name)
-    ax.set_xscale("log")
-    ax.set_xlabel("rank of the target image (log scale; 1 = first)")
-    ax.set_ylabel("queries")
+        shares = [np.mean((model.ranks >= low) & (model.ranks <= high)) for low, high in buckets]
+        ax.bar(np.arange(len(buckets)) + (i - (len(models) - 1) / 2) * width, shares, width, label=model.name)
+    ax.set_xticks(np.arange(len(buckets)), labels)
+    ax.set_xlabel("rank of the target image (1 = first)")
+    ax.set_ylabel("share of queries")
     ax.set_title("Where the target image lands")
     ax.legend(fontsize=8)
     return _png(fig)

@@ -549,3 +549,15 @@ def test_test_policy_accuracy_counts_blocked_missed_and_over_blocked() -> None:
     assert (report.blocked, report.missed, report.over_blocked, report.correct) == (2, 1, 1, 3)
     assert report.accuracy == pytest.approx(3 / 5)
     assert report.recall == pytest.approx(1 / 2)
+
+
+def test_rank_buckets_cover_the_gallery_without_gaps() -> None:
+    from evaluation.report import rank_buckets
+
+    assert rank_buckets(40) == [(1, 1), (2, 5), (6, 10), (11, 20), (21, 40)]
+    assert rank_buckets(100) == [(1, 1), (2, 5), (6, 10), (11, 20), (21, 50), (51, 100)]
+    assert rank_buckets(1) == [(1, 1)]
+    for gallery in (3, 7, 64, 999, 25_000):
+        buckets = rank_buckets(gallery)
+        assert buckets[0][0] == 1 and buckets[-1][1] == gallery
+        assert all(b[0] == a[1] + 1 for a, b in zip(buckets, buckets[1:]))
