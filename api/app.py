@@ -60,7 +60,7 @@ def create_app() -> FastAPI:
             where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path"))
             messages.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
         return JSONResponse({"detail": "; ".join(messages), "errors": jsonable(exc.errors())},
-                            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:

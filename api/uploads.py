@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request, status
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
-from streaming_form_data.validators import MaxSizeValidator, ValidationError
+from streaming_form_data.validators import ValidationError
 
 MAX_TEXT_FIELD_BYTES = 1000
 MAX_PARTS = 20
@@ -19,6 +19,25 @@ MAX_PARTS = 20
 
 class _TooLarge(Exception):
     pass
+
+
+class _FieldTooLong(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _field_cap(name: str):  # type: ignore[no-untyped-def]
+    """A validator that stops a text field at MAX_TEXT_FIELD_BYTES, naming the field."""
+    seen = 0
+
+    def validate(chunk: bytes) -> None:
+        nonlocal seen
+        seen += len(chunk)
+        if seen > MAX_TEXT_FIELD_BYTES:
+            raise _FieldTooLong(name)
+
+    return validate
 
 
 class SpoolingFileTarget(BaseTarget):
@@ -95,10 +114,10 @@ async def parse_image_upload(
         except ValueError:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "Content-Length is not a number") from None
         if declared_bytes > body_cap:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes")
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes")
 
     target = SpoolingFileTarget(spool_dir, max_bytes)
-    values = {name: ValueTarget(validator=MaxSizeValidator(MAX_TEXT_FIELD_BYTES)) for name in text_fields}
+    values = {name: ValueTarget(validator=_field_cap(name)) for name in text_fields}
     try:
         parser = StreamingFormDataParser(headers=request.headers)
         parser.register("file", target)
@@ -122,12 +141,14 @@ async def parse_image_upload(
         target.close()
     except _TooLarge:
         target.discard()
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes") from None
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes") from None
+    except _FieldTooLong as exc:
+        target.discard()
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes") from None
     except ValidationError as exc:
         target.discard()
-        part = getattr(exc, "part_name", "")
-        message = str(exc) if part == "file" else f"the `{part}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes"
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if part != "file" else status.HTTP_400_BAD_REQUEST, message) from None
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     except HTTPException:
         target.discard()
         raise

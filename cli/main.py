@@ -188,6 +188,43 @@ def search(
         typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {label}  {derivative_path(settings, hit.photo_id)}")
 
 
+@app.command()
+def redrive(
+    photo_ids: Annotated[list[str] | None, typer.Argument(help="photo ids; none means every failed photo")] = None,
+) -> None:
+    """Send failed photos through indexing again, with a fresh attempt budget."""
+    from db import photos as photo_sql
+    from db.engine import session_scope
+    from workers.enqueue import QueueUnavailable, enqueue_ingest
+
+    _settings()
+    try:
+        wanted = [uuid.UUID(p) for p in photo_ids] if photo_ids else None
+    except ValueError as exc:
+        typer.echo(f"error: not a photo id: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    with session_scope() as session:
+        reset = photo_sql.reset_for_redrive(session, wanted)
+    try:
+        for photo_id in tqdm(reset, desc="re-enqueueing", unit="photo", disable=len(reset) < 20):
+            enqueue_ingest(photo_id)
+    except QueueUnavailable as exc:
+        typer.echo(f"warning: {exc}; the reconciler will enqueue the rest (they are pending)", err=True)
+    typer.echo(f"{len(reset)} failed photos sent back to indexing")
+
+
+@app.command()
+def reconcile(
+    older_than: Annotated[int, typer.Option(help="seconds a photo may stay pending/processing")] = 900,
+) -> None:
+    """Re-enqueue photos whose task was lost (beat runs this every minute; this runs it now)."""
+    from workers.tasks import reconcile_stale_photos
+
+    _settings()
+    result = reconcile_stale_photos.run(older_than_s=older_than)
+    typer.echo(f"{result['requeued']} stale photos re-enqueued")
+
+
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -239,6 +276,52 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's number fro
         typer.echo(f"error: no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"key {key_id} revoked")
+
+
+regions_app = typer.Typer(help="Where the minors law applies (the default '*' is restricted).", no_args_is_help=True)
+app.add_typer(regions_app, name="regions")
+
+
+@regions_app.command("list")
+def regions_list() -> None:
+    """Show the region rules."""
+    from db.engine import session_scope
+    from db.policy import region_rules
+
+    _settings()
+    with session_scope() as session:
+        for region, restricted, note in region_rules(session):
+            typer.echo(f"{region:8}  {'restricted' if restricted else 'unrestricted':12}  {note or ''}")
+
+
+@regions_app.command("set")
+def regions_set(
+    region: Annotated[str, typer.Argument(help="ISO code such as RU or DE, or '*' for every unlisted region")],
+    restricted: Annotated[bool, typer.Option("--restricted/--unrestricted", help="does the minors law apply")] = True,
+    note: Annotated[str | None, typer.Option(help="why (e.g. the law's reference)")] = None,
+) -> None:
+    """Declare whether the minors law applies in REGION; search obeys it at once."""
+    from db.engine import session_scope
+    from db.policy import set_region_rule
+
+    _settings()
+    try:
+        with session_scope() as session:
+            set_region_rule(session, region, minors_restricted=restricted, note=note)
+    except Exception as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{region.upper()}: {'restricted' if restricted else 'unrestricted'}")
+
+
+def _register_eval() -> None:
+    # Imported lazily inside the command so `withsense --help` stays fast.
+    from evaluation.cli import eval_command
+
+    app.command("eval", help="Evaluate models on a dataset in the seed format (or --demo) and write a report.")(eval_command)
+
+
+_register_eval()
 
 
 def main() -> None:

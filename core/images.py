@@ -77,6 +77,9 @@ def _open(source: BinaryIO | Path, allowed_formats: Iterable[str], max_pixels: i
                 "the file is not an image in an accepted format "
                 f"({', '.join(sorted(allowed))}); the format is read from the bytes, not the name"
             ) from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            # Recognised signature, unreadable header: a broken or disguised file.
+            raise ImageRejected(f"the image header cannot be read: {exc}", code="corrupt_image") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("image has no pixels")

@@ -209,3 +209,16 @@ def active_model(session: Session) -> EmbeddingModel | None:
 def status_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Photo.status, func.count()).group_by(Photo.status))
     return {status: count for status, count in rows}
+
+
+def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Failed photos back to pending with a fresh attempt budget (all failed ones when `photo_ids` is None)."""
+    condition = [Photo.status == PhotoStatus.FAILED]
+    if photo_ids is not None:
+        condition.append(Photo.id.in_(photo_ids))
+    rows = session.execute(
+        update(Photo).where(*condition)
+        .values(status=PhotoStatus.PENDING, attempts=0, error=None, updated_at=func.now())
+        .returning(Photo.id)
+    )
+    return list(rows.scalars())

@@ -35,8 +35,11 @@ def search_by_vector(session: Session, query: np.ndarray, k: int, region: str | 
                 {"query": Vector(np.asarray(query, dtype=np.float32).tolist()), "k": k, "region": region},
             ).all()
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "55000":
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == "55000":
             raise NoActiveModel(str(exc.orig)) from exc
+        if sqlstate == "22000":
+            raise DimensionMismatch(str(exc.orig).splitlines()[0]) from exc
         raise
     return [SearchHit(*row) for row in rows]
 
@@ -51,3 +54,7 @@ def similar_to_photo(session: Session, photo_id: uuid.UUID, k: int, region: str 
 
 class NoActiveModel(LookupError):
     """Nothing has been indexed yet, so no model is active."""
+
+
+class DimensionMismatch(ValueError):
+    """The query vector's dimension is not the active model's."""

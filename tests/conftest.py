@@ -42,7 +42,11 @@ def reset_cached_state() -> None:
 
     import core.embedding
 
+    import core.moderation
+
     core.embedding._default = None  # the model singleton follows WITHSENSE_MODEL
+    core.moderation._moderator = None
+    core.moderation.load_rules.cache_clear()
     dispose_engine()
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
@@ -73,6 +77,7 @@ def services(tiny_clip_path: Path) -> Iterator[Services]:
         "WITHSENSE_MODEL": str(tiny_clip_path),
         "WITHSENSE_DEVICE": "cpu",
         "WITHSENSE_RECONCILE_AFTER_S": "3600",
+        "WITHSENSE_MODERATION_PROMPTS": str(Path(__file__).with_name("moderation_prompts.yaml")),
     })
     reset_cached_state()
     upgrade(postgres.url)
@@ -165,8 +170,13 @@ def clean_db(services: Services) -> Iterator[None]:
 
     from db.engine import session_scope
 
+    from core.settings import get_settings
+
     with session_scope() as session:
         session.execute(text("TRUNCATE photos CASCADE"))
+    settings = get_settings()
+    for folder in (settings.originals_dir, settings.derivatives_dir):
+        shutil.rmtree(folder, ignore_errors=True)
     yield
 
 
@@ -220,3 +230,25 @@ def wait_for_status(client: object, photo_ids: list[str], timeout: float = 120.0
         time.sleep(0.2)
     missing = [p for p in photo_ids if p not in final]
     raise TimeoutError(f"{len(missing)} photos not done after {timeout}s, e.g. {missing[:3]}")
+
+
+# Stand-ins of the test moderation prompts (tests/moderation_prompts.yaml).
+MINOR_COLOUR = "yellow"
+UNSAFE_COLOUR = "brown"
+
+
+def sample_of(colour: str, shape: str, seed: int, templates: str = "heldout"):  # type: ignore[no-untyped-def]
+    """A synthetic image of one colour and shape, with a caption from `templates`."""
+    from evaluation.synthetic import generate
+
+    for offset in range(50):
+        for sample in generate(80, seed + offset * 1000, templates=templates):  # type: ignore[arg-type]
+            if sample.colour == colour and sample.shape == shape:
+                return sample
+    raise LookupError(f"no {colour} {shape} generated")
+
+
+def upload(client, image, **fields: str):  # type: ignore[no-untyped-def]
+    from tests.images import jpeg_bytes
+
+    return client.post("/v1/photos", files={"file": ("photo.jpg", jpeg_bytes(image), "image/jpeg")}, data=fields)

@@ -51,14 +51,14 @@ def test_decompression_bomb_is_413_and_nothing_is_stored(api, services) -> None:
     _assert_nothing_stored(services)
 
 
-def test_body_over_the_size_cap_is_413(services) -> None:  # type: ignore[no-untyped-def]
+def test_body_over_the_size_cap_is_413(services, admin_key) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
     from api.app import create_app
 
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: Settings(max_upload_bytes=10_000)
-    with TestClient(app) as client:
+    with TestClient(app, headers={"Authorization": f"Bearer {admin_key}"}) as client:
         big = jpeg_bytes(solid((10, 200, 30), (1200, 900)), quality=100)
         assert len(big) > 10_000
         response = client.post("/v1/photos", files={"file": ("big.jpg", big, "image/jpeg")})

@@ -37,7 +37,7 @@ async def embed_text(body: TextEmbeddingIn, _principal: SearchPrincipal) -> Text
         if not text.strip() or len(text) > 1000:
             from fastapi import HTTPException, status
 
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "every text must be 1 to 1000 characters, not blank")
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "every text must be 1 to 1000 characters, not blank")
     embedder = get_embedder()
     vectors = await run_in_threadpool(embedder.embed_texts, body.texts)
     return TextEmbeddingOut(

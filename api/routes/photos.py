@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
-from api.auth import SearchPrincipal, UploadPrincipal
+from api.auth import AdminPrincipal, SearchPrincipal, UploadPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import UPLOADS
@@ -26,7 +26,7 @@ from db.api_keys import Principal
 from db.engine import session_scope
 from db.moderation import audit, photo_visibility
 from db.models import Photo, PhotoStatus
-from workers.enqueue import QueueUnavailable
+from workers.enqueue import QueueUnavailable, enqueue_ingest
 from workers.intake import register_photo
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
         return True
     if lowered in {"false", "0", "no"}:
         return False
-    raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"`{name}` must be true or false, not {value[:20]!r}")
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"`{name}` must be true or false, not {value[:20]!r}")
 
 
 def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, filename: str | None,
@@ -105,7 +105,7 @@ def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, 
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.reason) from None
     except ImageTooLarge as exc:
         UPLOADS.labels(result="rejected").inc()
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, exc.reason) from None
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, exc.reason) from None
     except ImageRejected as exc:
         UPLOADS.labels(result="rejected").inc()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, exc.reason) from None
@@ -183,3 +183,24 @@ def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: UploadPr
     for error in errors:
         log.error("photo %s deleted but a file could not be removed: %s", photo_id, error)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{photo_id}/redrive", response_model=PhotoOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
+def redrive_photo(photo_id: uuid.UUID, request: Request, _principal: AdminPrincipal) -> PhotoOut:
+    """Send a failed photo through indexing again, with a fresh attempt budget."""
+    with session_scope() as session:
+        photo = photo_sql.get_photo(session, photo_id)
+        if photo is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+        if not photo_sql.reset_for_redrive(session, [photo_id]):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"photo {photo_id} is {photo.status}, not failed")
+    try:
+        enqueue_ingest(photo_id)
+    except QueueUnavailable as exc:
+        # The photo stays pending: the reconciler enqueues it when the queue is back.
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; the reconciler will retry it",
+                            headers={"Retry-After": "5"}) from None
+    with session_scope() as session:
+        refreshed = photo_sql.get_photo(session, photo_id)
+        assert refreshed is not None
+        return photo_out(refreshed, str(request.base_url))

@@ -9,6 +9,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
 from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep
@@ -25,7 +26,7 @@ from core.policy import DISCLAIMER, check_query
 from core.settings import Settings
 from db import photos as photo_sql
 from db.moderation import photo_visibility
-from db.search import NoActiveModel, SearchHit, search_by_vector, similar_to_photo
+from db.search import DimensionMismatch, NoActiveModel, SearchHit, search_by_vector, similar_to_photo
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -65,7 +66,7 @@ async def search_text(
     started = time.perf_counter()
     query = q.strip()
     if not query:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "the query `q` is empty")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the query `q` is empty")
     viewer_region = resolve_region(region, x_region)
     if check_query(query).blocked and await run_in_threadpool(_region_restricted, session, viewer_region):
         SEARCHES.labels(kind="text", outcome="blocked").inc()
@@ -126,7 +127,7 @@ def _embed_image_file(settings: Settings, path) -> np.ndarray:
                          draft_size=settings.derivative_size)
     except ImageRejected as exc:
         code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE if exc.code == "unsupported_format" else (
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.code == "too_many_pixels" else status.HTTP_400_BAD_REQUEST)
+            status.HTTP_413_CONTENT_TOO_LARGE if exc.code == "too_many_pixels" else status.HTTP_400_BAD_REQUEST)
         raise HTTPException(code, exc.reason) from None
     return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
 
@@ -155,3 +156,27 @@ def search_similar(
     hits = similar_to_photo(session, photo_id, k, viewer_region)
     SEARCHES.labels(kind="similar", outcome="ok").inc()
     return SearchOut(k=k, region=viewer_region, results=_results(hits, str(request.base_url)))
+
+
+class VectorSearchIn(BaseModel):
+    embedding: list[float] = Field(min_length=1, max_length=4096, description="a query vector from /v1/embeddings/text")
+    k: int = Field(10, ge=1, le=100)
+    region: str | None = Field(None, max_length=16)
+
+
+@router.post("/search/vector", response_model=SearchOut, responses={422: {"model": ErrorOut}})
+def search_vector(body: VectorSearchIn, request: Request, session: SessionDep, _principal: SearchPrincipal,
+                  x_region: RegionHeader = None) -> SearchOut:
+    """Nearest photos to a query vector of the active model (for services that embed their own queries)."""
+    vector = np.asarray(body.embedding, dtype=np.float32)
+    if not np.all(np.isfinite(vector)) or float(np.linalg.norm(vector)) < 1e-6:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the embedding must be finite and non-zero")
+    viewer_region = resolve_region(body.region, x_region)
+    try:
+        hits = search_by_vector(session, vector / np.linalg.norm(vector), body.k, viewer_region)
+    except NoActiveModel:
+        hits = []
+    except DimensionMismatch as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    SEARCHES.labels(kind="vector", outcome="ok").inc()
+    return SearchOut(k=body.k, region=viewer_region, results=_results(hits, str(request.base_url)))

@@ -92,6 +92,9 @@ def upgrade() -> None:
             expected integer;
             norm double precision;
         BEGIN
+            IF NEW.embedding IS NULL THEN
+                RAISE EXCEPTION 'embedding is NULL' USING ERRCODE = 'not_null_violation';
+            END IF;
             SELECT dimension INTO expected FROM embedding_models WHERE id = NEW.model_id;
             IF expected IS NULL THEN
                 RAISE EXCEPTION 'unknown embedding model %', NEW.model_id USING ERRCODE = 'foreign_key_violation';

@@ -1,0 +1,337 @@
+"""RELIABILITY.md items 1-10 and 23: hostile uploads and images, and access control, against the real app."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat, inspect_image, load_rgb, make_derivative
+from core.settings import Settings, get_settings
+from tests.conftest import create_api_key, upload, wait_for_status
+from tests.images import jpeg_bytes, png_bytes, png_declaring, solid
+
+pytestmark = pytest.mark.usefixtures("clean_db")
+
+
+def _nothing_stored() -> None:
+    from sqlalchemy import text
+
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM photos")) == 0
+    settings = get_settings()
+    for folder in (settings.originals_dir, settings.home / "tmp"):
+        assert not folder.exists() or not any(p.is_file() for p in folder.rglob("*")), f"files left in {folder}"
+
+
+def _small_cap_client(**overrides):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(**overrides)
+    return TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"})
+
+
+# 1. Bodies over the cap: true, false and no Content-Length.
+def test_oversized_body_is_413_with_true_false_and_no_content_length(services) -> None:  # type: ignore[no-untyped-def]
+    big = jpeg_bytes(Image.effect_noise((900, 900), 120).convert("RGB"), quality=100)
+    assert len(big) > 100_000
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with _small_cap_client(max_upload_bytes=100_000) as client:
+        honest = client.post("/v1/photos", content=body, headers=headers)
+        lying = client.post("/v1/photos", content=body, headers={**headers, "content-length": "1000"})
+
+        def chunks():  # type: ignore[no-untyped-def]
+            for start in range(0, len(body), 8192):
+                yield body[start:start + 8192]
+
+        chunked = client.post("/v1/photos", content=chunks(), headers=headers)
+    assert honest.status_code == 413 and "larger than" in honest.json()["detail"]
+    assert lying.status_code in (400, 413)
+    assert chunked.status_code == 413
+    _nothing_stored()
+
+
+# 2. Thousands of empty parts; a huge text field.
+def test_thousands_of_parts_and_huge_fields_are_refused(api) -> None:  # type: ignore[no-untyped-def]
+    boundary = "xx"
+    parts = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"p{i}\"\r\n\r\n\r\n" for i in range(5000))
+    body = (parts + f"--{boundary}--\r\n").encode()
+    response = api.post("/v1/photos", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 400 and "too many parts" in response.json()["detail"]
+    huge_title = upload(api, solid((1, 2, 3)), title="x" * 100_000)
+    assert huge_title.status_code == 413 and "title" in huge_title.json()["detail"]
+    _nothing_stored()
+
+
+# 3. Non-images disguised as JPEG are in test_api_validation.py; a polyglot: JPEG magic followed by HTML.
+def test_polyglot_with_jpeg_magic_but_no_image_is_415(api) -> None:  # type: ignore[no-untyped-def]
+    polyglot = b"\xff\xd8\xff\xe0" + b"<html><script>alert(1)</script></html>" * 20
+    response = api.post("/v1/photos", files={"file": ("x.jpg.php", polyglot, "image/jpeg")})
+    assert response.status_code in (400, 415)
+    _nothing_stored()
+
+
+# 4. Hostile file names never reach a path.
+@pytest.mark.parametrize("name", ["../../x.jpg", "a" * 300 + ".jpg", "evil\x00.jpg", "..\\..\\windows.jpg", "/etc/passwd"])
+def test_client_file_names_never_reach_a_path(api, name: str) -> None:  # type: ignore[no-untyped-def]
+    image = Image.new("RGB", (64, 48), tuple(int(x) for x in np.random.default_rng(len(name)).integers(0, 255, 3)))
+    response = api.post("/v1/photos", files={"file": (name, jpeg_bytes(image), "image/jpeg")})
+    assert response.status_code == 202, response.text
+    import uuid
+
+    from db.engine import session_scope
+    from db.photos import get_photo
+
+    with session_scope() as session:
+        photo = get_photo(session, uuid.UUID(response.json()["id"]))
+        assert photo is not None
+        assert re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.jpg", photo.storage_key)
+        assert "/" not in (photo.original_name or "") and "\x00" not in (photo.original_name or "")
+        assert len(photo.original_name or "") <= 255
+    stored = get_settings().originals_dir / photo.storage_key
+    assert stored.is_file()
+
+
+# 5. Decompression bombs: declared 20000x20000 (test_api_validation.py) and one just over the cap.
+def test_image_just_over_the_pixel_cap_is_refused(services) -> None:  # type: ignore[no-untyped-def]
+    data = png_bytes(solid((0, 0, 0), (1001, 1000)))
+    with pytest.raises(ImageTooLarge):
+        inspect_image(data, max_pixels=1_000_000)
+    with pytest.raises(ImageTooLarge):
+        load_rgb(data, max_pixels=1_000_000)
+    assert inspect_image(png_bytes(solid((0, 0, 0), (1000, 1000))), max_pixels=1_000_000).width == 1000
+    with _small_cap_client(max_image_pixels=1_000_000) as client:
+        response = client.post("/v1/photos", files={"file": ("b.png", data, "image/png")})
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+    _nothing_stored()
+
+
+# 6. Formats outside the allow-list are never decoded.
+def _ico() -> bytes:
+    buffer = io.BytesIO()
+    solid((200, 0, 0), (32, 32)).save(buffer, format="ICO")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload", [
+    _ico(),
+    b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8" + b" " * 2800,
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n",
+    b"gd2\x00\x00\x02" + b"\x00" * 64,
+])
+def test_formats_outside_the_allow_list_are_415(api, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnsupportedFormat):
+        inspect_image(payload)
+    response = api.post("/v1/photos", files={"file": ("x.jpg", payload, "image/jpeg")})
+    assert response.status_code == 415
+    _nothing_stored()
+
+
+# 7. Truncated JPEG (test_pipeline.py), truncated PNG and bad CRC: failed for good, one attempt.
+@pytest.mark.usefixtures("worker")
+def test_truncated_png_and_bad_crc_fail_for_good(api) -> None:  # type: ignore[no-untyped-def]
+    png = png_bytes(Image.effect_noise((300, 200), 60).convert("RGB"))
+    truncated = png[: len(png) // 2]
+    idat = png.index(b"IDAT")
+    bad_crc = bytearray(png)
+    bad_crc[idat + 10] ^= 0xFF  # corrupt the compressed pixels: the chunk CRC no longer matches
+    ids = []
+    for data in (truncated, bytes(bad_crc)):
+        response = api.post("/v1/photos", files={"file": ("x.png", data, "image/png")})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    for body in wait_for_status(api, ids).values():
+        assert body["status"] == "failed" and body["attempts"] == 1
+        assert body["error"]
+
+
+# 8. EXIF orientations 1-8 and malformed EXIF: the derivative is upright.
+def _marker() -> Image.Image:
+    """Red top-left quadrant, blue elsewhere: any rotation or flip moves the red corner."""
+    image = Image.new("RGB", (120, 80), (0, 0, 255))
+    ImageDraw.Draw(image).rectangle((0, 0, 59, 39), fill=(255, 0, 0))
+    return image
+
+
+INVERSE = {
+    1: lambda im: im,
+    2: lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    3: lambda im: im.transpose(Image.Transpose.ROTATE_180),
+    4: lambda im: im.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+    5: lambda im: im.transpose(Image.Transpose.TRANSPOSE),
+    6: lambda im: im.transpose(Image.Transpose.ROTATE_90),
+    7: lambda im: im.transpose(Image.Transpose.TRANSVERSE),
+    8: lambda im: im.transpose(Image.Transpose.ROTATE_270),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    stored = INVERSE[orientation](_marker())
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright = load_rgb(jpeg_bytes(stored, exif=exif.tobytes()))
+    assert upright.size == (120, 80)
+    red_corner = np.asarray(upright)[5:30, 5:50].mean(axis=(0, 1))
+    assert red_corner[0] > 200 and red_corner[2] < 60, (orientation, red_corner)
+
+
+def test_malformed_exif_does_not_lose_the_photo() -> None:
+    data = bytearray(jpeg_bytes(_marker(), exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff\x01\x12"))
+    image = load_rgb(bytes(data))
+    assert image.size == (120, 80)
+
+
+# 9. Odd modes become RGB with alpha composited, and embed to a finite vector.
+def _modes() -> dict[str, Image.Image]:
+    base = _marker()
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    palette.info["transparency"] = 0
+    i16 = Image.fromarray((np.arange(120 * 80, dtype=np.uint16).reshape(80, 120) * 7))
+    assert i16.mode == "I;16"
+    return {"CMYK": base.convert("CMYK"), "P": palette, "LA": base.convert("LA"), "I;16": i16,
+            "1": base.convert("1"), "RGBA": rgba, "L": base.convert("L")}
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "LA", "I;16", "1", "RGBA", "L"])
+def test_odd_modes_become_rgb(mode: str) -> None:
+    image = _modes()[mode]
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    rgb = load_rgb(buffer.getvalue())
+    assert rgb.mode == "RGB" and rgb.size == (120, 80)
+    if mode == "RGBA":
+        assert np.asarray(rgb)[60, 100].tolist() == [127, 127, 255]  # half-transparent blue over white
+    derivative = make_derivative(rgb)
+    assert derivative.size == (224, 224)
+
+
+@pytest.mark.usefixtures("worker")
+def test_odd_modes_index_to_finite_vectors(api, services) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from db.engine import session_scope
+
+    ids = []
+    for mode, image in _modes().items():
+        fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG")
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        response = api.post("/v1/photos", files={"file": (f"x.{fmt.lower()}", buffer.getvalue(), "application/octet-stream")})
+        assert response.status_code == 202, (mode, response.text)
+        ids.append(response.json()["id"])
+    final = wait_for_status(api, ids)
+    assert {b["status"] for b in final.values()} == {"indexed"}, [b["error"] for b in final.values()]
+    with session_scope() as session:
+        norms = session.execute(text("SELECT l2_norm(embedding) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[]))"),
+                                {"ids": ids}).scalars().all()
+    assert len(norms) == len(ids) and all(abs(n - 1) < 0.01 for n in norms)
+
+
+# 10. A 500-frame animation: first frame only.
+@pytest.mark.usefixtures("worker")
+def test_500_frame_gif_uses_the_first_frame(api) -> None:  # type: ignore[no-untyped-def]
+    # Distinct frames (identical ones would be merged by the encoder).
+    frames = [solid((255, 0, 0), (96, 64))] + [solid((0, 0, 100 + i % 150), (96, 64)) for i in range(499)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=10, loop=0)
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).n_frames == 500
+    first = load_rgb(data)
+    assert np.asarray(first).mean(axis=(0, 1))[0] > 200
+    photo_id = api.post("/v1/photos", files={"file": ("anim.gif", data, "image/gif")}).json()["id"]
+    assert wait_for_status(api, [photo_id])[photo_id]["status"] == "indexed"
+    thumbnail = Image.open(io.BytesIO(api.get(f"/v1/photos/{photo_id}/thumbnail").content))
+    assert np.asarray(thumbnail).mean(axis=(0, 1))[0] > 200  # red: the first frame, not the 499 blue ones
+
+
+# 23. Keys: every /v1 route refuses a missing or wrong key; scopes are enforced.
+def _v1_routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """Every /v1 operation in the OpenAPI schema, so a new route is covered without editing this test."""
+    routes = []
+    for path, operations in app.openapi()["paths"].items():
+        if path.startswith("/v1"):
+            for method in operations:
+                routes.append((method.upper(), path.replace("{photo_id}", "00000000-0000-0000-0000-000000000001")))
+    return routes
+
+
+def test_every_v1_route_refuses_a_missing_or_wrong_key(anonymous_api) -> None:  # type: ignore[no-untyped-def]
+    from api.app import create_app
+
+    routes = _v1_routes(create_app())
+    assert len(routes) >= 12
+    for method, path in routes:
+        missing = anonymous_api.request(method, path)
+        assert missing.status_code == 401, (method, path, missing.status_code)
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = anonymous_api.request(method, path, headers={"Authorization": "Bearer wsk_000000000000_nope"})
+        assert wrong.status_code == 401, (method, path)
+    assert anonymous_api.get("/healthz").status_code == 200
+
+
+def test_scopes_and_revocation(services) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from db.api_keys import revoke_key
+    from db.engine import session_scope
+
+    search_key = create_api_key("search")
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {search_key}"}) as client:
+        assert client.get("/v1/search", params={"q": "a red circle"}).status_code == 200
+        forbidden = upload(client, solid((5, 5, 5)))
+        assert forbidden.status_code == 403 and "upload" in forbidden.json()["detail"]
+        assert client.get("/v1/moderation/queue").status_code == 403
+        assert client.delete("/v1/photos/00000000-0000-0000-0000-000000000001").status_code == 403
+    with session_scope() as session:
+        from sqlalchemy import text
+
+        key_id = session.scalar(text("SELECT id FROM api_keys WHERE prefix = :p"), {"p": search_key.split("_")[1]})
+        assert revoke_key(session, key_id)
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {search_key}"}) as client:
+        revoked = client.get("/v1/search", params={"q": "a red circle"})
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
+
+
+def test_anonymous_scopes_make_search_public_but_not_upload(services) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(anonymous_scopes=("search",))
+    with TestClient(app) as client:
+        assert client.get("/v1/search", params={"q": "a red circle"}).status_code == 200
+        assert upload(client, solid((9, 9, 9))).status_code == 401
+
+
+def test_rate_limit_answers_429_with_retry_after(services) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(rate_limit_search="3/minute")
+    with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('search')}"}) as client:
+        statuses = [client.get("/v1/search", params={"q": "a red circle"}).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        limited = client.get("/v1/search", params={"q": "a red circle"})
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+    with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('search')}"}) as other:
+        assert other.get("/v1/search", params={"q": "a red circle"}).status_code == 200  # limits are per key
