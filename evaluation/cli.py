@@ -18,7 +18,7 @@ CLIP the tests use), ``random-clip`` (the same architecture, random weights), ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 
@@ -72,22 +72,43 @@ def resolve_encoder(value: str, side: Literal["image", "text"]) -> str:
 
 
 def eval_command(
-    dataset_dir: Path | None = typer.Argument(
-        None, help="Folder in the seed layout (train_dataset.csv, CrowdAnnotations.tsv, ExpertAnnotations.tsv, test_queries.csv, train_images/, test_images/)."
-    ),
-    model: list[str] = typer.Option(
-        [], "--model", "-m", help="sentence-transformers CLIP name or folder; repeat to compare. Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL)."
-    ),
-    baseline_image: str | None = typer.Option(None, "--baseline-image", help="Baseline image encoder folder (e.g. microsoft/resnet-50)."),
-    baseline_text: str | None = typer.Option(None, "--baseline-text", help="Baseline text encoder folder (e.g. bert-base-uncased)."),
-    baseline_head: str = typer.Option("ridge", "--baseline-head", help="Baseline projection: ridge or mlp."),
-    demo: bool = typer.Option(False, "--demo", help="Evaluate on the shipped synthetic demo dataset."),
-    out: Path = typer.Option(Path("reports/eval"), "--out", "-o", help="Where to write report.html, report.md, per_query.csv..."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: WITHSENSE_DEVICE)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the confidence intervals."),
-    expert_weight: float = typer.Option(0.6, "--expert-weight", min=0.0, max=1.0, help="Weight of the experts in the relevance blend."),
-    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap, cross-validation and the baseline."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    dataset_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Folder in the seed layout (train_dataset.csv, CrowdAnnotations.tsv, ExpertAnnotations.tsv, "
+            "test_queries.csv, train_images/, test_images/)."
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m",
+            help="sentence-transformers CLIP name or folder; repeat to compare. "
+            "Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL).",
+        ),
+    ] = None,  # fmt: skip
+    baseline_image: Annotated[
+        str | None, typer.Option("--baseline-image", help="Baseline image encoder folder (e.g. microsoft/resnet-50).")
+    ] = None,
+    baseline_text: Annotated[
+        str | None, typer.Option("--baseline-text", help="Baseline text encoder folder (e.g. bert-base-uncased).")
+    ] = None,
+    baseline_head: Annotated[str, typer.Option("--baseline-head", help="Baseline projection: ridge or mlp.")] = "ridge",
+    demo: Annotated[bool, typer.Option("--demo", help="Evaluate on the shipped synthetic demo dataset.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write report.html, report.md, per_query.csv...")
+    ] = Path("reports/eval"),
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu or cuda (default: WITHSENSE_DEVICE).")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the confidence intervals.")
+    ] = 1000,
+    expert_weight: Annotated[
+        float, typer.Option("--expert-weight", min=0.0, max=1.0, help="Weight of the experts in the relevance blend.")
+    ] = 0.6,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for bootstrap, cross-validation and the baseline.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate text-to-image search on a seed-format dataset and write an HTML + Markdown report."""
     from core.settings import get_settings
@@ -108,7 +129,7 @@ def eval_command(
         raise typer.BadParameter(f"dataset folder {dataset_dir} does not exist")
 
     settings = get_settings()
-    specs = [resolve_clip(m) for m in model] if model else [ModelSpec.clip(settings.model, text_path=settings.text_model, revision=settings.model_revision)]
+    specs = [resolve_clip(m) for m in model or []] if model else [ModelSpec.clip(settings.model, text_path=settings.text_model, revision=settings.model_revision)]
     if baseline_image is not None and baseline_text is not None:
         specs.append(
             ModelSpec.baseline(

@@ -497,15 +497,15 @@ def load_dataset(root: Path | str) -> SeedDataset:
     test_images = list_images(root / TEST_IMAGES_DIR, report)
 
     if train_images:
-        _check_references(zip(train["image"], train["line"]), train_images, report, TRAIN_FILE, TRAIN_IMAGES_DIR)
-        sources = [(query_source_image(q) or "", line) for q, line in zip(train["query_id"], train["line"])]
+        _check_references(zip(train["image"], train["line"], strict=True), train_images, report, TRAIN_FILE, TRAIN_IMAGES_DIR)
+        sources = [(query_source_image(q) or "", line) for q, line in zip(train["query_id"], train["line"], strict=True)]
         _check_references(
             ((s, line) for s, line in sources if s), train_images, report, TRAIN_FILE + " (query_id)", TRAIN_IMAGES_DIR
         )
-        _check_references(zip(crowd["image"], crowd["line"]), train_images, report, CROWD_FILE, TRAIN_IMAGES_DIR)
-        _check_references(zip(expert["image"], expert["line"]), train_images, report, EXPERT_FILE, TRAIN_IMAGES_DIR)
+        _check_references(zip(crowd["image"], crowd["line"], strict=True), train_images, report, CROWD_FILE, TRAIN_IMAGES_DIR)
+        _check_references(zip(expert["image"], expert["line"], strict=True), train_images, report, EXPERT_FILE, TRAIN_IMAGES_DIR)
     if test_images:
-        _check_references(zip(test["image"], test["line"]), test_images, report, TEST_FILE, TEST_IMAGES_DIR)
+        _check_references(zip(test["image"], test["line"], strict=True), test_images, report, TEST_FILE, TEST_IMAGES_DIR)
 
     known_queries = set(train["query_id"])
     for frame, file in ((crowd, CROWD_FILE), (expert, EXPERT_FILE)):

@@ -43,14 +43,9 @@ def service_policy() -> tuple[DescribesMinor, BlocksQuery, str]:
 
     def check(text: str) -> PolicyVerdict:
         decision = check_query(text)
-        return PolicyVerdict(
-            blocked=bool(decision.blocked),
-            category=getattr(decision, "category", None),
-            matched_terms=tuple(getattr(decision, "matched_terms", ()) or ()),
-        )
+        return PolicyVerdict(blocked=decision.blocked, category=decision.category, matched_terms=decision.matched_terms)
 
-    version = str(getattr(check_query("a dog"), "rules_version", "unknown"))
-    return policy.describes_minor, check, version
+    return policy.describes_minor, check, policy.version
 
 
 def child_images(query_texts: dict[str, str], describes_minor: DescribesMinor) -> set[str]:

@@ -20,7 +20,7 @@ import html
 import io
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -283,7 +283,7 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
     """The report's content, in order."""
     config = result.config
     blocks: list[Block] = [Block("h1", config.title)]
-    when = datetime.fromtimestamp(result.started, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.fromtimestamp(result.started, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks.append(
         Block(
             "p",

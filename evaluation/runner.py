@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 
 import evaluation.annotations as ann
 from evaluation.dataset import SeedDataset, ValidationReport, load_dataset, query_source_image
-from evaluation.labels import DEFAULT_EXPERT_WEIGHT, RELEVANT_THRESHOLD, RelevanceLabels, build_relevance_labels, merge_annotations
+from evaluation.labels import (
+    DEFAULT_EXPERT_WEIGHT,
+    RELEVANT_THRESHOLD,
+    RelevanceLabels,
+    build_relevance_labels,
+    merge_annotations,
+)
 from evaluation.metrics import (
     RECALL_KS,
     Estimate,
@@ -595,7 +601,7 @@ def _cross_fitted_scores(
     folds = min(config.baseline_folds, len(groups))
     if folds < 2:
         return scores
-    for train_idx, test_idx in GroupKFold(n_splits=folds).split(judged, groups=canonical):
+    for _, test_idx in GroupKFold(n_splits=folds).split(judged, groups=canonical):
         held_out = set(canonical[test_idx])
         part = training[~training["canonical"].isin(held_out)]
         weights = part["relevance"].to_numpy(dtype=np.float64)
