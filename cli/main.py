@@ -89,7 +89,7 @@ def ingest(
 ) -> None:
     """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
     from core.images import ImageRejected
-    from workers.enqueue import QueueUnavailable
+    from workers.enqueue import QueueUnavailable, enqueue_ingest_batch
     from workers.intake import register_photo
 
     settings = _settings()
@@ -99,6 +99,18 @@ def ingest(
         raise typer.Exit(0)
     counts = {"queued": 0, "duplicate": 0, "rejected": 0}
     queued: list[uuid.UUID] = []
+    batch: list[uuid.UUID] = []
+
+    def flush() -> None:
+        # Photos go to the workers in batches: one forward pass per batch.
+        try:
+            enqueue_ingest_batch(batch)
+        except QueueUnavailable as exc:
+            typer.echo(f"error: {exc}; {len(batch)} registered photos stay pending (the reconciler will queue them)",
+                       err=True)
+            raise typer.Exit(1) from exc
+        batch.clear()
+
     spool = settings.home / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
     with tqdm(files, desc="registering", unit="photo") as bar:
@@ -110,22 +122,24 @@ def ingest(
                 shutil.copyfile(path, tmp)
                 data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
                 result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,
-                                        original_name=path.name, photographer=photographer)
+                                        original_name=path.name, photographer=photographer, enqueue=False)
             except ImageRejected as exc:
                 counts["rejected"] += 1
                 tqdm.write(f"skipped {path}: {exc.reason}")
                 continue
-            except QueueUnavailable as exc:
-                typer.echo(f"error: {exc}; stopped after {sum(counts.values())} files", err=True)
-                raise typer.Exit(1) from exc
             finally:
                 tmp.unlink(missing_ok=True)
             if result.created:
                 counts["queued"] += 1
                 queued.append(result.photo.id)
+                batch.append(result.photo.id)
+                if len(batch) >= settings.ingest_batch_size:
+                    flush()
             else:
                 counts["duplicate"] += 1
             bar.set_postfix(counts)
+    if batch:
+        flush()
     typer.echo(f"{counts['queued']} queued, {counts['duplicate']} already known, {counts['rejected']} rejected")
     if wait and queued:
         _wait_for_indexing(queued, timeout)

@@ -97,6 +97,15 @@ def claim_for_indexing(session: Session, photo_id: uuid.UUID, max_attempts: int)
     return photo
 
 
+def release_claim(session: Session, photo_id: uuid.UUID) -> None:
+    """Undo a claim that did no work (the batch was split): back to pending, the attempt returned."""
+    session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id, Photo.status == PhotoStatus.PROCESSING)
+        .values(status=PhotoStatus.PENDING, attempts=func.greatest(Photo.attempts - 1, 0), updated_at=func.now())
+    )
+
+
 def validate_embedding(vector: np.ndarray, dimension: int) -> np.ndarray:
     array = np.asarray(vector, dtype=np.float32)
     if array.ndim != 1 or array.shape[0] != dimension:

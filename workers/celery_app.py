@@ -49,9 +49,14 @@ celery_app = make_celery()
 @worker_process_init.connect
 def _configure_child(**_kwargs: object) -> None:
     """Cheap per-child setup after fork: thread count and fresh DB connections. The model loads lazily."""
+    import logging
+    import os
+
     import torch
 
     from db.engine import dispose_engine
 
-    torch.set_num_threads(get_settings().torch_threads)
+    threads = get_settings().torch_threads
+    torch.set_num_threads(threads)
     dispose_engine()
+    logging.getLogger(__name__).info("worker child %d: torch threads %d", os.getpid(), threads)

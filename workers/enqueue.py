@@ -14,10 +14,21 @@ class QueueUnavailable(RuntimeError):
 
 
 def enqueue_ingest(photo_id: uuid.UUID) -> None:
+    """Queue one photo (an upload): indexed as soon as a worker is free."""
+    _send("photos.ingest", [str(photo_id)])
+
+
+def enqueue_ingest_batch(photo_ids: list[uuid.UUID]) -> None:
+    """Queue several photos as one task: one forward pass per chunk, for backfills and the reconciler."""
+    if photo_ids:
+        _send("photos.ingest_batch", [[str(p) for p in photo_ids]])
+
+
+def _send(task_name: str, args: list[object]) -> None:
     try:
         celery_app.send_task(
-            "photos.ingest",
-            args=[str(photo_id)],
+            task_name,
+            args=args,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )

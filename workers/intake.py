@@ -44,11 +44,14 @@ def register_photo(
     depicts_minor: bool | None = None,
     parental_consent: bool | None = None,
     actor: str = "uploader",
+    enqueue: bool = True,
 ) -> IntakeResult:
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
 
     Raises core.images.ImageRejected subclasses for bytes we do not accept (nothing is stored),
     and workers.enqueue.QueueUnavailable when the queue is down (the row and file are removed again).
+    With `enqueue=False` the caller queues the photo itself (in batches); until it does, the photo is
+    pending and the reconciler would queue it.
     """
     existing = find_duplicate(sha256)
     if existing is not None:
@@ -78,6 +81,8 @@ def register_photo(
     if not created:  # lost a race with a concurrent upload of the same bytes
         remove_quietly(destination)
         return IntakeResult(photo, False)
+    if not enqueue:
+        return IntakeResult(photo, True)
     try:
         enqueue_ingest(photo.id)
     except BaseException:

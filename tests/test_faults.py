@@ -1,0 +1,407 @@
+"""RELIABILITY.md items 11-16, 21, 22 and the soak test: real processes killed, restarted and starved.
+
+These tests run their own Redis and Celery workers (so they can kill them) and are marked slow:
+`pytest -m slow` runs them alone, `pytest -m "not slow"` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from cli.local_services import LocalPostgres, LocalRedis
+from tests.conftest import WorkerProcess, reset_cached_state, upload, wait_for_status
+from tests.images import jpeg_bytes, png_bytes
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_db")]
+
+
+@pytest.fixture()
+def own_broker(services) -> Iterator[LocalRedis]:  # type: ignore[no-untyped-def]
+    """A Redis of this test's own, so the session worker never takes these tasks and it can be killed."""
+    redis = LocalRedis(services.home / f"redis-{uuid.uuid4().hex[:6]}")
+    redis.start()
+    previous = os.environ["WITHSENSE_BROKER_URL"]
+    os.environ["WITHSENSE_BROKER_URL"] = redis.url
+    reset_cached_state()
+    try:
+        yield redis
+    finally:
+        os.environ["WITHSENSE_BROKER_URL"] = previous
+        reset_cached_state()
+        redis.stop()
+
+
+@pytest.fixture()
+def workers(services) -> Iterator[list[WorkerProcess]]:  # type: ignore[no-untyped-def]
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+def _start_worker(services, started: list[WorkerProcess], **env: str) -> WorkerProcess:  # type: ignore[no-untyped-def]
+    worker = WorkerProcess(services.home, concurrency=int(env.pop("concurrency", "1")), extra_env=env)
+    worker.start()
+    started.append(worker)
+    return worker
+
+
+def _counts(photo_ids: list[str]) -> dict[str, int]:
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(text(
+            "SELECT p.status, count(*) FROM photos p WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.status"),
+            {"ids": photo_ids}).all()
+    return dict(rows)
+
+
+def _embedding_rows(photo_ids: list[str]) -> dict[str, int]:
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(text(
+            "SELECT photo_id::text, count(*) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[])) "
+            "GROUP BY photo_id"), {"ids": photo_ids}).all()
+    return dict(rows)
+
+
+def _status_of(photo_id: str) -> str:
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        return str(session.scalar(text("SELECT status FROM photos WHERE id = :id"), {"id": photo_id}))
+
+
+def _wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _large_jpeg(seed: int, size: tuple[int, int] = (3000, 2000)) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 255, (size[1] // 50, size[0] // 50, 3), dtype=np.uint8))
+    return jpeg_bytes(small.resize(size, Image.Resampling.BICUBIC), quality=95)
+
+
+def _register(api, images: list[bytes], name: str = "x.jpg") -> list[str]:  # type: ignore[no-untyped-def]
+    ids = []
+    for data in images:
+        response = api.post("/v1/photos", files={"file": (name, data, "image/jpeg")})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+# 11. kill -9 of the worker child mid-task, and of the whole worker.
+def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from workers.enqueue import enqueue_ingest_batch
+
+    ids = _register(api, [_large_jpeg(seed) for seed in range(24)])
+    redis.Redis.from_url(own_broker.url).delete("photos")  # drop the uploads' single tasks: this test is about a batch
+    enqueue_ingest_batch([uuid.UUID(i) for i in ids])
+    worker = _start_worker(services, workers)
+    assert _wait_until(lambda: _status_of(ids[0]) == "processing", 120), worker.log()
+    (child,) = worker.child_pids()
+    os.kill(child, signal.SIGKILL)
+
+    final = wait_for_status(api, ids, timeout=300)
+    assert {body["status"] for body in final.values()} == {"indexed"}, worker.log()
+    assert set(_embedding_rows(ids).values()) == {1} and len(_embedding_rows(ids)) == len(ids)
+    assert max(body["attempts"] for body in final.values()) == 2  # the killed attempt counted, once
+    assert "WorkerLostError" in worker.log() or "SIGKILL" in worker.log()
+
+
+def test_killed_whole_worker_is_recovered_by_the_reconciler(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    from workers.tasks import reconcile_stale_photos
+
+    ids = _register(api, [_large_jpeg(100 + seed) for seed in range(6)])
+    worker = _start_worker(services, workers)
+    assert _wait_until(lambda: "processing" in _counts(ids), 120), worker.log()
+    worker.kill()  # parent and children, -9: nothing acknowledged, nothing requeued by the worker itself
+    assert _counts(ids).get("indexed", 0) < len(ids)
+
+    _start_worker(services, workers)
+    requeued = reconcile_stale_photos.run(older_than_s=0)["requeued"]
+    assert requeued >= 1
+    final = wait_for_status(api, ids, timeout=300)
+    assert {body["status"] for body in final.values()} == {"indexed"}
+    assert set(_embedding_rows(ids).values()) == {1} and len(_embedding_rows(ids)) == len(ids)
+
+
+# 12. A poison image that kills the worker every time fails after N attempts, not in a loop.
+def test_poison_image_fails_after_the_attempt_cap(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    poison = png_bytes(Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)))
+    (poison_id,) = _register(api, [poison], name="poison.png")
+    worker = _start_worker(services, workers, WITHSENSE_TASK_MAX_ATTEMPTS="3")
+    kills = 0
+    stop = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.is_set():
+            if _status_of(poison_id) == "processing":
+                for pid in worker.child_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                time.sleep(0.5)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        body = wait_for_status(api, [poison_id], timeout=300)[poison_id]
+    finally:
+        stop.set()
+        thread.join()
+    assert body["status"] == "failed", worker.log()
+    assert "gave up after 3 attempts" in body["error"]
+    assert kills == 3
+    assert _embedding_rows([poison_id]) == {}
+
+
+# 13. A task longer than the visibility timeout: the second delivery changes nothing
+# (test_pipeline.py runs two deliveries at once); the timeout is configured above the task limit.
+def test_visibility_timeout_is_above_the_task_time_limit() -> None:
+    from workers.celery_app import celery_app
+
+    conf = celery_app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+
+
+# 14. Redis restarted (and half its queue lost) with 1,000 uploads queued: none lost.
+def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from workers.tasks import reconcile_stale_photos
+
+    rng = np.random.default_rng(14)
+    images = [jpeg_bytes(Image.new("RGB", (48, 32), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(1000)]
+    images = list(dict.fromkeys(images))  # distinct bytes only
+    ids = _register(api, images)
+    client = redis.Redis.from_url(own_broker.url)
+    assert client.llen("photos") == len(ids)
+    own_broker.kill()
+    own_broker.start()  # AOF brings the queue back ...
+    client = redis.Redis.from_url(own_broker.url)
+    survived = client.llen("photos")
+    client.ltrim("photos", 0, survived // 2)  # ... and we throw half of it away, as a lost volume would
+    _start_worker(services, workers, concurrency="2")
+    requeued = reconcile_stale_photos.run(older_than_s=0, limit=5000)["requeued"]
+    assert requeued == len(ids) - _counts(ids).get("indexed", 0) - _counts(ids).get("failed", 0) or requeued > 0
+    assert _wait_until(lambda: _counts(ids).get("indexed", 0) == len(ids), 900, interval=1.0), _counts(ids)
+    rows = _embedding_rows(ids)
+    assert len(rows) == len(ids) and set(rows.values()) == {1}
+
+
+# 15. Redis full: uploads answer 503 and nothing is half-done.
+def test_full_redis_makes_uploads_503_with_nothing_stored(api, own_broker) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from core.settings import get_settings
+    from db.engine import session_scope
+
+    client = redis.Redis.from_url(own_broker.url)
+    client.config_set("maxmemory", "2mb")
+    try:
+        filler = 0
+        with pytest.raises(redis.exceptions.ResponseError, match="OOM"):
+            while filler < 100_000:
+                client.set(f"filler:{filler}", b"x" * 10_000)
+                filler += 1
+        response = upload(api, Image.new("RGB", (64, 64), (1, 99, 7)))
+        assert response.status_code == 503 and "nothing was stored" in response.json()["detail"]
+        assert response.headers["retry-after"]
+        with session_scope() as session:
+            assert session.scalar(text("SELECT count(*) FROM photos")) == 0
+        originals = get_settings().originals_dir
+        assert not originals.exists() or not any(p.is_file() for p in originals.rglob("*"))
+        assert api.get("/readyz").status_code == 200  # Redis answers; it is only full
+    finally:
+        client.config_set("maxmemory", "0")
+        client.flushdb()
+    assert upload(api, Image.new("RGB", (64, 64), (1, 99, 7))).status_code == 202
+
+
+# 16. Torch in prefork children: no fork deadlock, threads = cores / concurrency.
+def test_prefork_children_split_the_cores_and_do_not_deadlock(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    worker = _start_worker(services, workers, concurrency="2", WITHSENSE_WORKER_CONCURRENCY="2")
+    ids = _register(api, [_large_jpeg(300 + seed, (640, 480)) for seed in range(8)])
+    final = wait_for_status(api, ids, timeout=300)
+    assert {body["status"] for body in final.values()} == {"indexed"}
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    lines = [line for line in worker.log().splitlines() if "torch threads" in line]
+    assert len(lines) == 2 and all(line.endswith(f"torch threads {expected}") for line in lines), lines
+
+
+# 21. Concurrent inserts, searches and VACUUM, then kill -9 of the postmaster.
+def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
+    from db.migrate import upgrade
+
+    home = Path(tempfile.mkdtemp(prefix="wsc-", dir="/tmp"))
+    server = LocalPostgres(home / "pg")
+    server.start()
+    dsn = server.url.replace("+psycopg", "")
+    try:
+        upgrade(server.url)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO embedding_models (name, revision, dimension, active) VALUES ('m', 'r', 4, true)")
+            conn.execute("SELECT ensure_embedding_index(1)")
+        committed: list[str] = []
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def writer(offset: int) -> None:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    for i in range(10_000):
+                        if stop.is_set():
+                            return
+                        sha = f"{offset * 100_000 + i:064x}"
+                        row = conn.execute(
+                            "WITH p AS (INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, "
+                            "moderation_status) VALUES (%s, %s, 'JPEG', 1, 1, 1, 'indexed', 'approved') RETURNING id) "
+                            "INSERT INTO photo_embeddings (photo_id, model_id, embedding) "
+                            "SELECT id, 1, '[0.5,0.5,0.5,0.5]'::halfvec FROM p RETURNING photo_id", (sha, sha)).fetchone()
+                        committed.append(str(row[0]))
+            except psycopg.OperationalError:
+                return  # the crash
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        def searcher() -> None:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    while not stop.is_set():
+                        conn.execute("SELECT * FROM search_photos('[0.5,0.5,0.5,0.5]'::vector, 10, NULL)").fetchall()
+            except psycopg.OperationalError:
+                return
+
+        def vacuumer() -> None:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    while not stop.is_set():
+                        conn.execute("VACUUM photo_embeddings")
+                        time.sleep(0.05)
+            except psycopg.OperationalError:
+                return
+
+        # An open transaction whose rows must never be seen.
+        uncommitted = psycopg.connect(dsn)
+        uncommitted.execute("INSERT INTO photos (storage_key, sha256, format, width, height, bytes) "
+                            "VALUES ('ghost', %s, 'JPEG', 1, 1, 1)", ("f" * 64,))
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+        threads += [threading.Thread(target=searcher), threading.Thread(target=vacuumer)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        server.kill()
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert not errors, errors
+        try:
+            uncommitted.close()
+        except psycopg.Error:
+            pass
+        server.start()
+        with psycopg.connect(dsn) as conn:
+            present = {str(r[0]) for r in conn.execute("SELECT id FROM photos")}
+            embedded = {str(r[0]) for r in conn.execute("SELECT photo_id FROM photo_embeddings")}
+            assert conn.execute("SELECT count(*) FROM photos WHERE storage_key = 'ghost'").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM search_photos('[0.5,0.5,0.5,0.5]'::vector, 1000, NULL)").fetchone()[0] \
+                == min(1000, len(embedded))
+        assert len(committed) > 50
+        assert set(committed) <= present and set(committed) <= embedded
+    finally:
+        server.destroy()
+
+
+# 22. Postgres restarted under load: 503 meanwhile, recovery by itself.
+def test_postgres_restart_gives_503_then_recovers(api, services, worker) -> None:  # type: ignore[no-untyped-def]
+    assert api.get("/v1/search", params={"q": "a red circle"}).status_code == 200
+    services.postgres.stop()
+    try:
+        down = api.get("/v1/search", params={"q": "a red circle"})
+        assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("database unreachable")
+        assert ready.json()["checks"]["broker"] == "ok"
+        assert upload(api, Image.new("RGB", (40, 40), (3, 3, 3))).status_code == 503
+    finally:
+        services.postgres.start()
+    assert _wait_until(lambda: api.get("/v1/search", params={"q": "a red circle"}).status_code == 200, 30, 0.5)
+    assert api.get("/readyz").status_code == 200
+    photo_id = upload(api, Image.new("RGB", (40, 40), (200, 30, 3))).json()["id"]
+    assert wait_for_status(api, [photo_id], timeout=120)[photo_id]["status"] == "indexed"
+
+
+# The soak: a few hundred uploads while searching and restarting the worker.
+def test_soak_uploads_searches_and_worker_restarts(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+    from workers.tasks import reconcile_stale_photos
+
+    rng = np.random.default_rng(99)
+    images = list(dict.fromkeys(
+        jpeg_bytes(Image.new("RGB", (96, 64), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(300)))
+    worker = _start_worker(services, workers)
+    search_errors: list[int] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            status = api.get("/v1/search", params={"q": "a blue square", "k": 10}).status_code
+            if status != 200:
+                search_errors.append(status)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    ids: list[str] = []
+    try:
+        for n, data in enumerate(images):
+            response = api.post("/v1/photos", files={"file": (f"{n}.jpg", data, "image/jpeg")})
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+            if n in (100, 200):  # restart the worker twice mid-stream: once gently, once with kill -9
+                if n == 100:
+                    worker.stop()
+                else:
+                    worker.kill()
+                worker = _start_worker(services, workers)
+        # The task killed with the worker is recovered by the reconciler (beat runs it in production).
+        deadline = time.monotonic() + 600
+        while set(_counts(ids)) - {"indexed", "failed"} and time.monotonic() < deadline:
+            reconcile_stale_photos.run(older_than_s=20)
+            time.sleep(5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    counts = _counts(ids)
+    rows = _embedding_rows(ids)
+    print(f"soak: {len(ids)} uploads, {counts}, {len(search_errors)} search errors")
+    assert counts == {"indexed": len(ids)}
+    assert len(rows) == len(ids) and set(rows.values()) == {1}, "lost or duplicated embeddings"
+    assert search_errors == []
