@@ -244,7 +244,7 @@ def comparison_table(result: EvaluationResult) -> pd.DataFrame:
 
 
 def _dict_table(data: dict[str, object], key: str = "what", value: str = "count") -> pd.DataFrame:
-    return pd.DataFrame({key: list(data), value: [_fmt(v) for v in data.values()]})
+    return pd.DataFrame({key: [str(k).replace("_", " ") for k in data], value: [_fmt(v) for v in data.values()]})
 
 
 def _imputation_table(result: EvaluationResult) -> pd.DataFrame:
@@ -447,6 +447,7 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
     minors = pd.DataFrame(
         {"train_dataset.csv rows": result.minors_train_rows.summary(), "judged pairs": result.minors_judged_pairs.summary()}
     )
+    minors.index = [str(name).replace("_", " ") for name in minors.index]
     blocks.append(Block("table", table=minors.reset_index(names="")))
     blocks.append(Block("table", table=_dict_table(result.test_policy.summary(), "test queries", "value")))
     blocks.append(Block("table", table=_dict_table(result.test_counts, "retrieval evaluation", "count")))
