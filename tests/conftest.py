@@ -54,7 +54,10 @@ def reset_cached_state() -> None:
     from workers.celery_app import celery_app
 
     celery_app.conf.broker_url = get_settings().broker_url or celery_app.conf.broker_url
-    celery_app.close()  # drop the producer pool bound to the previous broker
+    # Drop the connection and producer pools bound to the previous broker.
+    celery_app.close()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +80,9 @@ def services(tiny_clip_path: Path) -> Iterator[Services]:
         "WITHSENSE_MODEL": str(tiny_clip_path),
         "WITHSENSE_DEVICE": "cpu",
         "WITHSENSE_RECONCILE_AFTER_S": "3600",
+        # Tests upload faster than a person; the rate-limit test sets its own limits.
+        "WITHSENSE_RATE_LIMIT_UPLOAD": "100000/second",
+        "WITHSENSE_RATE_LIMIT_SEARCH": "100000/second",
         "WITHSENSE_MODERATION_PROMPTS": str(Path(__file__).with_name("moderation_prompts.yaml")),
     })
     reset_cached_state()
@@ -127,7 +133,11 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        """The end of the worker's log, for assertion messages."""
+        return self.full_log()[-5000:]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def child_pids(self) -> list[int]:
         import psutil
