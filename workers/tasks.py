@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, TimeoutError)
 
 
-@celery_app.task(
-    name="photos.ingest",
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-)
+# Only named transient errors are retried, with exponential backoff and jitter; a decode error is a verdict.
+RETRY_OPTIONS: dict[str, object] = {
+    "bind": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
+@celery_app.task(name="photos.ingest", **RETRY_OPTIONS)
 def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
     """Decode, make the 224x224 derivative, embed, moderate, and store with status `indexed`."""
     result = index_photos([uuid.UUID(photo_id)])
@@ -41,15 +44,7 @@ def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
     return {"photo_id": photo_id, "result": "skipped"}
 
 
-@celery_app.task(
-    name="photos.ingest_batch",
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-)
+@celery_app.task(name="photos.ingest_batch", **RETRY_OPTIONS)
 def ingest_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
     """Index several photos with one forward pass per chunk (backfills and the reconciler)."""
     return index_photos([uuid.UUID(p) for p in photo_ids]).as_dict()
