@@ -1,0 +1,1 @@
+"""Benchmarks: one command per figure in BENCHMARKS.md (`python -m bench.<script>`)."""

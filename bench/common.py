@@ -1,0 +1,238 @@
+"""Helpers shared by the benchmark scripts: machine facts, latency statistics, output, servers, models.
+
+Every script prints one JSON document (the figures) and a short table, and writes the JSON to
+``bench/results/<name>.json`` (git-ignored) so BENCHMARKS.md can be refreshed from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+MODEL_CACHE = ROOT / ".cache" / "bench-models"
+
+if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere imports the project's packages
+    sys.path.insert(0, str(ROOT))
+
+from cli.local_services import LocalPostgres, _wait_for_port  # noqa: E402
+
+
+def machine_info() -> dict[str, object]:
+    """What the figures were measured on, and how busy the machine was when the run started."""
+    cpu_model = "unknown"
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model == "unknown":
+                cpu_model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx")) or f == "fma"]
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    versions: dict[str, str] = {}
+    for module in ("torch", "onnxruntime", "transformers", "sentence_transformers", "psycopg", "pgvector"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - absent packages are simply not listed
+            pass
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "cpu_flags": flags,
+        "ram_gib": mem_gib,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": versions,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/mean in milliseconds, and the sample count."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain fixed-width table on stdout (also pasteable into Markdown with `|`)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def emit(name: str, payload: dict[str, object]) -> Path:
+    """Print the figures as JSON and keep a copy in bench/results/<name>.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    text = json.dumps(payload, indent=2, default=_json_default)
+    path.write_text(text + "\n")
+    print(text)
+    return path
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def warn_if_busy(limit: float | None = None) -> None:
+    """Say so on stderr when other work is using the CPU: ratios survive noise, absolute figures less so."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load > (limit if limit is not None else 0.5 * cores):
+        print(f"note: 1-minute load average is {load:.1f} on {cores} cores; absolute figures will be noisy",
+              file=sys.stderr)
+
+
+@contextmanager
+def timer() -> Iterator[list[float]]:
+    """`with timer() as t: ...` then t[0] is the elapsed wall time in seconds."""
+    box: list[float] = []
+    started = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - started)
+
+
+def short_tmp_dir(prefix: str) -> Path:
+    """A fresh folder directly under /tmp: short paths keep any unix socket under the ~107-byte limit."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@dataclass
+class BenchPostgres(LocalPostgres):
+    """The project's embedded Postgres with server settings sized for a benchmark.
+
+    LocalPostgres fixes shared_buffers at 256MB on its command line (where nothing can override it);
+    a 1M-vector HNSW index is ~1.3 GB, so a search benchmark starts the same binary with these settings
+    instead. Everything else (initdb, user, port) is LocalPostgres's.
+    """
+
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.init()
+        self.log_path.touch(exist_ok=True)
+        self._chown(self.log_path)
+        options = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "maintenance_work_mem": "512MB",
+            **self.settings,
+        }
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open for its lifetime
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, user=self._run_as,
+                                        start_new_session=True)
+        log.close()
+        _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=2) as conn:
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone():
+                        conn.execute(f'CREATE DATABASE "{self.database}"')
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    @property
+    def dsn(self) -> str:
+        """A libpq connection string for psycopg (the `url` property is SQLAlchemy's form)."""
+        return f"host={self.host} port={self.port} user=postgres dbname={self.database}"
+
+
+def random_vit_b32(cache_dir: Path = MODEL_CACHE) -> Path:
+    """The real ViT-B/32 architecture (transformers CLIPConfig() defaults) with random weights, as a
+    sentence-transformers folder, built once and cached. Speed does not depend on weight values."""
+    target = cache_dir / "clip-vit-b32-random"
+    if (target / "modules.json").is_file():
+        return target
+    from transformers import CLIPConfig
+
+    from evaluation.tiny_clip import save_random_clip
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".clip-vit-b32-", dir=cache_dir))
+    try:
+        save_random_clip(staging / "model", CLIPConfig())
+        try:
+            os.rename(staging / "model", target)
+        except OSError:
+            if not (target / "modules.json").is_file():  # another process won the race: use its copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def tiny_trained_clip() -> Path | None:
+    """The tiny trained CLIP the tests use, when it has been built (tests build it; benches do not)."""
+    from evaluation.tiny_clip import ensure_tiny_clip
+
+    cache = Path(os.environ.get("WITHSENSE_TEST_CACHE") or ROOT / ".cache" / "test-models")
+    try:
+        import evaluation.tiny_clip as tiny
+
+        key = tiny._cache_key({"train_seconds": 60.0, "seed": 0, "steps": None})
+    except Exception:  # noqa: BLE001 - an API change there only means we look for any cached build
+        key = "*"
+    matches = sorted(cache.glob(f"tiny-clip-{key}"))
+    if matches and (matches[0] / "modules.json").is_file():
+        return matches[0]
+    if os.environ.get("WITHSENSE_BENCH_BUILD_TINY") == "1":
+        return ensure_tiny_clip(cache)
+    return None
