@@ -1,0 +1,355 @@
+"""Indexing throughput: images/s through the whole pipeline vs the bare model, in the same run.
+
+    .venv/bin/python -m bench.pipeline_throughput                    # 2,000 photos, batch sizes 16,32,64
+    .venv/bin/python -m bench.pipeline_throughput --count 500 --batch-sizes 32
+
+1. Generates (once, cached) synthetic camera JPEGs from 1024x768 to 4000x3000 (bench/photos.py).
+2. Starts the embedded Postgres and a Valkey, runs the migrations.
+3. Registers every photo the way `withsense ingest` does (copy to the spool, sha256,
+   workers.intake.register_photo(enqueue=False)): the registration rate is reported on its own.
+4. For each batch size: starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE and
+   WITHSENSE_INGEST_BATCH_SIZE = that size), warms it up on a few batches, then queues every photo in
+   batches (workers.enqueue.enqueue_ingest_batch, or enqueue_ingest one by one where that is all
+   there is) and times until every photo is `indexed` in Postgres: pipeline images/s, and the CPU
+   seconds per image spent by the worker, Postgres and Valkey.
+5. Measures the bare model in this process, before and after the pipeline runs: the same model
+   (random-weights ViT-B/32 through sentence-transformers) on pre-decoded 224x224 pixel tensors,
+   at several batch sizes, with the worker's thread count. The ratio uses the best bare batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, emit, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy
+from bench.photos import ensure_photos, photo_set_stats, variant
+
+
+class WorkerProcess:
+    """A real `celery worker` child process (prefork, one child per --concurrency)."""
+
+    def __init__(self, home: Path, env: dict[str, str], concurrency: int = 1) -> None:
+        self.home, self.env, self.concurrency = home, env, concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / f"worker-{time.monotonic_ns()}.log"
+
+    def start(self, timeout: float = 120.0) -> None:
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
+             "-c", str(self.concurrency), "--loglevel", "INFO", "-n", f"bench{time.monotonic_ns()}@%h",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+
+
+def own_cpu_seconds() -> float:
+    """This process alone (its children are the servers and the worker, counted on their own)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process, its live children, and the children it has already reaped."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in root.children(recursive=True):
+            try:
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+# The bare model ---------------------------------------------------------------------------------
+
+
+def bare_model_throughput(model_dir: Path, photos: list[Path], batch_sizes: list[int], encoder: str,
+                          threads: int, seconds_per_size: float) -> dict[str, object]:
+    """Images/s of the model alone on pre-decoded 224x224 pixel tensors, per batch size."""
+    import torch
+
+    from core.embedding import ClipEmbedder
+    from core.images import load_rgb, make_derivative
+    from core.onnx_encoder import OnnxImageEncoder, _clip_parts
+
+    torch.set_num_threads(threads)
+    embedder = ClipEmbedder(str(model_dir), device="cpu")
+    embedder.load()
+    clip_model, processor = _clip_parts(embedder._model)  # noqa: SLF001
+    image_processor = getattr(processor, "image_processor", processor)
+    derivatives = [make_derivative(load_rgb(path, draft_size=224)) for path in photos[: max(batch_sizes)]]
+    pixels = np.asarray(image_processor(images=derivatives, return_tensors="np")["pixel_values"], dtype=np.float32)
+    onnx: OnnxImageEncoder | None = None
+    if encoder != "torch":
+        onnx = OnnxImageEncoder.from_embedder(embedder, ROOT / ".cache" / "onnx", quantize=encoder == "onnx-int8",
+                                              threads=threads)
+
+    def forward(batch: np.ndarray) -> None:
+        if onnx is not None:
+            onnx.embed_pixel_values(batch)
+            return
+        with torch.inference_mode():
+            clip_model.get_image_features(pixel_values=torch.from_numpy(batch))
+
+    out: dict[str, object] = {}
+    for size in batch_sizes:
+        batch = np.ascontiguousarray(pixels[:size])
+        if onnx is not None:
+            onnx.batch_size = size
+        forward(batch)  # warm-up: allocator, kernels
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds_per_size or done < 2 * size:
+            forward(batch)
+            done += size
+        out[str(size)] = round(done / (time.perf_counter() - started), 2)
+    return out
+
+
+# The pipeline -----------------------------------------------------------------------------------
+
+
+def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool: Path) -> tuple[list[uuid.UUID], float]:
+    """`withsense ingest`'s producer side for each file; returns the new photo ids and the seconds taken."""
+    from workers.intake import register_photo
+
+    spool.mkdir(parents=True, exist_ok=True)
+    ids: list[uuid.UUID] = []
+    started = time.perf_counter()
+    for name, source in files:
+        fd, tmp_name = tempfile.mkstemp(dir=spool, prefix=".ingest-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        if isinstance(source, Path):
+            shutil.copyfile(source, tmp)
+        else:
+            tmp.write_bytes(source)
+        data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,  # type: ignore[arg-type]
+                                original_name=name, enqueue=False)
+        tmp.unlink(missing_ok=True)
+        if not result.created:
+            raise RuntimeError(f"{name} was registered as a duplicate; the benchmark needs distinct files")
+        ids.append(result.photo.id)
+    return ids, time.perf_counter() - started
+
+
+def enqueue_batches(ids: list[uuid.UUID], batch: int) -> str:
+    """Queue the photos the way `withsense ingest` does, with whatever the enqueue module offers."""
+    from workers import enqueue
+
+    batch_function = getattr(enqueue, "enqueue_ingest_batch", None)
+    if batch_function is not None:
+        for start in range(0, len(ids), batch):
+            batch_function(ids[start : start + batch])
+        return "enqueue_ingest_batch"
+    for photo_id in ids:
+        enqueue.enqueue_ingest(photo_id)
+    return "enqueue_ingest"
+
+
+def wait_until_done(dsn: str, ids: list[uuid.UUID], timeout: float) -> dict[str, int]:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            counts = dict(conn.execute(
+                "SELECT status, count(*) FROM photos WHERE id = ANY(%s) GROUP BY status", (ids,)).fetchall())
+            if counts.get("indexed", 0) + counts.get("failed", 0) >= len(ids):
+                return counts
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not done after {timeout}s: {counts}")
+            time.sleep(0.1)
+
+
+def reset_photos(dsn: str, ids: list[uuid.UUID]) -> None:
+    """Back to freshly registered, so the next batch size indexes the same photos from scratch."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM photo_embeddings WHERE photo_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM moderation_scores WHERE photo_id = ANY(%s)", (ids,))
+        conn.execute(
+            "UPDATE photos SET status = 'pending', attempts = 0, error = NULL, indexed_at = NULL, "
+            "moderation_status = 'pending_review', depicts_minor = false, unsafe = false, classifier_version = NULL, "
+            "moderated_at = NULL, updated_at = now() WHERE id = ANY(%s)", (ids,))
+        conn.execute("VACUUM (ANALYZE) photos")
+        conn.execute("VACUUM (ANALYZE) photo_embeddings")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=2000, help="photos timed per batch size")
+    parser.add_argument("--distinct", type=int, default=500, help="distinct pictures (the rest are byte variants)")
+    parser.add_argument("--warmup", type=int, default=64, help="photos indexed before timing starts")
+    parser.add_argument("--batch-sizes", default="16,32,64", help="worker batch sizes to run")
+    parser.add_argument("--bare-batch-sizes", default="1,8,16,32,64")
+    parser.add_argument("--bare-seconds", type=float, default=8.0, help="seconds per bare batch size")
+    parser.add_argument("--encoder", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="image encoder for the bare model and (as WITHSENSE_IMAGE_ENCODER) the worker")
+    parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    parser.add_argument("--decode-threads", type=int, default=None, help="WITHSENSE_DECODE_THREADS for the worker")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    bare_sizes = [int(b) for b in args.bare_batch_sizes.split(",")]
+
+    info = machine_info()
+    warn_if_busy()
+    model_dir = random_vit_b32()
+    pictures = ensure_photos(args.distinct)
+    home = short_tmp_dir("wsp-")
+    threads = max(1, (os.cpu_count() or 1) // args.concurrency)  # what Settings.torch_threads gives the worker
+
+    from cli.local_services import LocalPostgres, LocalRedis
+
+    postgres = LocalPostgres(home / "pg")
+    redis = LocalRedis(home / "redis")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WITHSENSE_")}
+    env.update({
+        "PYTHONPATH": str(ROOT),
+        "WITHSENSE_HOME": str(home / "data"),
+        "WITHSENSE_MODEL": str(model_dir),
+        "WITHSENSE_DEVICE": "cpu",
+        "WITHSENSE_RECONCILE_AFTER_S": "36000",  # the reconciler must not re-queue photos mid-measurement
+        "WITHSENSE_WORKER_CONCURRENCY": str(args.concurrency),
+    })
+    if args.encoder != "torch":
+        env["WITHSENSE_IMAGE_ENCODER"] = args.encoder
+    if args.decode_threads:
+        env["WITHSENSE_DECODE_THREADS"] = str(args.decode_threads)
+    results: dict[str, object] = {"machine": info, "count": args.count, "encoder": args.encoder,
+                                  "concurrency": args.concurrency, "torch_threads": threads}
+    worker: WorkerProcess | None = None
+    postgres.start()
+    redis.start()
+    try:
+        env["WITHSENSE_DATABASE_URL"] = postgres.url
+        env["WITHSENSE_BROKER_URL"] = redis.url
+        os.environ.update({k: v for k, v in env.items() if k.startswith("WITHSENSE_")})
+        from core.settings import get_settings
+        from db.migrate import upgrade
+
+        get_settings.cache_clear()
+        upgrade(postgres.url)
+        settings = get_settings()
+        dsn = f"host={postgres.host} port={postgres.port} user=postgres dbname={postgres.database}"
+
+        # Files: distinct pictures first, then byte variants, warm-up set separate from the timed set.
+        total = args.warmup + args.count
+        files: list[tuple[str, bytes | Path]] = []
+        for number in range(total):
+            picture = pictures[number % len(pictures)]
+            copy = number // len(pictures)
+            files.append((picture.name, picture if copy == 0 else variant(picture.read_bytes(), copy)))
+        results["photos"] = photo_set_stats(pictures[: min(len(pictures), total)])
+
+        print("bare model (before) ...", file=sys.stderr)
+        bare_before = bare_model_throughput(model_dir, pictures, bare_sizes, args.encoder, threads, args.bare_seconds)
+
+        print(f"registering {total} photos ...", file=sys.stderr)
+        ids, register_s = register_all(settings, files, settings.home / "tmp")
+        warm_ids, timed_ids = ids[: args.warmup], ids[args.warmup :]
+        results["registration"] = {"photos": total, "seconds": round(register_s, 1),
+                                   "photos_per_s": round(total / register_s, 1)}
+
+        runs: dict[str, object] = {}
+        for index, batch in enumerate(batch_sizes):
+            if index:
+                reset_photos(dsn, ids)
+            worker_env = dict(env, WITHSENSE_IMAGE_BATCH_SIZE=str(batch), WITHSENSE_INGEST_BATCH_SIZE=str(batch))
+            worker = WorkerProcess(home, worker_env, args.concurrency)
+            worker.start()
+            print(f"batch {batch}: warm-up ...", file=sys.stderr)
+            enqueue_batches(warm_ids, batch)
+            wait_until_done(dsn, warm_ids, args.timeout)
+            cpu_before = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
+                          "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+            print(f"batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
+            started = time.perf_counter()
+            how = enqueue_batches(timed_ids, batch)
+            counts = wait_until_done(dsn, timed_ids, args.timeout)
+            seconds = time.perf_counter() - started
+            cpu_after = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
+                         "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+            worker.stop()
+            worker = None
+            runs[str(batch)] = {
+                "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
+                "statuses": counts, "enqueue": how,
+                "cpu_ms_per_image": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)
+                                     for name in cpu_before},
+            }
+        print("bare model (after) ...", file=sys.stderr)
+        bare_after = bare_model_throughput(model_dir, pictures, bare_sizes, args.encoder, threads, args.bare_seconds)
+    finally:
+        if worker is not None:
+            worker.stop()
+        redis.stop()
+        postgres.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+    bare = {size: round((bare_before[size] + bare_after[size]) / 2, 2) for size in bare_before}
+    best_size = max(bare, key=lambda size: bare[size])
+    results["bare_model_images_per_s"] = {"before": bare_before, "after": bare_after, "mean": bare,
+                                          "best_batch_size": int(best_size)}
+    for figures in runs.values():
+        figures["ratio_to_bare_best"] = round(figures["images_per_s"] / bare[best_size], 3)  # type: ignore[index]
+    results["pipeline"] = runs
+    best_run = max(runs, key=lambda b: runs[b]["images_per_s"])  # type: ignore[index]
+    results["summary"] = {"best_pipeline_batch": int(best_run), "pipeline_images_per_s": runs[best_run]["images_per_s"],
+                          "bare_images_per_s": bare[best_size], "ratio": runs[best_run]["ratio_to_bare_best"]}
+    emit(f"pipeline_throughput_{args.encoder}", results)
+    print()
+    print_table(["bare batch", "img/s before", "img/s after"],
+                [[size, bare_before[size], bare_after[size]] for size in bare_before])
+    print()
+    print_table(["worker batch", "pipeline img/s", "ratio to bare best", "worker CPU ms/img", "postgres CPU ms/img",
+                 "failed"],
+                [[batch, r["images_per_s"], r["ratio_to_bare_best"], r["cpu_ms_per_image"]["worker"],
+                  r["cpu_ms_per_image"]["postgres"], r["statuses"].get("failed", 0)] for batch, r in runs.items()])
+    print(f"\nregistration (ingest-style, sha256 + insert): {results['registration']['photos_per_s']} photos/s")
+
+
+if __name__ == "__main__":
+    main()
