@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -35,8 +35,6 @@ async def embed_text(body: TextEmbeddingIn, _principal: SearchPrincipal) -> Text
     """L2-normalised embeddings in the space of the indexed photos (pass them to `search_photos`)."""
     for text in body.texts:
         if not text.strip() or len(text) > 1000:
-            from fastapi import HTTPException, status
-
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "every text must be 1 to 1000 characters, not blank")
     embedder = get_embedder()
     vectors = await run_in_threadpool(embedder.embed_texts, body.texts)

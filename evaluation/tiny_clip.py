@@ -1,0 +1,402 @@
+"""Stand-in CLIP models for tests and benchmarks, built here because no model hub is reachable.
+
+- :func:`build_tiny_clip` trains a small transformers ``CLIPModel`` for about a minute on the CPU,
+  on :mod:`evaluation.synthetic` images captioned with ``TRAIN_TEMPLATES`` only, and saves it as a
+  sentence-transformers folder that :class:`core.embedding.ClipEmbedder` loads exactly as it loads
+  ``clip-ViT-B-32`` for users. Being trained, its rankings mean something: "a red circle" finds
+  red circles, also when worded with held-out templates.
+- :func:`save_random_clip` saves the real ViT-B/32 architecture with random weights, for speed
+  benchmarks (speed does not depend on the weights).
+- :func:`clip_tokenizer` is OpenAI's CLIP BPE tokenizer, rebuilt from the merges file that
+  ``open_clip`` ships.
+
+``python -m evaluation.tiny_clip [--seconds 60] [--seed 0]`` builds a model and prints its
+held-out Recall@1/@5 next to an untrained model's and chance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+
+from evaluation import synthetic
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever training, data or the saved layout changes: cached tiny models are then rebuilt.
+TINY_CLIP_VERSION = 1
+MARKER_FILE = ".withsense-tiny-clip.json"
+
+CONTEXT_LENGTH = 77  # OpenAI CLIP's text context
+TINY_IMAGE_SIZE = 64
+TRAIN_RENDER_SIZE = (160, 120)  # smaller than test images to render fast; both end up 64x64
+
+
+@lru_cache(maxsize=1)
+def _bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI CLIP's vocabulary and merges, built the way ``clip/simple_tokenizer.py`` builds them."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open_clip_torch is not installed; it ships CLIP's BPE merges file")
+    # Located, not imported: importing open_clip needs torchvision, which this project does not install.
+    merges_path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(merges_path).read().decode("utf-8").split("\n")
+    # Line 0 is a version header; CLIP keeps the first 49152 - 256 - 2 merges.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [char + "</w>" for char in byte_chars]
+    tokens += ["".join(merge) for merge in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, [(a, b) for a, b in merges]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters, in CLIP's order."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def clip_tokenizer() -> CLIPTokenizerFast:
+    """OpenAI CLIP's BPE tokenizer (49408 tokens, context 77), rebuilt offline from open_clip's merges."""
+    vocab, merges = _bpe_vocab_and_merges()
+    return CLIPTokenizerFast(vocab=dict(vocab), merges=list(merges), model_max_length=CONTEXT_LENGTH)
+
+
+def tiny_clip_config() -> CLIPConfig:
+    """A CLIP small enough to train in a minute on two CPU cores, with CLIP's real vocabulary."""
+    vocab, _ = _bpe_vocab_and_merges()
+    return CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": CONTEXT_LENGTH,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 96,
+            "intermediate_size": 384,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": TINY_IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=64,
+    )
+
+
+def clip_processor(image_size: int = 224) -> CLIPProcessor:
+    """CLIP's processor: the BPE tokenizer plus CLIP's image preprocessing at ``image_size``.
+
+    Resize the short side, then centre-crop, with the normalisation constants that
+    ``CLIPImageProcessor`` itself defaults to (OpenAI's): nothing copied by hand.
+    """
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer())
+
+
+def save_sentence_transformer(model: CLIPModel, processor: CLIPProcessor, out_dir: Path) -> Path:
+    """Save a transformers CLIP as a sentence-transformers folder, the layout ST 6 itself writes.
+
+    The folder holds the Hugging Face files (config, weights, tokenizer, processor config) at its
+    root and a ``modules.json`` with one ``sentence_transformers.base.modules.transformer.Transformer``
+    module, which routes text to ``get_text_features`` and images to ``get_image_features`` (the
+    successor of the deprecated ``sentence_transformers.models.CLIPModel`` module).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="hf-clip-") as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        st_model = SentenceTransformer(modules=[Transformer(staging)], device="cpu")
+        st_model.save(str(out_dir))
+    return out_dir
+
+
+def save_random_clip(out_dir: Path, config: CLIPConfig | None = None) -> Path:
+    """Save a CLIP with random weights (default: the real ViT-B/32, 512-d) as a sentence-transformers folder.
+
+    For speed benchmarks only: its embeddings rank nothing meaningfully.
+    """
+    config = config or CLIPConfig()
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    image_size = int(config.vision_config.image_size)
+    return save_sentence_transformer(model, clip_processor(image_size), Path(out_dir))
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What one training run did, written next to the model in the marker file."""
+
+    steps: int
+    batch_size: int
+    train_seconds: float
+    setup_seconds: float
+    final_loss: float
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _pixel_values(processor: CLIPProcessor, images: Sequence[synthetic.SyntheticImage]) -> torch.Tensor:
+    """Run the model's own image processor once over the training pool."""
+    return processor.image_processor(images=[item.image for item in images], return_tensors="pt")["pixel_values"]
+
+
+def _train(
+    model: CLIPModel,
+    processor: CLIPProcessor,
+    *,
+    train_seconds: float,
+    steps: int | None,
+    seed: int,
+) -> TrainingReport:
+    setup_started = time.perf_counter()
+    rng = np.random.default_rng([seed, 7])
+    pairs = synthetic.combinations()
+    # A pool of rendered images, several per colour/shape pair; captions are drawn afresh each step.
+    per_pair = 24
+    pool = synthetic.generate(len(pairs) * per_pair, seed=10_000 + seed, templates="train", size=TRAIN_RENDER_SIZE)
+    pixels = _pixel_values(processor, pool)
+    by_pair: dict[tuple[str, str], list[int]] = {}
+    for index, item in enumerate(pool):
+        by_pair.setdefault((item.colour, item.shape), []).append(index)
+    setup_seconds = time.perf_counter() - setup_started
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    tokenizer = processor.tokenizer
+    # One image per pair in every batch: no two items in a batch share a caption's meaning, so
+    # CLIP's loss (the diagonal is the only positive) is exact.
+    batch_size = len(pairs)
+
+    def batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        order = rng.permutation(len(pairs))
+        indices = [int(rng.choice(by_pair[pairs[i]])) for i in order]
+        captions = []
+        for index in indices:
+            item = pool[index]
+            template = synthetic.TRAIN_TEMPLATES[int(rng.integers(len(synthetic.TRAIN_TEMPLATES)))]
+            captions.append(synthetic.make_caption(template, item.colour, item.shape, item.background))
+        text = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        images = pixels[indices]
+        flip = torch.from_numpy(rng.random(len(indices)) < 0.5)
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return dict(text), images
+
+    def step(number: int, total: int) -> float:
+        # Linear warm-up, then cosine decay to a tenth.
+        warmup = max(1, total // 20)
+        factor = number / warmup if number < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (number - warmup) / max(1, total - warmup)))
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * factor
+        text, images = batch()
+        output = model(**text, pixel_values=images, return_loss=True)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            # CLIP clamps its temperature so logits stay bounded.
+            model.logit_scale.clamp_(0, math.log(100))
+        return float(output.loss)
+
+    model.train()
+    started = time.perf_counter()
+    done = 0
+    loss = float("nan")
+    if steps is None:
+        # Turn the time budget into a step count after a few timed steps, so the schedule is fixed.
+        probe = 5
+        provisional = max(probe * 20, int(train_seconds / 0.05))
+        for _ in range(probe):
+            loss = step(done, provisional)
+            done += 1
+        per_step = (time.perf_counter() - started) / probe
+        steps = max(probe + 1, int(train_seconds / per_step))
+    while done < steps:
+        loss = step(done, steps)
+        done += 1
+    model.eval()
+    return TrainingReport(
+        steps=steps,
+        batch_size=batch_size,
+        train_seconds=round(time.perf_counter() - started, 2),
+        setup_seconds=round(setup_seconds, 2),
+        final_loss=round(loss, 4),
+    )
+
+
+def build_tiny_clip(
+    out_dir: Path,
+    *,
+    train_seconds: float = 60.0,
+    seed: int = 0,
+    steps: int | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Train a tiny CLIP on synthetic shapes for about ``train_seconds`` and save it to ``out_dir``.
+
+    ``steps`` fixes the number of optimiser steps instead (fully reproducible for a seed); by
+    default it is derived from ``train_seconds`` and the speed of the first few steps.
+    ``threads`` defaults to every core: this runs alone, before anything else starts.
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    with _torch_threads(threads or os.cpu_count() or 1):
+        processor = clip_processor(TINY_IMAGE_SIZE)
+        model = CLIPModel(tiny_clip_config())
+        report = _train(model, processor, train_seconds=train_seconds, steps=steps, seed=seed)
+    save_sentence_transformer(model, processor, out_dir)
+    logger.info("tiny CLIP trained: %s", report)
+    (out_dir / "training.json").write_text(json.dumps(asdict(report), indent=2))
+    return out_dir
+
+
+def _cache_key(params: dict[str, object]) -> str:
+    # The training code itself is part of the key: editing it invalidates cached models.
+    source = Path(__file__).read_bytes() + Path(synthetic.__file__).read_bytes()
+    payload = json.dumps({"version": TINY_CLIP_VERSION, **params}, sort_keys=True).encode() + source
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def ensure_tiny_clip(cache_dir: Path, *, train_seconds: float = 60.0, seed: int = 0, steps: int | None = None) -> Path:
+    """Return a cached tiny CLIP folder built with these parameters and this code, building it if needed.
+
+    The model is built in a temporary folder next to its final place and renamed into it, so a
+    crash or a concurrent build never leaves a half-written model behind.
+    """
+    params: dict[str, object] = {"train_seconds": train_seconds, "seed": seed, "steps": steps}
+    key = _cache_key(params)
+    cache_dir = Path(cache_dir)
+    target = cache_dir / f"tiny-clip-{key}"
+    if (target / MARKER_FILE).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tiny-clip-{key}-", dir=cache_dir))
+    try:
+        build_tiny_clip(staging / "model", train_seconds=train_seconds, seed=seed, steps=steps)
+        marker = {"key": key, "version": TINY_CLIP_VERSION, **params}
+        (staging / "model" / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        try:
+            os.rename(staging / "model", target)
+        except OSError:
+            # Another process finished first; its model is as good as ours.
+            if not (target / MARKER_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@dataclass(frozen=True)
+class RecallReport:
+    """Text-to-image retrieval on fresh images queried with held-out caption templates."""
+
+    gallery_size: int
+    recall_at_1: float
+    recall_at_5: float
+    chance_at_1: float
+    chance_at_5: float
+
+
+def heldout_recall(model_dir: Path | str, *, seed: int = 12_345, size: tuple[int, int] = (320, 240)) -> RecallReport:
+    """Recall@1/@5 of text→image search over a gallery of one fresh image per colour/shape pair.
+
+    Each image is queried with its own caption, written with a held-out template the model never
+    trained on; a hit is that image ranking in the top k.
+    """
+    from core.embedding import ClipEmbedder
+
+    gallery = synthetic.generate(len(synthetic.combinations()), seed=seed, templates="heldout", size=size)
+    embedder = ClipEmbedder(str(model_dir), device="cpu")
+    images = embedder.embed_images([item.image for item in gallery])
+    texts = embedder.embed_texts([item.caption for item in gallery])
+    scores = texts @ images.T
+    # Rank of the matching image among all gallery images, for each query.
+    ranks = (scores > np.diag(scores)[:, None]).sum(axis=1)
+    n = len(gallery)
+    return RecallReport(
+        gallery_size=n,
+        recall_at_1=float(np.mean(ranks < 1)),
+        recall_at_5=float(np.mean(ranks < 5)),
+        chance_at_1=1 / n,
+        chance_at_5=5 / n,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build a tiny CLIP and print its held-out recall next to an untrained twin's and chance."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="training time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="keep the model here (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="tiny-clip-") as scratch:
+        out = args.out or Path(scratch) / "trained"
+        started = time.perf_counter()
+        build_tiny_clip(out, train_seconds=args.seconds, seed=args.seed)
+        built = time.perf_counter() - started
+        training = json.loads((out / "training.json").read_text())
+        torch.manual_seed(args.seed)
+        untrained = save_sentence_transformer(
+            CLIPModel(tiny_clip_config()).eval(), clip_processor(TINY_IMAGE_SIZE), Path(scratch) / "untrained"
+        )
+        trained_recall = heldout_recall(out)
+        untrained_recall = heldout_recall(untrained)
+    print(f"built in {built:.1f} s ({training['steps']} steps of {training['batch_size']}, "
+          f"{training['train_seconds']} s training, final loss {training['final_loss']})")
+    print(f"gallery: {trained_recall.gallery_size} fresh images, queries in held-out templates")
+    print(f"{'':10}{'R@1':>8}{'R@5':>8}")
+    print(f"{'trained':10}{trained_recall.recall_at_1:8.3f}{trained_recall.recall_at_5:8.3f}")
+    print(f"{'untrained':10}{untrained_recall.recall_at_1:8.3f}{untrained_recall.recall_at_5:8.3f}")
+    print(f"{'chance':10}{trained_recall.chance_at_1:8.3f}{trained_recall.chance_at_5:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
