@@ -220,19 +220,26 @@ def random_vit_b32(cache_dir: Path = MODEL_CACHE) -> Path:
 
 
 def tiny_trained_clip() -> Path | None:
-    """The tiny trained CLIP the tests use, when it has been built (tests build it; benches do not)."""
-    from evaluation.tiny_clip import ensure_tiny_clip
+    """The tiny trained CLIP the tests use, when it has been built (tests build it; benches do not).
 
+    Prefers the build for the current training code; any earlier build is equally fine for speed and
+    parity figures, so the newest one is used otherwise.
+    """
     cache = Path(os.environ.get("WITHSENSE_TEST_CACHE") or ROOT / ".cache" / "test-models")
     try:
         import evaluation.tiny_clip as tiny
 
-        key = tiny._cache_key({"train_seconds": 60.0, "seed": 0, "steps": None})
+        current = cache / f"tiny-clip-{tiny._cache_key({'train_seconds': 60.0, 'seed': 0, 'steps': None})}"
+        if (current / "modules.json").is_file():
+            return current
     except Exception:  # noqa: BLE001 - an API change there only means we look for any cached build
-        key = "*"
-    matches = sorted(cache.glob(f"tiny-clip-{key}"))
-    if matches and (matches[0] / "modules.json").is_file():
-        return matches[0]
+        pass
+    builds = sorted((p for p in cache.glob("tiny-clip-*") if (p / "modules.json").is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    if builds:
+        return builds[0]
     if os.environ.get("WITHSENSE_BENCH_BUILD_TINY") == "1":
+        from evaluation.tiny_clip import ensure_tiny_clip
+
         return ensure_tiny_clip(cache)
     return None

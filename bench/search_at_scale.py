@@ -153,16 +153,18 @@ def sql_latency(dsn: str, queries: np.ndarray, truth: np.ndarray, index_of: dict
 class ApiServer:
     """uvicorn api.app:app on loopback, against the benchmark database, with a Valkey for the rate limiter."""
 
-    def __init__(self, home: Path, database_url: str, model: Path) -> None:
+    def __init__(self, home: Path, database_url: str, model: Path, *, label: str = "default",
+                 extra_env: dict[str, str] | None = None) -> None:
         from cli.local_services import LocalRedis, free_port
 
-        self.home = home
-        self.redis = LocalRedis(home / "redis")
+        self.home = home / f"api-{label}"
+        self.extra_env = extra_env or {}
+        self.redis = LocalRedis(self.home / "redis")
         self.port = free_port()
         self.database_url = database_url
         self.model = model
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = home / "api.log"
+        self.log_path = self.home / "api.log"
 
     @property
     def base_url(self) -> str:
@@ -171,6 +173,7 @@ class ApiServer:
     def start(self, api_key: str, timeout: float = 180.0) -> None:
         import httpx
 
+        self.home.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         env = {key: value for key, value in os.environ.items() if not key.startswith("WITHSENSE_")}
         env.update({
@@ -183,6 +186,7 @@ class ApiServer:
             # The limiter's Redis round trip stays in the measurement; its limit must not throttle the run.
             "WITHSENSE_RATE_LIMIT_SEARCH": "1000000/second",
         })
+        env.update(self.extra_env)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(self.port),
@@ -299,6 +303,9 @@ def main() -> None:
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--api-requests-1", type=int, default=200)
     parser.add_argument("--api-requests-8", type=int, default=400)
+    parser.add_argument("--api-threads", default="default,1",
+                        help="torch intra-op threads of the API process, one server each: 'default' (all cores) "
+                             "and/or a number (OMP_NUM_THREADS)")
     parser.add_argument("--name", default=None, help="results file name (default search_at_scale_<n>)")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -312,7 +319,7 @@ def main() -> None:
     source = VectorSource(spec)
     results: dict[str, object] = {"machine": info, "n": args.n, "k": args.k, "queries": args.queries,
                                   "data_spec": spec.as_dict(), "server_settings": server_settings(args.shared_buffers)}
-    api: ApiServer | None = None
+    apis: dict[str, ApiServer] = {}
     postgres.start()
     try:
         meta, corpus = prepare_database(args, postgres, home / "bench-meta.json", source)
@@ -336,7 +343,11 @@ def main() -> None:
         plans: dict[str, str] = {}
         api_results: dict[str, object] = {}
         if not args.skip_api:
-            api = ApiServer(home, postgres.url, random_vit_b32())
+            model_dir = random_vit_b32()
+            for label in args.api_threads.split(","):
+                extra = {} if label == "default" else {"OMP_NUM_THREADS": label, "MKL_NUM_THREADS": label}
+                name = "threads-default" if label == "default" else f"threads-{label}"
+                apis[name] = ApiServer(home, postgres.url, model_dir, label=name, extra_env=extra)
             api_key = create_api_key(postgres.url)
         phase = "A"
         for case, (case_phase, region) in CASES.items():
@@ -351,19 +362,19 @@ def main() -> None:
                          **sql_latency(postgres.dsn, queries, truth, index_of, region, clients, args.k, args.rounds_8)}
             plans[case] = explain_search(postgres.dsn, queries[0], args.k, region)
             sql[case]["plan"] = plan_summary(plans[case])
-            if api is not None:
+            for name, api in apis.items():
                 if api.process is None:
                     api.start(api_key)
-                print(f"API {case} ...", file=sys.stderr)
-                api_results[case] = api_latency(api.base_url, api_key, region, clients, args.api_requests_1,
-                                                args.api_requests_8, args.k)
+                print(f"API {case} ({name}) ...", file=sys.stderr)
+                api_results.setdefault(case, {})[name] = api_latency(  # type: ignore[union-attr]
+                    api.base_url, api_key, region, clients, args.api_requests_1, args.api_requests_8, args.k)
         with connect(postgres.dsn) as conn:
             set_phase(conn, ids, u, "A")  # leave the database as loaded, so a rerun measures the same thing
         results["sql"] = sql
         results["api"] = api_results
         results["plans"] = plans
     finally:
-        if api is not None:
+        for api in apis.values():
             api.stop()
         postgres.stop()
         if not args.keep and args.data_dir is None:
@@ -375,15 +386,23 @@ def main() -> None:
     emit(name, results)
     print()
     headers = ["case", "visible", "recall@10", "short", "SQL p50/p95/p99 1c (ms)", "SQL p50/p95/p99 8c (ms)",
-               "SQL qps 8c", "API p50/p95/p99 1c (ms)", "API p50/p95/p99 8c (ms)"]
+               "SQL qps 8c"]
     rows = []
     for case, figures in sql.items():
-        a = api_results.get(case, {})
         rows.append([case, f"{figures['visible_share']:.1%}", figures["recall_at_10"], figures["queries_short_of_k"],
                      _pcts(figures.get("clients_1")), _pcts(figures.get("clients_8")),
-                     figures.get("clients_8", {}).get("throughput_qps", "-"),
-                     _pcts(a.get("clients_1")), _pcts(a.get("clients_8"))])
+                     figures.get("clients_8", {}).get("throughput_qps", "-")])
     print_table(headers, rows)
+    if api_results:
+        print()
+        rows = []
+        for case, per_server in api_results.items():
+            for name, figures in per_server.items():  # type: ignore[union-attr]
+                rows.append([case, name, _pcts(figures.get("clients_1")), _pcts(figures.get("clients_8")),
+                             figures.get("clients_8", {}).get("throughput_qps", "-"),
+                             figures["clients_1"].get("failures", 0) + figures.get("clients_8", {}).get("failures", 0)])
+        print_table(["case", "API process", "API p50/p95/p99 1c (ms)", "API p50/p95/p99 8c (ms)", "API qps 8c",
+                     "failures"], rows)
     index = results["index"]
     print(f"\nindex: {index['build_s']}s build, {index['index_size_mb']} MB, peak backend RSS "
           f"{index['peak_backend_rss_mb']} MB ({index['parallel_workers']} parallel workers + leader)")

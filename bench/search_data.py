@@ -283,6 +283,7 @@ def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int,
     conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
     conn.execute(f"DROP INDEX IF EXISTS {name}")
     conn.execute(f"DROP INDEX IF EXISTS {name}_vector")
+    notices.clear()  # "does not exist, skipping" from the drops says nothing about the build
     peak = [0, 0]
     done = threading.Event()
 
