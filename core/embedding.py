@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
-# Files that do not change what a model computes; left out of a local folder's content hash.
-_UNHASHED_NAMES = frozenset({"README.md", "training.json"})
+# Documentation does not change what a model computes; left out of a local folder's content hash.
+_UNHASHED_NAMES = frozenset({"README.md"})
 
 
 class ModelUnavailableError(RuntimeError):
@@ -43,7 +43,11 @@ class ModelUnavailableError(RuntimeError):
 def _hub_repo_id(name: str) -> str:
     """The hub repository sentence-transformers resolves a bare model name to."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.util.misc import ORIGINAL_TRANSFORMER_MODELS
+
+    try:
+        from sentence_transformers.util.misc import ORIGINAL_TRANSFORMER_MODELS
+    except ImportError:  # older sentence-transformers kept it elsewhere; the list only holds BERT-era names
+        ORIGINAL_TRANSFORMER_MODELS = []
 
     organisation = getattr(SentenceTransformer, "default_huggingface_organization", "sentence-transformers")
     if organisation and "/" not in name and name.lower() not in ORIGINAL_TRANSFORMER_MODELS:
@@ -56,20 +60,27 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def _first_line(cause: BaseException | str) -> str:
+    text = str(cause).strip().splitlines()
+    summary = text[0] if text else ""
+    return f"{type(cause).__name__}: {summary}" if isinstance(cause, BaseException) else summary
+
+
 def _unavailable(name: str, setting: str, cause: BaseException | str) -> ModelUnavailableError:
+    """The one error for a model that cannot be loaded, saying how to point at a local copy."""
     if _looks_like_path(name) or Path(name).expanduser().exists():
         return ModelUnavailableError(
-            f"Could not load the model folder {name!r}: {cause}. Point {setting} at a folder saved with "
-            f"`SentenceTransformer(...).save(folder)` or downloaded with `huggingface-cli download "
-            f"sentence-transformers/clip-ViT-B-32 --local-dir folder`."
+            f"Could not load the model folder {name!r} ({_first_line(cause)}). Set {setting} to a folder "
+            f"saved with `SentenceTransformer(\"clip-ViT-B-32\").save(\"/path/to/folder\")` or downloaded with "
+            f"`huggingface-cli download sentence-transformers/clip-ViT-B-32 --local-dir /path/to/folder`."
         )
     repo_id = _hub_repo_id(name)
     return ModelUnavailableError(
-        f"Could not load {name} from the Hugging Face hub (offline?): {cause}. "
-        f"Download it on a machine with internet access, either with "
-        f'`SentenceTransformer("{name}").save("/path/to/folder")` or with '
+        f"Could not load {name} from the Hugging Face hub (offline?). Download it on a machine with "
+        f"internet access, with `SentenceTransformer(\"{name}\").save(\"/path/to/folder\")` or "
         f"`huggingface-cli download {repo_id} --local-dir /path/to/folder` (`hf download` in newer "
-        f"huggingface_hub), copy the folder here and set {setting}=/path/to/folder."
+        f"huggingface_hub), copy the folder here and set {setting}=/path/to/folder. "
+        f"Cause: {_first_line(cause)}"
     )
 
 
