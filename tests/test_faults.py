@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from cli.local_services import LocalPostgres, LocalRedis
 from tests.conftest import WorkerProcess, reset_cached_state, upload, wait_for_status
-from tests.images import jpeg_bytes, png_bytes
+from tests.images import jpeg_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_db")]
 
@@ -94,6 +94,32 @@ def _status_and_attempts(photo_id: str) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
+def _original_file(photo_id: str) -> Path:
+    from core.settings import get_settings
+    from core.storage import original_path
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        key = session.scalar(text("SELECT storage_key FROM photos WHERE id = :id"), {"id": photo_id})
+    return original_path(get_settings(), str(key))
+
+
+class BlockingOriginal:
+    """Swap a photo's stored original for a named pipe: the worker's open() blocks on it, so the test
+    knows the task is mid-flight for as long as it likes (no timing race), then puts the bytes back."""
+
+    def __init__(self, photo_id: str) -> None:
+        self.path = _original_file(photo_id)
+        self.data = self.path.read_bytes()
+        self.path.unlink()
+        os.mkfifo(self.path)
+
+    def restore(self) -> None:
+        tmp = self.path.with_suffix(".restore")
+        tmp.write_bytes(self.data)
+        os.replace(tmp, self.path)  # the blocked open() keeps waiting on the old pipe; new ones read the file
+
+
 def _wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,11 +150,13 @@ def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, o
 
     from workers.enqueue import enqueue_ingest_batch
 
-    ids = _register(api, [_large_jpeg(seed) for seed in range(24)])
+    ids = _register(api, [_large_jpeg(seed, (1200, 800)) for seed in range(12)])
     redis.Redis.from_url(own_broker.url).delete("photos")  # drop the uploads' single tasks: this test is about a batch
+    blocking = BlockingOriginal(ids[5])
     enqueue_ingest_batch([uuid.UUID(i) for i in ids])
     worker = _start_worker(services, workers)
-    assert _wait_until(lambda: _status_of(ids[0]) == "processing", 120), worker.log()
+    assert _wait_until(lambda: set(_counts(ids)) == {"processing"}, 120), worker.log()
+    blocking.restore()
     (child,) = worker.child_pids()
     os.kill(child, signal.SIGKILL)
 
@@ -142,11 +170,13 @@ def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, o
 def test_killed_whole_worker_is_recovered_by_the_reconciler(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
     from workers.tasks import reconcile_stale_photos
 
-    ids = _register(api, [_large_jpeg(100 + seed) for seed in range(6)])
+    ids = _register(api, [_large_jpeg(100 + seed, (1200, 800)) for seed in range(6)])
+    blocking = BlockingOriginal(ids[0])
     worker = _start_worker(services, workers)
-    assert _wait_until(lambda: "processing" in _counts(ids), 120), worker.log()
+    assert _wait_until(lambda: _status_of(ids[0]) == "processing", 120), worker.log()
     worker.kill()  # parent and children, -9: nothing acknowledged, nothing requeued by the worker itself
-    assert _counts(ids).get("indexed", 0) < len(ids)
+    blocking.restore()
+    assert _status_of(ids[0]) == "processing"
 
     _start_worker(services, workers)
     requeued = reconcile_stale_photos.run(older_than_s=0)["requeued"]
@@ -158,9 +188,8 @@ def test_killed_whole_worker_is_recovered_by_the_reconciler(api, services, own_b
 
 # 12. A poison image that kills the worker every time fails after N attempts, not in a loop.
 def test_poison_image_fails_after_the_attempt_cap(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(5)
-    poison = png_bytes(Image.fromarray(rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)))
-    (poison_id,) = _register(api, [poison], name="poison.png")
+    (poison_id,) = _register(api, [_large_jpeg(555, (640, 480))], name="poison.jpg")
+    BlockingOriginal(poison_id)  # every attempt hangs in the decoder until the killer strikes
     worker = _start_worker(services, workers, WITHSENSE_TASK_MAX_ATTEMPTS="3")
     kills = 0
     stop = threading.Event()
