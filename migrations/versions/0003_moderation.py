@@ -30,9 +30,8 @@ def upgrade() -> None:
     op.add_column("photos", sa.Column("minor_declared", sa.Boolean))
     op.add_column("photos", sa.Column("classifier_version", sa.Text))
     op.add_column("photos", sa.Column("moderated_at", sa.DateTime(timezone=True)))
-    op.create_check_constraint(
-        "ck_photos_moderation_status", "photos", "moderation_status IN ('pending_review', 'approved', 'rejected')"
-    )
+    op.execute("ALTER TABLE photos ADD CONSTRAINT ck_photos_moderation_status "
+               "CHECK (moderation_status IN ('pending_review', 'approved', 'rejected'))")
     op.create_index("ix_photos_moderation_queue", "photos", ["created_at"],
                     postgresql_where=sa.text("moderation_status = 'pending_review' AND status = 'indexed'"))
 
@@ -219,12 +218,16 @@ def downgrade() -> None:
     from importlib import import_module
 
     import_module("migrations.versions.0001_photos_and_embeddings")._create_search_functions()
+    # Privileges on objects that outlive this revision (region_is_restricted) go with the role.
+    op.execute(f"DROP OWNED BY {READER_ROLE}")
     op.execute(f"DROP ROLE IF EXISTS {READER_ROLE}")
+    op.execute("GRANT EXECUTE ON FUNCTION region_is_restricted(text) TO PUBLIC")
+    op.execute("GRANT EXECUTE ON FUNCTION ensure_embedding_index(integer) TO PUBLIC")
     op.drop_table("moderation_audit")
     op.execute("DROP FUNCTION moderation_audit_is_append_only()")
     op.drop_table("moderation_scores")
     op.drop_index("ix_photos_moderation_queue", table_name="photos")
-    op.drop_constraint("ck_photos_moderation_status", "photos")
+    op.execute("ALTER TABLE photos DROP CONSTRAINT ck_photos_moderation_status")
     for column in ("moderated_at", "classifier_version", "minor_declared", "unsafe", "parental_consent",
                    "depicts_minor", "moderation_status"):
         op.drop_column("photos", column)
