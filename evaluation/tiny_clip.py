@@ -158,6 +158,10 @@ def save_sentence_transformer(model: CLIPModel, processor: CLIPProcessor, out_di
         processor.save_pretrained(staging)
         st_model = SentenceTransformer(modules=[Transformer(staging)], device="cpu")
         st_model.save(str(out_dir))
+    # The weights are written owner-only (0600); a service running as another user (a container,
+    # say) must still be able to read the folder.
+    for path in out_dir.rglob("*"):
+        path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
     return out_dir
 
 
