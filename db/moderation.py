@@ -79,6 +79,8 @@ def apply_classifier(session: Session, photo_id: uuid.UUID, outcome: ClassifierO
             ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
         )
     changes = _diff(photo, values)
+    if "moderation_status" in values:  # the automatic decision is recorded even when it keeps the default
+        changes["moderation_status"] = {"from": photo.moderation_status, "to": str(values["moderation_status"])}
     for name, value in values.items():
         setattr(photo, name, value)
     changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}

@@ -87,7 +87,9 @@ def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images
     split = encoder.embed_images(images[:10])
     encoder.batch_size = 64
     whole = encoder.embed_images(images[:10])
-    np.testing.assert_allclose(split, whole, atol=2e-2)
+    # Dynamic int8 quantisation scales activations per batch, so components move a little with the split;
+    # the rows must stay in order and point the same way.
+    np.testing.assert_allclose(split, whole, atol=5e-2)
     assert np.sum(split * whole, axis=1).min() >= 0.999
 
 
