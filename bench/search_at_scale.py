@@ -81,10 +81,21 @@ def prepare_database(args: argparse.Namespace, postgres: BenchPostgres, meta_pat
     corpus_path = meta_path.with_name("corpus.npy")
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if {key: meta.get(key) for key in wanted} == wanted and corpus_path.is_file():
-            print(f"reusing the loaded database in {meta_path.parent}", file=sys.stderr)
-            return meta, np.load(corpus_path, mmap_mode="r")
-        raise SystemExit(f"{meta_path.parent} holds a different data set; choose another --data-dir")
+        same_data = all(meta.get(key) == wanted[key] for key in ("n", "spec"))
+        if not same_data or not corpus_path.is_file():
+            raise SystemExit(f"{meta_path.parent} holds a different data set; choose another --data-dir")
+        print(f"reusing the loaded database in {meta_path.parent}", file=sys.stderr)
+        if (meta.get("m"), meta.get("ef_construction")) != (args.m, args.ef_construction):
+            # Same rows, other index parameters: rebuild only the index.
+            print(f"rebuilding the HNSW index with m={args.m}, ef_construction={args.ef_construction} ...",
+                  file=sys.stderr)
+            with connect(postgres.dsn) as conn:
+                meta["index"] = build_index(conn, int(meta["model_id"]), postmaster_pid=postgres.process.pid,
+                                            m=args.m, ef_construction=args.ef_construction,
+                                            workers=args.build_workers, maintenance_work_mem=args.maintenance_work_mem)
+            meta.update(m=args.m, ef_construction=args.ef_construction)
+            meta_path.write_text(json.dumps(meta, indent=2))
+        return meta, np.load(corpus_path, mmap_mode="r")
 
     upgrade(postgres.url)
     started = time.perf_counter()
@@ -294,8 +305,8 @@ def main() -> None:
     parser.add_argument("--rounds-8", type=int, default=1, help="passes over the queries per client at 8 clients")
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=64)
-    parser.add_argument("--build-workers", type=int, default=1,
-                        help="max_parallel_maintenance_workers for the build (the leader works too)")
+    parser.add_argument("--build-workers", type=int, default=2,
+                        help="max_parallel_maintenance_workers for the build (the leader works too; 2 built fastest in search_tuning)")
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--shared-buffers", default="2GB")
     parser.add_argument("--data-dir", type=Path, default=None, help="reused when it already holds this data set")

@@ -137,7 +137,8 @@ def recall_at_k(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> di
         recalls.append(len(want_set.intersection(got[:k])) / max(1, len(want_set)))
         short += len(got) < len(want_set)
     return {"recall_at_10": round(float(np.mean(recalls)), 4), "min_recall": round(float(np.min(recalls)), 2),
-            "queries_short_of_k": int(short)}
+            # Queries the index all but missed (greedy search stuck in the wrong region of the graph).
+            "queries_below_half": int(np.sum(np.asarray(recalls) < 0.5)), "queries_short_of_k": int(short)}
 
 
 # Loading -------------------------------------------------------------------------------------
@@ -250,20 +251,27 @@ def set_phase(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarray,
 
 
 def backend_rss_bytes(postmaster_pid: int) -> tuple[int, int]:
-    """(largest single backend RSS, sum of backend RSS) of a Postgres server's child processes."""
+    """(largest backend RSS, sum of PSS over all of the server's processes).
+
+    RSS counts shared memory (shared_buffers, the parallel build's shared graph) once per process that
+    touched it; PSS splits shared pages among the processes, so its sum is the server's real footprint.
+    """
     import psutil
 
     try:
-        children = psutil.Process(postmaster_pid).children()
+        server = psutil.Process(postmaster_pid)
+        processes = [server, *server.children()]
     except psutil.NoSuchProcess:
         return 0, 0
-    sizes = []
-    for child in children:
+    largest, total = 0, 0
+    for process in processes:
         try:
-            sizes.append(child.memory_info().rss)
-        except psutil.NoSuchProcess:
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return (max(sizes) if sizes else 0), sum(sizes)
+        largest = max(largest, info.rss)
+        total += getattr(info, "pss", info.rss)
+    return largest, total
 
 
 def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int, m: int = 16,
@@ -318,7 +326,7 @@ def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int,
         "index": name, "opclass": opclass, "m": m, "ef_construction": ef_construction, "parallel_workers": workers,
         "maintenance_work_mem": maintenance_work_mem, "build_s": round(seconds, 1),
         "index_size_mb": round(size / 2**20, 1), "peak_backend_rss_mb": round(peak[0] / 2**20),
-        "peak_all_backends_rss_mb": round(peak[1] / 2**20), "notices": notices[-5:],
+        "peak_server_pss_mb": round(peak[1] / 2**20), "notices": notices[-5:],
     }
 
 

@@ -132,6 +132,7 @@ def main() -> None:
             return built
 
         if "ef_search" in only:
+            print("experiment: ef_search ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for ef in (40, 100, 200, 400):
                 set_function(postgres.dsn, hnsw__ef_search=str(ef))
@@ -145,6 +146,7 @@ def main() -> None:
                                                          "short of k"], rows))
 
         if "iterative" in only:
+            print("experiment: iterative ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for mode in ("off", "strict_order", "relaxed_order"):
                 set_function(postgres.dsn, hnsw__iterative_scan=mode)
@@ -159,6 +161,7 @@ def main() -> None:
                                                               "short of k", "p50 ms", "p95 ms"], rows))
 
         if "max_scan_tuples" in only:
+            print("experiment: max_scan_tuples ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             bench.enter_phase("1pct", ids)
             for tuples in (10_000, 50_000, 200_000):
@@ -172,16 +175,18 @@ def main() -> None:
         set_function(postgres.dsn)
 
         if "build_workers" in only:
+            print("experiment: build_workers ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for workers in (0, 1, 2):
                 built = rebuild(workers=workers)
                 figures[f"workers_{workers}"] = built
-                rows.append([workers, built["build_s"], built["index_size_mb"], built["peak_all_backends_rss_mb"]])
+                rows.append([workers, built["build_s"], built["index_size_mb"], built["peak_server_pss_mb"]])
             out["build_workers"] = figures
             tables.append(("HNSW build parallelism (m=16, ef_construction=64)",
-                           ["parallel workers", "build s", "size MB", "peak RSS all backends MB"], rows))
+                           ["parallel workers", "build s", "size MB", "peak server PSS MB"], rows))
 
         if "build_params" in only:
+            print("experiment: build_params ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for m, efc in ((16, 64), (16, 128), (24, 128), (32, 200)):
                 built = rebuild(m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (16, 64))
@@ -202,6 +207,7 @@ def main() -> None:
                                                 "recall@10", "p50 ms", "p95 ms"], rows))
 
         if "halfvec_vs_vector" in only:
+            print("experiment: halfvec_vs_vector ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             setup = ("SET hnsw.ef_search = 200", "SET hnsw.iterative_scan = relaxed_order",
                      "SET hnsw.max_scan_tuples = 50000")
