@@ -20,19 +20,32 @@ app = typer.Typer(help="With Sense photo search: run the stack, ingest photos, s
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 
 
-def _settings():  # type: ignore[no-untyped-def]
-    """Settings, with the URLs of a running `withsense up` filled in when none are set."""
-    from core.settings import Settings, get_settings
+@app.callback()
+def _use_running_stack(ctx: typer.Context) -> None:
+    """Before any command but `up`: fill unset URLs from the running `withsense up` (WITHSENSE_HOME/stack.env).
+
+    This runs before a command imports anything that reads settings at import time (the Celery app reads the
+    broker URL when it is created), so every command talks to the same Postgres and Redis as the stack.
+    """
+    if ctx.invoked_subcommand == "up":
+        return
+    from core.settings import get_settings
 
     settings = get_settings()
     stack_env = settings.home / "stack.env"
-    if (not settings.database_url or not settings.broker_url) and stack_env.exists():
-        for line in stack_env.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            if key and not os.environ.get(key):
-                os.environ[key] = value
-        get_settings.cache_clear()
-        settings = get_settings()
+    if (settings.database_url and settings.broker_url) or not stack_env.exists():
+        return
+    for line in stack_env.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        if key and not os.environ.get(key):
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from core.settings import Settings, get_settings
+
+    settings = get_settings()
     assert isinstance(settings, Settings)
     return settings
 

@@ -117,6 +117,8 @@ class LocalStack:
                 process.kill()
                 process.wait()
         self.children.clear()
+        if self.env:  # the URLs are about to stop answering: other shells must not find them
+            (Path(self.env["WITHSENSE_HOME"]) / "stack.env").unlink(missing_ok=True)
         if self.redis:
             echo("stopping Redis ...")
             self.redis.stop()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from core.onnx_encoder import OnnxImageEncoder
     from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,13 @@ class ClipEmbedder:
         cache_folder: str | None = None,
         image_batch_size: int = 32,
         text_batch_size: int = 64,
+        image_encoder: str = "torch",
+        onnx_cache_dir: str | Path | None = None,
     ) -> None:
+        if image_encoder not in ("torch", "onnx", "onnx-int8"):
+            raise ValueError(f"image_encoder must be torch, onnx or onnx-int8, not {image_encoder!r}")
+        if image_encoder != "torch" and onnx_cache_dir is None:
+            raise ValueError("an ONNX image encoder needs onnx_cache_dir (where the exported model is kept)")
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
         if image_batch_size < 1 or text_batch_size < 1:
@@ -134,6 +141,9 @@ class ClipEmbedder:
         self._cache_folder = cache_folder
         self.image_batch_size = image_batch_size
         self.text_batch_size = text_batch_size
+        self._requested_image_encoder = image_encoder
+        self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
+        self._onnx: OnnxImageEncoder | None = None
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._text_model: SentenceTransformer | None = None
@@ -155,6 +165,8 @@ class ClipEmbedder:
             cache_folder=str(settings.model_cache_dir) if settings.model_cache_dir else None,
             image_batch_size=settings.image_batch_size,
             text_batch_size=settings.text_batch_size,
+            image_encoder=settings.image_encoder,
+            onnx_cache_dir=settings.onnx_dir,
         )
 
     def __repr__(self) -> str:
@@ -223,9 +235,34 @@ class ClipEmbedder:
             self._text_model = text_model
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
+            self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
-            logger.info("loaded %s (revision %s, %d-d) on %s", self._name, self._revision, dimension, device)
+            logger.info("loaded %s (revision %s, %d-d) on %s; image encoder %s", self._name, self._revision,
+                        dimension, device, self._encoder_name())
+
+    def _open_onnx(self, model: SentenceTransformer, device: str) -> OnnxImageEncoder | None:
+        """The ONNX Runtime image encoder when one is configured and the model runs on CPU."""
+        if self._requested_image_encoder == "torch":
+            return None
+        if device != "cpu":
+            logger.warning("WITHSENSE_IMAGE_ENCODER=%s is a CPU path; on %s images are embedded by torch fp16",
+                           self._requested_image_encoder, device)
+            return None
+        try:
+            from core.onnx_encoder import OnnxExportError, OnnxImageEncoder
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder} needs ONNX Runtime: "
+                f"pip install 'withsense-search[onnx]' ({_first_line(exc)})") from exc
+        assert self._revision is not None and self._onnx_cache_dir is not None
+        try:
+            return OnnxImageEncoder.from_sentence_transformer(
+                model, self._revision, self._onnx_cache_dir, quantize=self._requested_image_encoder == "onnx-int8",
+                batch_size=self.image_batch_size)
+        except OnnxExportError as exc:
+            # The export computes something else than the model: refuse to index with it.
+            raise ModelUnavailableError(f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder}: {exc}") from exc
 
     def _resolve_revision(self, model: SentenceTransformer) -> str:
         path = Path(self._name).expanduser()
@@ -285,6 +322,17 @@ class ClipEmbedder:
         return self._revision
 
     @property
+    def image_encoder(self) -> str:
+        """What embeds images once loaded: "torch", "onnx" or "onnx-int8" (loads the model)."""
+        self._loaded()
+        return self._encoder_name()
+
+    def _encoder_name(self) -> str:
+        if self._onnx is None:
+            return "torch"
+        return "onnx-int8" if self._onnx.quantized else "onnx"
+
+    @property
     def device(self) -> str:
         """Where the model runs (loads it)."""
         return str(self._loaded().device)
@@ -295,6 +343,8 @@ class ClipEmbedder:
         """Embed PIL images: float32 (n, dimension), each row of unit length."""
         model = self._loaded()
         rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+        if self._onnx is not None:
+            return self._onnx.embed_images(rgb)
         return self._encode(model, rgb, self.image_batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

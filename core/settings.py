@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_batch_size: int = Field(default=32, ge=1, le=1024)
     text_batch_size: int = Field(default=64, ge=1, le=4096)
+    # The image encoder on CPU: "torch" (fp32), or the vision tower exported to ONNX Runtime, "onnx" (fp32,
+    # fused graph) or "onnx-int8" (dynamically quantised, about 2x torch; BENCHMARKS.md). Needs the `onnx`
+    # extra. The export is checked against torch (cosine >= 0.99) when loaded. GPUs always use torch fp16.
+    image_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    onnx_cache_dir: Path | None = None  # default: WITHSENSE_HOME/onnx
 
     # Upload limits: checked while streaming, before anything is stored.
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
@@ -98,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def redis_dir(self) -> Path:
         return self.home / "redis"
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.onnx_cache_dir or self.home / "onnx"
 
     @property
     def torch_threads(self) -> int:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,24 @@ def worker(services: Services) -> Iterator[WorkerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture()
+def own_broker(services: Services) -> Iterator[object]:
+    """A Redis of this test's own, so the session worker never takes these tasks and it can be killed."""
+    from cli.local_services import LocalRedis
+
+    redis = LocalRedis(services.home / f"redis-{uuid.uuid4().hex[:6]}")
+    redis.start()
+    previous = os.environ["WITHSENSE_BROKER_URL"]
+    os.environ["WITHSENSE_BROKER_URL"] = redis.url
+    reset_cached_state()
+    try:
+        yield redis
+    finally:
+        os.environ["WITHSENSE_BROKER_URL"] = previous
+        reset_cached_state()
+        redis.stop()
 
 
 @pytest.fixture()

@@ -29,22 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_db")]
 
 
 @pytest.fixture()
-def own_broker(services) -> Iterator[LocalRedis]:  # type: ignore[no-untyped-def]
-    """A Redis of this test's own, so the session worker never takes these tasks and it can be killed."""
-    redis = LocalRedis(services.home / f"redis-{uuid.uuid4().hex[:6]}")
-    redis.start()
-    previous = os.environ["WITHSENSE_BROKER_URL"]
-    os.environ["WITHSENSE_BROKER_URL"] = redis.url
-    reset_cached_state()
-    try:
-        yield redis
-    finally:
-        os.environ["WITHSENSE_BROKER_URL"] = previous
-        reset_cached_state()
-        redis.stop()
-
-
-@pytest.fixture()
 def workers(services) -> Iterator[list[WorkerProcess]]:  # type: ignore[no-untyped-def]
     started: list[WorkerProcess] = []
     yield started

@@ -1,4 +1,5 @@
-"""The ONNX Runtime image encoder agrees with torch on the tiny trained CLIP (parity only, no timing)."""
+"""The ONNX Runtime image encoder agrees with torch on the tiny trained CLIP, and WITHSENSE_IMAGE_ENCODER selects it
+(parity and ranking only, no timing)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
-from core.embedding import ClipEmbedder  # noqa: E402
-from core.onnx_encoder import (  # noqa: E402
+from core.embedding import ClipEmbedder
+from core.onnx_encoder import (
     FP32_FILE, INT8_FILE, PARITY_MIN_COSINE, OnnxExportError, OnnxImageEncoder, _clip_parts, ensure_export,
 )
-from evaluation.synthetic import generate  # noqa: E402
+from core.settings import Settings
+from evaluation.synthetic import generate
+from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, WorkerProcess, upload, wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,68 @@ def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images
 def test_a_model_without_a_vision_tower_is_refused() -> None:
     with pytest.raises(OnnxExportError, match="no CLIP vision tower"):
         _clip_parts([object()])  # type: ignore[arg-type]
+
+
+# Selecting the encoder with WITHSENSE_IMAGE_ENCODER ------------------------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["onnx", "onnx-int8"])
+def test_the_setting_puts_onnx_behind_embed_images(tiny_clip_path: Path, embedder: ClipEmbedder, cache_dir: Path,
+                                                   images: list, choice: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", choice)
+    monkeypatch.setenv("WITHSENSE_ONNX_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("WITHSENSE_MODEL", str(tiny_clip_path))
+    monkeypatch.setenv("WITHSENSE_DEVICE", "cpu")
+    fast = ClipEmbedder.from_settings(Settings())
+    assert fast.image_encoder == choice
+    assert embedder.image_encoder == "torch"
+
+    reference = embedder.embed_images(images)
+    candidate = fast.embed_images(images)
+    assert candidate.shape == reference.shape
+    assert np.sum(reference * candidate, axis=1).min() >= PARITY_MIN_COSINE
+    # Text never goes through ONNX: the query side is the torch model's, bit for bit.
+    captions = ["a red circle", "a blue square on grey"]
+    np.testing.assert_array_equal(fast.embed_texts(captions), embedder.embed_texts(captions))
+
+
+def test_an_unknown_encoder_setting_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", "tensorrt")
+    with pytest.raises(ValidationError, match="torch.*onnx.*onnx-int8"):
+        Settings()
+    with pytest.raises(ValueError, match="image_encoder must be torch, onnx or onnx-int8"):
+        ClipEmbedder("clip-ViT-B-32", image_encoder="int4", onnx_cache_dir="/tmp")
+
+
+@pytest.mark.usefixtures("clean_db")
+def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(api, services, own_broker, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Upload -> Redis -> a worker with WITHSENSE_IMAGE_ENCODER=onnx-int8 -> Postgres -> /v1/search."""
+    def one_per_concept(seed: int) -> dict[tuple[str, str], object]:
+        chosen: dict[tuple[str, str], object] = {}
+        for sample in generate(600, seed, templates="heldout"):
+            if sample.colour not in (MINOR_COLOUR, UNSAFE_COLOUR):
+                chosen.setdefault((sample.colour, sample.shape), sample)
+        return chosen
+
+    gallery, queries = one_per_concept(4242), one_per_concept(2424)
+    # Its own broker (own_broker), so the session's torch worker never takes these uploads.
+    worker = WorkerProcess(services.home, extra_env={"WITHSENSE_IMAGE_ENCODER": "onnx-int8",
+                                                     "WITHSENSE_ONNX_CACHE_DIR": str(cache_dir)})
+    worker.start()
+    try:
+        ids = {}
+        for concept, sample in gallery.items():
+            response = upload(api, sample.image)
+            assert response.status_code == 202, response.text
+            ids[response.json()["id"]] = concept
+        final = wait_for_status(api, list(ids))
+        assert all(body["status"] == "indexed" for body in final.values()), [b["error"] for b in final.values()]
+        assert "image encoder onnx-int8" in worker.log_path.read_text(), worker.log()
+    finally:
+        worker.stop()
+
+    hits = 0
+    for concept, query in queries.items():
+        body = api.get("/v1/search", params={"q": query.caption, "k": 5}).json()  # type: ignore[attr-defined]
+        hits += concept in [ids[r["id"]] for r in body["results"]]
+    assert hits / len(queries) >= 0.6, f"Recall@5 {hits}/{len(queries)} through the int8 worker"

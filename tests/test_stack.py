@@ -98,3 +98,4 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
         assert not _port_open(port), f"{name} still listening after Ctrl-C"
     text = log_path.read_text()
     assert "stopping Postgres" in text and "stopping Redis" in text
+    assert not (home / "stack.env").exists(), "a stopped stack must not leave its URLs for other shells"
