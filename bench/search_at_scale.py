@@ -36,7 +36,7 @@ from bench.common import (
     ROOT, BenchPostgres, emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy,
 )
 from bench.search_data import (
-    RESTRICTED_REGION, SEARCH_SQL, UNRESTRICTED_REGION, VectorSource, VectorSpec, build_index, connect,
+    MIGRATED_EF_CONSTRUCTION, MIGRATED_M, RESTRICTED_REGION, SEARCH_SQL, UNRESTRICTED_REGION, VectorSource, VectorSpec, build_index, connect,
     create_model_row, data_stats, exact_top_k, explain_search, load_embeddings, load_photos, photo_ids,
     plan_summary, prewarm, recall_at_k, row_buckets, run_clients, set_phase, vector_params, visible_mask,
 )
@@ -303,8 +303,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--rounds-8", type=int, default=1, help="passes over the queries per client at 8 clients")
-    parser.add_argument("--m", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=64)
+    parser.add_argument("--m", type=int, default=MIGRATED_M)
+    parser.add_argument("--ef-construction", type=int, default=MIGRATED_EF_CONSTRUCTION)
     parser.add_argument("--build-workers", type=int, default=2,
                         help="max_parallel_maintenance_workers for the build (the leader works too; 2 built fastest in search_tuning)")
     parser.add_argument("--maintenance-work-mem", default="4GB")

@@ -274,8 +274,12 @@ def backend_rss_bytes(postmaster_pid: int) -> tuple[int, int]:
     return largest, total
 
 
-def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int, m: int = 16,
-                ef_construction: int = 64, workers: int = 1, maintenance_work_mem: str = "4GB",
+# The index parameters ensure_embedding_index() uses (migration 0005).
+MIGRATED_M, MIGRATED_EF_CONSTRUCTION = 16, 128
+
+
+def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int, m: int = MIGRATED_M,
+                ef_construction: int = MIGRATED_EF_CONSTRUCTION, workers: int = 1, maintenance_work_mem: str = "4GB",
                 use_function: bool = True, opclass: str = "halfvec") -> dict[str, object]:
     """Build the model's partial HNSW index and report time, size, peak backend memory and notices.
 
@@ -304,7 +308,7 @@ def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int,
     sampler.start()
     started = time.perf_counter()
     try:
-        if use_function and (m, ef_construction) == (16, 64) and opclass == "halfvec":
+        if use_function and (m, ef_construction) == (MIGRATED_M, MIGRATED_EF_CONSTRUCTION) and opclass == "halfvec":
             conn.execute("SELECT ensure_embedding_index(%s)", (model_id,))
         elif opclass == "halfvec":
             conn.execute(

@@ -10,7 +10,7 @@ Every variant is measured in the same run on the same data and queries, at 1 cli
   a migration would change), unfiltered and with the 1% filter;
 - iterative scan off / strict_order / relaxed_order, for the 10% and 1% filters;
 - hnsw.max_scan_tuples 10000 / 50000 / 200000 for the 1% filter;
-- index m / ef_construction: (16, 64) as migrated, (16, 128), (24, 128), (32, 200): build time, size,
+- index m / ef_construction: (16, 64) as first migrated, (16, 128) as migrated since 0005, (24, 128), (32, 200): build time, size,
   recall and latency at ef_search 40 and 200;
 - build parallelism: max_parallel_maintenance_workers 0 / 1 / 2 (the leader also works);
 - halfvec vs vector: the same query over an index on embedding::vector(512) instead of halfvec(512).
@@ -28,7 +28,7 @@ from pgvector import Vector
 from bench.common import BenchPostgres, emit, machine_info, print_table, short_tmp_dir, warn_if_busy
 from bench.search_at_scale import CASES, prepare_database, server_settings
 from bench.search_data import (
-    SEARCH_SQL, VectorSource, VectorSpec, build_index, connect, exact_top_k, explain_raw, photo_ids, plan_summary,
+    MIGRATED_EF_CONSTRUCTION, MIGRATED_M, SEARCH_SQL, VectorSource, VectorSpec, build_index, connect, exact_top_k, explain_raw, photo_ids, plan_summary,
     prewarm, recall_at_k,
     run_clients, set_phase, vector_params, visible_mask,
 )
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--maintenance-work-mem", default="2GB")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    args.m, args.ef_construction, args.build_workers = 16, 64, 1
+    args.m, args.ef_construction, args.build_workers = MIGRATED_M, MIGRATED_EF_CONSTRUCTION, 1
 
     info = machine_info()
     warn_if_busy()
@@ -182,14 +182,14 @@ def main() -> None:
                 figures[f"workers_{workers}"] = built
                 rows.append([workers, built["build_s"], built["index_size_mb"], built["peak_server_pss_mb"]])
             out["build_workers"] = figures
-            tables.append(("HNSW build parallelism (m=16, ef_construction=64)",
+            tables.append((f"HNSW build parallelism (m={MIGRATED_M}, ef_construction={MIGRATED_EF_CONSTRUCTION})",
                            ["parallel workers", "build s", "size MB", "peak server PSS MB"], rows))
 
         if "build_params" in only:
             print("experiment: build_params ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for m, efc in ((16, 64), (16, 128), (24, 128), (32, 200)):
-                built = rebuild(m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (16, 64))
+                built = rebuild(m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (MIGRATED_M, MIGRATED_EF_CONSTRUCTION))
                 entry: dict[str, object] = {"build": built}
                 for ef in (40, 200):
                     set_function(postgres.dsn, hnsw__ef_search=str(ef))

@@ -61,3 +61,37 @@ def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgre
     with psycopg.connect(empty_postgres.url.replace("+psycopg", "")) as conn:
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
     assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8)
+
+
+def _hnsw_options(dsn: str) -> dict[str, list[str]]:
+    with psycopg.connect(dsn) as conn:
+        return {name: sorted(options or []) for name, options in conn.execute(
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+            "WHERE a.amname = 'hnsw' AND c.relname LIKE 'ix_photo_embeddings_hnsw_model_%'")}
+
+
+def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: LocalPostgres) -> None:
+    """0005: an index made before it gets the new build setting, new models get it, downgrade restores 64."""
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url, "0004")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        old = conn.execute("INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) "
+                           "RETURNING id").fetchone()[0]
+        conn.execute("SELECT ensure_embedding_index(%s)", (old,))
+    assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=64", "m=16"]}
+
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        new = conn.execute("INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) "
+                           "RETURNING id").fetchone()[0]
+        conn.execute("SELECT ensure_embedding_index(%s)", (new,))
+        conn.execute(f"REINDEX INDEX ix_photo_embeddings_hnsw_model_{int(old)}")  # what the operator runs
+    assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=128", "m=16"],
+                                  f"ix_photo_embeddings_hnsw_model_{new}": ["ef_construction=128", "m=16"]}
+
+    downgrade(empty_postgres.url, "0004")
+    after = _hnsw_options(dsn)
+    assert len(after) == 2 and all(options == ["ef_construction=64", "m=16"] for options in after.values())
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url)
