@@ -7,8 +7,8 @@
 2. Starts the embedded Postgres and a Valkey, runs the migrations.
 3. Registers every photo the way `withsense ingest` does (copy to the spool, sha256,
    workers.intake.register_photo(enqueue=False)): the registration rate is reported on its own.
-4. For each batch size: starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE and
-   WITHSENSE_INGEST_BATCH_SIZE = that size), warms it up on a few batches, then queues every photo in
+4. For each batch size: starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE = that size,
+   WITHSENSE_INGEST_BATCH_SIZE = --chunks-per-task times it), warms it up, then queues every photo in
    batches (workers.enqueue.enqueue_ingest_batch, or enqueue_ingest one by one where that is all
    there is) and times until every photo is `indexed` in Postgres: pipeline images/s, and the CPU
    seconds per image spent by the worker, Postgres and Valkey.
@@ -222,7 +222,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="photos timed per batch size")
     parser.add_argument("--distinct", type=int, default=500, help="distinct pictures (the rest are byte variants)")
     parser.add_argument("--warmup", type=int, default=64, help="photos indexed before timing starts")
-    parser.add_argument("--batch-sizes", default="16,32,64", help="worker batch sizes to run")
+    parser.add_argument("--batch-sizes", default="16,32,64", help="worker image batch sizes to run")
+    parser.add_argument("--chunks-per-task", type=int, default=4,
+                        help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (the default settings give 4)")
     parser.add_argument("--bare-batch-sizes", default="1,8,16,32,64")
     parser.add_argument("--bare-seconds", type=float, default=8.0, help="seconds per bare batch size")
     parser.add_argument("--encoder", choices=["torch", "onnx", "onnx-int8"], default="torch",
@@ -256,6 +258,7 @@ def main() -> None:
     })
     if args.encoder != "torch":
         env["WITHSENSE_IMAGE_ENCODER"] = args.encoder
+        env["WITHSENSE_ONNX_CACHE_DIR"] = str(ROOT / ".cache" / "onnx")  # the export the bare run uses
     if args.decode_threads:
         env["WITHSENSE_DECODE_THREADS"] = str(args.decode_threads)
     results: dict[str, object] = {"machine": info, "count": args.count, "encoder": args.encoder,
@@ -297,17 +300,18 @@ def main() -> None:
         for index, batch in enumerate(batch_sizes):
             if index:
                 reset_photos(dsn, ids)
-            worker_env = dict(env, WITHSENSE_IMAGE_BATCH_SIZE=str(batch), WITHSENSE_INGEST_BATCH_SIZE=str(batch))
+            per_task = batch * args.chunks_per_task
+            worker_env = dict(env, WITHSENSE_IMAGE_BATCH_SIZE=str(batch), WITHSENSE_INGEST_BATCH_SIZE=str(per_task))
             worker = WorkerProcess(home, worker_env, args.concurrency)
             worker.start()
             print(f"batch {batch}: warm-up ...", file=sys.stderr)
-            enqueue_batches(warm_ids, batch)
+            enqueue_batches(warm_ids, per_task)
             wait_until_done(dsn, warm_ids, args.timeout)
             cpu_before = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
                           "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
             print(f"batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
             started = time.perf_counter()
-            how = enqueue_batches(timed_ids, batch)
+            how = enqueue_batches(timed_ids, per_task)
             counts = wait_until_done(dsn, timed_ids, args.timeout)
             seconds = time.perf_counter() - started
             cpu_after = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
@@ -315,6 +319,7 @@ def main() -> None:
             worker.stop()
             worker = None
             runs[str(batch)] = {
+                "photos_per_task": per_task,
                 "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
                 "statuses": counts, "enqueue": how,
                 "cpu_ms_per_image": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)

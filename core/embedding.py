@@ -144,6 +144,8 @@ class ClipEmbedder:
         self._requested_image_encoder = image_encoder
         self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
         self._onnx: OnnxImageEncoder | None = None
+        self._clip_model: torch.nn.Module | None = None
+        self._image_processor: object | None = None
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._text_model: SentenceTransformer | None = None
@@ -235,11 +237,23 @@ class ClipEmbedder:
             self._text_model = text_model
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
+            self._clip_model, self._image_processor = self._clip_parts(model)
             self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
             logger.info("loaded %s (revision %s, %d-d) on %s; image encoder %s", self._name, self._revision,
                         dimension, device, self._encoder_name())
+
+    @staticmethod
+    def _clip_parts(model: SentenceTransformer) -> tuple[torch.nn.Module | None, object | None]:
+        """The Hugging Face CLIP model and its image processor, for the threaded preprocessing path."""
+        from core.onnx_encoder import OnnxExportError, _clip_parts, _image_processor
+
+        try:
+            clip_model, processor = _clip_parts(model)
+        except OnnxExportError:
+            return None, None
+        return clip_model, _image_processor(processor)
 
     def _open_onnx(self, model: SentenceTransformer, device: str) -> OnnxImageEncoder | None:
         """The ONNX Runtime image encoder when one is configured and the model runs on CPU."""
@@ -346,6 +360,46 @@ class ClipEmbedder:
         if self._onnx is not None:
             return self._onnx.embed_images(rgb)
         return self._encode(model, rgb, self.image_batch_size)
+
+    def prepare_image(self, image: Image.Image) -> np.ndarray | Image.Image:
+        """The per-image half of :meth:`embed_images`, safe to run in many threads at once.
+
+        For CLIP models, the model's own image processor turns the picture into pixel values
+        (float32, (3, H, W)); :meth:`embed_prepared` then runs only the forward pass. Other models
+        get the RGB picture back and are embedded by sentence-transformers as a whole.
+        """
+        self.load()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if self._image_processor is None:
+            return rgb
+        pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]  # type: ignore[operator]
+        return np.asarray(pixels[0], dtype=np.float32)
+
+    def embed_prepared(self, prepared: Sequence[np.ndarray | Image.Image]) -> np.ndarray:
+        """Embed what :meth:`prepare_image` returned: the same vectors as ``embed_images`` of the pictures."""
+        model = self._loaded()
+        if not prepared:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._image_processor is None:
+            return self._encode(model, list(prepared), self.image_batch_size)  # type: ignore[arg-type]
+        pixels = np.stack(prepared)  # type: ignore[arg-type]
+        if self._onnx is not None:
+            return self._onnx.embed_pixel_values(pixels)
+        return self._forward_pixels(pixels)
+
+    def _forward_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        assert self._clip_model is not None
+        parameter = next(self._clip_model.parameters())
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), self.image_batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + self.image_batch_size]))
+                features = self._clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
+                features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
+                chunks.append(torch.nn.functional.normalize(features.float(), p=2, dim=1).cpu())
+        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts with the text model when one is set, else with CLIP's text tower."""

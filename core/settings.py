@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     # Worker and queue.
     worker_concurrency: int = Field(default=1, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64)
-    ingest_batch_size: int = Field(default=32, ge=1, le=1024)
+    # Photos per batch task (`withsense ingest`, the reconciler): several model batches, so that decoding the
+    # next one overlaps the forward pass of this one.
+    ingest_batch_size: int = Field(default=128, ge=1, le=4096)
     task_max_attempts: int = Field(default=5, ge=1)
     task_time_limit_s: int = Field(default=600, ge=10)
     broker_visibility_timeout_s: int = Field(default=3600, ge=60)

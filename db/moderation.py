@@ -52,39 +52,47 @@ class ClassifierOutcome:
     needs_review: bool
 
 
-def apply_classifier(session: Session, photo_id: uuid.UUID, outcome: ClassifierOutcome) -> None:
-    """Store scores and the automatic decision, in the worker's indexing transaction, with an audit row.
+def apply_classifier(session: Session, outcomes: dict[uuid.UUID, ClassifierOutcome]) -> None:
+    """Store scores and the automatic decisions, in the worker's indexing transaction, with audit rows.
 
     The classifier never clears what a person set: a photographer's minor declaration stands, and a
-    photo a moderator already decided keeps that decision.
+    photo a moderator already decided keeps that decision. One statement each for the rows, the
+    scores, the photo updates (grouped by SQLAlchemy) and the audit rows, whatever the batch size.
     """
-    photo = session.get(Photo, photo_id, with_for_update=True)
-    if photo is None:
+    if not outcomes:
         return
-    for category, score, decision in outcome.scores:
-        session.execute(
-            pg_insert(ModerationScore)
-            .values(photo_id=photo_id, classifier_version=outcome.version, category=category, score=score, decision=decision)
-            .on_conflict_do_update(index_elements=["photo_id", "classifier_version", "category"],
-                                   set_={"score": score, "decision": decision})
-        )
-    values: dict[str, object] = {"classifier_version": outcome.version}
-    if outcome.depicts_minor:
-        values["depicts_minor"] = True
-    if outcome.unsafe:
-        values["unsafe"] = True
-    if photo.moderated_at is None:  # no person has decided yet
-        conflict = photo.minor_declared is False and outcome.depicts_minor
-        values["moderation_status"] = (
-            ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
-        )
-    changes = _diff(photo, values)
-    if "moderation_status" in values:  # the automatic decision is recorded even when it keeps the default
-        changes["moderation_status"] = {"from": photo.moderation_status, "to": str(values["moderation_status"])}
-    for name, value in values.items():
-        setattr(photo, name, value)
-    changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}
-    audit(session, photo_id, CLASSIFIER_ACTOR, "classified", changes, f"classifier {outcome.version}")
+    photos = session.scalars(select(Photo).where(Photo.id.in_(list(outcomes))).with_for_update()).all()
+    score_rows: list[dict[str, object]] = []
+    audit_rows: list[dict[str, object]] = []
+    for photo in photos:
+        outcome = outcomes[photo.id]
+        score_rows.extend({"photo_id": photo.id, "classifier_version": outcome.version, "category": category,
+                           "score": score, "decision": decision} for category, score, decision in outcome.scores)
+        values: dict[str, object] = {"classifier_version": outcome.version}
+        if outcome.depicts_minor:
+            values["depicts_minor"] = True
+        if outcome.unsafe:
+            values["unsafe"] = True
+        if photo.moderated_at is None:  # no person has decided yet
+            conflict = photo.minor_declared is False and outcome.depicts_minor
+            values["moderation_status"] = (
+                ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
+            )
+        changes = _diff(photo, values)
+        if "moderation_status" in values:  # the automatic decision is recorded even when it keeps the default
+            changes["moderation_status"] = {"from": photo.moderation_status, "to": str(values["moderation_status"])}
+        for name, value in values.items():
+            setattr(photo, name, value)
+        changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}
+        audit_rows.append({"photo_id": photo.id, "actor": CLASSIFIER_ACTOR, "action": "classified",
+                           "changes": changes, "reason": f"classifier {outcome.version}"})
+    if score_rows:
+        upsert = pg_insert(ModerationScore).values(score_rows)
+        session.execute(upsert.on_conflict_do_update(
+            index_elements=["photo_id", "classifier_version", "category"],
+            set_={"score": upsert.excluded.score, "decision": upsert.excluded.decision}))
+    if audit_rows:
+        session.execute(insert(ModerationAudit).values(audit_rows))
 
 
 @dataclass(frozen=True)

@@ -73,28 +73,46 @@ def get_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:
     return session.get(Photo, photo_id)
 
 
-def claim_for_indexing(session: Session, photo_id: uuid.UUID, max_attempts: int) -> Photo | None:
-    """Move a photo to `processing` and count the attempt, under a row lock.
+@dataclass(frozen=True)
+class Claim:
+    """A photo this worker now holds in `processing`: where its original is, and which attempt this is."""
 
-    Returns None when there is nothing to do: the photo is gone, already indexed or failed, or another
-    worker holds it right now (SKIP LOCKED), so a second delivery of the same task changes nothing.
-    A photo that has used up its attempts (a poison image that kills the worker each time) is failed.
+    storage_key: str
+    attempts: int
+
+
+def claim_for_indexing(session: Session, photo_ids: list[uuid.UUID], max_attempts: int) -> dict[uuid.UUID, Claim]:
+    """Move the photos to `processing` and count the attempt, under row locks, in two statements.
+
+    Photos with nothing to do are left out: gone, already indexed or failed, or held by another worker
+    right now (SKIP LOCKED), so a second delivery of the same task changes nothing. A photo that has
+    used up its attempts (a poison image that kills the worker each time) is failed instead.
     """
-    photo = session.scalars(
-        select(Photo).where(Photo.id == photo_id).with_for_update(skip_locked=True)
-    ).one_or_none()
-    if photo is None or photo.status in (PhotoStatus.INDEXED, PhotoStatus.FAILED):
-        return None
-    if photo.attempts >= max_attempts:
-        photo.status = PhotoStatus.FAILED
-        photo.error = f"gave up after {photo.attempts} attempts (the worker crashed or timed out on this image each time)"
-        photo.updated_at = func.now()
-        return None
-    photo.status = PhotoStatus.PROCESSING
-    photo.attempts = photo.attempts + 1
-    photo.error = None
-    photo.updated_at = func.now()
-    return photo
+    if not photo_ids:
+        return {}
+    rows = session.execute(
+        select(Photo.id, Photo.status, Photo.attempts, Photo.storage_key)
+        .where(Photo.id.in_(photo_ids))
+        .with_for_update(skip_locked=True)
+    ).all()
+    open_rows = [row for row in rows if row.status not in (PhotoStatus.INDEXED, PhotoStatus.FAILED)]
+    exhausted = [row.id for row in open_rows if row.attempts >= max_attempts]
+    claimed = {row.id: Claim(row.storage_key, row.attempts + 1) for row in open_rows if row.attempts < max_attempts}
+    if exhausted:
+        session.execute(
+            update(Photo).where(Photo.id.in_(exhausted))
+            .values(status=PhotoStatus.FAILED, updated_at=func.now(),
+                    error=func.concat("gave up after ", Photo.attempts,
+                                      " attempts (the worker crashed or timed out on this image each time)"))
+            .execution_options(synchronize_session=False)
+        )
+    if claimed:
+        session.execute(
+            update(Photo).where(Photo.id.in_(list(claimed)))
+            .values(status=PhotoStatus.PROCESSING, attempts=Photo.attempts + 1, error=None, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+    return claimed
 
 
 def release_claim(session: Session, photo_id: uuid.UUID) -> None:
@@ -118,27 +136,31 @@ def validate_embedding(vector: np.ndarray, dimension: int) -> np.ndarray:
     return array / norm
 
 
-def store_embedding(session: Session, photo_id: uuid.UUID, model: EmbeddingModel, vector: np.ndarray) -> bool:
-    """Write the embedding and mark the photo indexed, in the caller's transaction.
+def store_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.UUID, np.ndarray]) -> list[uuid.UUID]:
+    """Write the embeddings and mark the photos indexed, in the caller's transaction (three statements).
 
-    Idempotent: an embedding already present for (photo, model) is kept as it is.
-    Returns False when the photo no longer exists (deleted while it was being embedded).
+    Idempotent: an embedding already present for (photo, model) is kept as it is. Returns the photos
+    stored; a photo deleted while it was being embedded is left out.
     """
-    normalised = validate_embedding(vector, model.dimension)
-    exists = session.scalar(select(Photo.id).where(Photo.id == photo_id).with_for_update())
-    if exists is None:
-        return False
+    normalised = {photo_id: validate_embedding(vector, model.dimension) for photo_id, vector in vectors.items()}
+    if not normalised:
+        return []
+    present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
+    stored = [photo_id for photo_id in normalised if photo_id in present]
+    if not stored:
+        return []
     session.execute(
         insert(PhotoEmbedding)
-        .values(photo_id=photo_id, model_id=model.id, embedding=HalfVector(normalised.tolist()))
+        .values([{"photo_id": photo_id, "model_id": model.id, "embedding": HalfVector(normalised[photo_id])}
+                 for photo_id in stored])
         .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
     )
     session.execute(
-        update(Photo)
-        .where(Photo.id == photo_id)
+        update(Photo).where(Photo.id.in_(stored))
         .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
+        .execution_options(synchronize_session=False)
     )
-    return True
+    return stored
 
 
 def mark_failed(session: Session, photo_id: uuid.UUID, reason: str) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_revision_is_a_stable_content_hash(tiny_clip_path: Path, tiny: ClipEmbed
     assert folder_content_hash(copy) != tiny.revision
 
 
-def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+def _legacy_layout(tiny_clip_path: Path, tmp_path: Path) -> Path:  # noqa: F811
     """The layout of the hub repo sentence-transformers/clip-ViT-B-32: one deprecated
     ``sentence_transformers.models.CLIPModel`` module in ``0_CLIPModel/``."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
@@ -125,6 +126,13 @@ def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEm
     AutoTokenizer.from_pretrained(tiny_clip_path).save_pretrained(module_dir)
     modules = [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}]
     (legacy / "modules.json").write_text(json.dumps(modules))
+    return legacy
+
+
+def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+    """The layout of the hub repo sentence-transformers/clip-ViT-B-32: one deprecated
+    ``sentence_transformers.models.CLIPModel`` module in ``0_CLIPModel/``."""
+    legacy = _legacy_layout(tiny_clip_path, tmp_path)
 
     old = ClipEmbedder(str(legacy), device="cpu")
     items = synthetic.generate(4, seed=3)
@@ -178,6 +186,27 @@ def test_batching_keeps_order_and_values(tiny_clip_path: Path, tiny: ClipEmbedde
     np.testing.assert_allclose(small_batches.embed_texts(captions), tiny.embed_texts(captions), atol=1e-5)
     one_by_one = np.vstack([tiny.embed_texts([caption]) for caption in captions])
     np.testing.assert_allclose(tiny.embed_texts(captions), one_by_one, atol=1e-5)
+
+
+def test_prepared_images_embed_exactly_like_whole_images(tiny_clip_path: Path, tiny: ClipEmbedder) -> None:  # noqa: F811
+    """The worker's split path (preprocess in decode threads, forward in one batch) is embed_images, in pieces."""
+    items = synthetic.generate(9, seed=21, size=(300, 200))
+    pictures = [item.image for item in items] + [items[0].image.convert("L"), items[1].image.convert("RGBA")]
+    with ThreadPoolExecutor(3) as pool:
+        prepared = list(pool.map(tiny.prepare_image, pictures))
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.float32 and p.ndim == 3 for p in prepared)
+    np.testing.assert_allclose(tiny.embed_prepared(prepared), tiny.embed_images(pictures), atol=1e-5)
+    small_batches = ClipEmbedder(str(tiny_clip_path), device="cpu", image_batch_size=4)
+    np.testing.assert_allclose(small_batches.embed_prepared(prepared), tiny.embed_images(pictures), atol=1e-5)
+    assert tiny.embed_prepared([]).shape == (0, tiny.dimension)
+
+
+def test_prepared_path_works_for_the_legacy_layout_too(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+    legacy = _legacy_layout(tiny_clip_path, tmp_path)
+    old = ClipEmbedder(str(legacy), device="cpu")
+    pictures = [item.image for item in synthetic.generate(3, seed=5)]
+    np.testing.assert_allclose(old.embed_prepared([old.prepare_image(p) for p in pictures]),
+                               tiny.embed_images(pictures), atol=1e-5)
 
 
 def test_odd_inputs(tiny: ClipEmbedder) -> None:

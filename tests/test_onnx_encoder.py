@@ -117,6 +117,8 @@ def test_the_setting_puts_onnx_behind_embed_images(tiny_clip_path: Path, embedde
     candidate = fast.embed_images(images)
     assert candidate.shape == reference.shape
     assert np.sum(reference * candidate, axis=1).min() >= PARITY_MIN_COSINE
+    # The worker's path (preprocessing in decode threads, then one ONNX run) gives the same vectors.
+    np.testing.assert_allclose(fast.embed_prepared([fast.prepare_image(i) for i in images]), candidate, atol=1e-5)
     # Text never goes through ONNX: the query side is the torch model's, bit for bit.
     captions = ["a red circle", "a blue square on grey"]
     np.testing.assert_array_equal(fast.embed_texts(captions), embedder.embed_texts(captions))

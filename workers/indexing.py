@@ -6,10 +6,14 @@ Shared by the single-photo task (uploads) and the batch task (`withsense ingest`
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,6 +26,9 @@ from db import photos as photo_sql
 from db.engine import session_scope
 from db.moderation import ClassifierOutcome, apply_classifier
 from db.models import EmbeddingModel
+
+if TYPE_CHECKING:
+    from core.embedding import ClipEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +54,28 @@ def registered_model() -> EmbeddingModel:
         return _registered_model
 
 
+def _lower_decode_priority() -> None:
+    """Decode threads yield the cores to the model's threads (Linux: a thread has its own nice value).
+
+    Decoding and the forward pass share the same cores. When they compete as equals, torch's OpenMP
+    threads lose their time slices mid-operation and the others wait for them; measured on 2 cores,
+    ~7% of the CPU went nowhere (bench/pipeline_throughput.py, BENCHMARKS.md). At the lowest priority the
+    decoders use the moments the model leaves free and run at full speed while it waits for them.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError as exc:  # not permitted in some sandboxes: decoding still works, at normal priority
+            log.warning("could not lower the decode threads' priority: %s", exc)
+
+
 def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
-    # Pillow releases the GIL while decoding and resizing, so threads decode alongside the model.
+    # Pillow and the image processor release the GIL for the heavy parts, so threads decode alongside the model.
     global _decoder
     with _lock:
         if _decoder is None:
-            _decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+            _decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode",
+                                          initializer=_lower_decode_priority)
         return _decoder
 
 
@@ -67,11 +90,12 @@ def outcome_of(verdict: ModerationVerdict) -> ClassifierOutcome:
 @dataclass
 class _Decoded:
     photo_id: uuid.UUID
-    derivative: Image.Image | None = None
+    prepared: np.ndarray | Image.Image | None = None  # the model's input, from ClipEmbedder.prepare_image
     failure: str | None = None
 
 
-def _decode(settings: Settings, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
+def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
+    """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing."""
     try:
         image = load_rgb(original_path(settings, storage_key), allowed_formats=settings.allowed_formats,
                          max_pixels=settings.max_image_pixels, draft_size=settings.derivative_size)
@@ -81,7 +105,7 @@ def _decode(settings: Settings, photo_id: uuid.UUID, storage_key: str) -> _Decod
     except ImageRejected as exc:
         return _Decoded(photo_id, failure=exc.reason)
     write_atomically(derivative_path(settings, photo_id), encode_jpeg(derivative, settings.derivative_quality))
-    return _Decoded(photo_id, derivative=derivative)
+    return _Decoded(photo_id, prepared=embedder.prepare_image(derivative))
 
 
 @dataclass(frozen=True)
@@ -98,19 +122,19 @@ class BatchResult:
 def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> BatchResult:
     """Index the given photos; each ends `indexed` or `failed` (or is skipped when there is nothing to do).
 
+    The photos are decoded by a thread pool while the model embeds the chunk before (chunks of
+    WITHSENSE_IMAGE_BATCH_SIZE). Each chunk is stored in one transaction as soon as it is embedded:
+    a photo's embedding, moderation flags and `indexed` become visible together, or not at all.
+
     When a batch comes back after a crash (some photo already used an attempt), it is split into
     single-photo tasks, so one poison image uses up only its own attempts, not its neighbours'.
     """
     settings = get_settings()
-    claimed: dict[uuid.UUID, str] = {}
-    retried = False
+    started = time.perf_counter()
     with session_scope() as session:
-        for photo_id in photo_ids:
-            photo = photo_sql.claim_for_indexing(session, photo_id, settings.task_max_attempts)
-            if photo is not None:
-                claimed[photo_id] = photo.storage_key
-                retried = retried or photo.attempts > 1
+        claimed = photo_sql.claim_for_indexing(session, photo_ids, settings.task_max_attempts)
     skipped = [str(p) for p in photo_ids if p not in claimed]
+    retried = any(claim.attempts > 1 for claim in claimed.values())
     if allow_split and retried and len(claimed) > 1:
         from workers.enqueue import enqueue_ingest
 
@@ -129,34 +153,39 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     model = registered_model()
     moderator = get_moderator()
     pool = _decode_pool(settings)
-    futures: list[Future[_Decoded]] = [pool.submit(_decode, settings, pid, key) for pid, key in claimed.items()]
-
-    failed: dict[str, str] = {}
-    vectors: dict[uuid.UUID, np.ndarray] = {}
-    chunk = max(1, settings.image_batch_size)
-    # Embed chunk i while the pool keeps decoding chunks i+1, i+2, ...
-    for start in range(0, len(futures), chunk):
-        decoded = [f.result() for f in futures[start:start + chunk]]
-        for item in decoded:
-            if item.failure:
-                failed[str(item.photo_id)] = item.failure
-        ready = [item for item in decoded if item.derivative is not None]
-        if ready:
-            embeddings = embedder.embed_images([item.derivative for item in ready])  # type: ignore[misc]
-            for item, vector in zip(ready, embeddings, strict=True):
-                vectors[item.photo_id] = vector
+    futures: list[Future[_Decoded]] = [pool.submit(_decode, settings, embedder, pid, claim.storage_key)
+                                       for pid, claim in claimed.items()]
 
     indexed: list[str] = []
-    # Embedding, moderation flags and `indexed` become visible together, or not at all.
-    with session_scope() as session:
-        for photo_id, reason in failed.items():
-            log.warning("photo %s failed: %s", photo_id, reason)
-            photo_sql.mark_failed(session, uuid.UUID(photo_id), reason)
-        for photo_id, vector in vectors.items():
-            if photo_sql.store_embedding(session, photo_id, model, vector):
-                apply_classifier(session, photo_id, outcome_of(moderator.score(vector)))
-                indexed.append(str(photo_id))
-            else:  # deleted while it was being embedded
-                derivative_path(settings, photo_id).unlink(missing_ok=True)
-                skipped.append(str(photo_id))
+    failed: dict[str, str] = {}
+    seconds = {"decode_wait": 0.0, "model": 0.0, "database": 0.0}
+    chunk = max(1, settings.image_batch_size)
+    # Embed and store chunk i while the pool keeps decoding chunks i+1, i+2, ...
+    for start in range(0, len(futures), chunk):
+        mark = time.perf_counter()
+        decoded = [f.result() for f in futures[start:start + chunk]]
+        ready = [item for item in decoded if item.prepared is not None]
+        seconds["decode_wait"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        embeddings = embedder.embed_prepared([item.prepared for item in ready])  # type: ignore[misc]
+        vectors = {item.photo_id: vector for item, vector in zip(ready, embeddings, strict=True)}
+        outcomes = {photo_id: outcome_of(moderator.score(vector)) for photo_id, vector in vectors.items()}
+        seconds["model"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        with session_scope() as session:
+            for item in decoded:
+                if item.failure:
+                    log.warning("photo %s failed: %s", item.photo_id, item.failure)
+                    photo_sql.mark_failed(session, item.photo_id, item.failure)
+                    failed[str(item.photo_id)] = item.failure
+            stored = photo_sql.store_embeddings(session, model, vectors)
+            apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
+        seconds["database"] += time.perf_counter() - mark
+        indexed.extend(str(photo_id) for photo_id in stored)
+        for photo_id in set(vectors) - set(stored):  # deleted while it was being embedded
+            derivative_path(settings, photo_id).unlink(missing_ok=True)
+            skipped.append(str(photo_id))
+    log.info("indexed %d, failed %d of %d photos in %.2fs (waiting for decode %.2fs, model %.2fs, database %.2fs)",
+             len(indexed), len(failed), len(photo_ids), time.perf_counter() - started, seconds["decode_wait"],
+             seconds["model"], seconds["database"])
     return BatchResult(indexed, failed, skipped, [])

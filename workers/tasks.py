@@ -56,7 +56,7 @@ def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[s
     with session_scope() as session:
         stale = photo_sql.stale_photo_ids(session, timedelta(seconds=older_than_s), limit)
         photo_sql.touch(session, stale)
-    batch = get_settings().image_batch_size
+    batch = get_settings().ingest_batch_size
     for start in range(0, len(stale), batch):
         enqueue_ingest_batch(stale[start:start + batch])
     if stale:
