@@ -30,7 +30,11 @@ def _warm_up_model() -> None:
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    (get_settings().home / "tmp").mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(settings.api_torch_threads)
     # Load the model in the background: /healthz answers at once, the first search waits for the lock.
     threading.Thread(target=_warm_up_model, name="model-warm-up", daemon=True).start()
     yield

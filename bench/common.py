@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ MODEL_CACHE = ROOT / ".cache" / "bench-models"
 if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere imports the project's packages
     sys.path.insert(0, str(ROOT))
 
-from cli.local_services import LocalPostgres, _wait_for_port  # noqa: E402
 
 
 def machine_info() -> dict[str, object]:
@@ -141,58 +139,6 @@ def timer() -> Iterator[list[float]]:
 def short_tmp_dir(prefix: str) -> Path:
     """A fresh folder directly under /tmp: short paths keep any unix socket under the ~107-byte limit."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-
-
-@dataclass
-class BenchPostgres(LocalPostgres):
-    """The project's embedded Postgres with server settings sized for a benchmark.
-
-    LocalPostgres fixes shared_buffers at 256MB on its command line (where nothing can override it);
-    a 1M-vector HNSW index is ~1.3 GB, so a search benchmark starts the same binary with these settings
-    instead. Everything else (initdb, user, port) is LocalPostgres's.
-    """
-
-    settings: dict[str, str] = field(default_factory=dict)
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.init()
-        self.log_path.touch(exist_ok=True)
-        self._chown(self.log_path)
-        options = {
-            "listen_addresses": self.host,
-            "port": str(self.port),
-            "unix_socket_directories": "",
-            "max_connections": "200",
-            "shared_buffers": "256MB",
-            "maintenance_work_mem": "512MB",
-            **self.settings,
-        }
-        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
-        for key, value in options.items():
-            args += ["-c", f"{key}={value}"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open for its lifetime
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, user=self._run_as,
-                                        start_new_session=True)
-        log.close()
-        _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
-        import psycopg
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=2) as conn:
-                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone():
-                        conn.execute(f'CREATE DATABASE "{self.database}"')
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    @property
-    def dsn(self) -> str:
-        """A libpq connection string for psycopg (the `url` property is SQLAlchemy's form)."""
-        return f"host={self.host} port={self.port} user=postgres dbname={self.database}"
 
 
 def random_vit_b32(cache_dir: Path = MODEL_CACHE) -> Path:

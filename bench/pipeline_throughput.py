@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,26 @@ class WorkerProcess:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
         self.process = None
+
+
+TASK_LINE = re.compile(r"indexed (\d+), failed (\d+) of (\d+) photos in ([\d.]+)s "
+                       r"\(waiting for decode ([\d.]+)s, model ([\d.]+)s, database ([\d.]+)s\)")
+
+
+def task_breakdown(log_text: str) -> dict[str, float]:
+    """Where the worker's tasks spent their wall time, from its per-task log lines (workers/indexing.py)."""
+    totals = np.zeros(7)
+    tasks = 0
+    for match in TASK_LINE.finditer(log_text):
+        totals += np.array([float(group) for group in match.groups()])
+        tasks += 1
+    indexed, _, _, wall, decode_wait, model, database = totals
+    if not tasks or not indexed:
+        return {"tasks": tasks}
+    return {"tasks": tasks, "photos": int(indexed), "task_wall_ms_per_image": round(1000 * wall / indexed, 1),
+            "decode_wait_ms_per_image": round(1000 * decode_wait / indexed, 1),
+            "model_ms_per_image": round(1000 * model / indexed, 1),
+            "database_ms_per_image": round(1000 * database / indexed, 1)}
 
 
 def own_cpu_seconds() -> float:
@@ -310,15 +331,18 @@ def main() -> None:
             cpu_before = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
                           "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
             print(f"batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
+            log_offset = worker.log_path.stat().st_size
             started = time.perf_counter()
             how = enqueue_batches(timed_ids, per_task)
             counts = wait_until_done(dsn, timed_ids, args.timeout)
             seconds = time.perf_counter() - started
             cpu_after = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
                          "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+            timed_log = worker.log_path.read_bytes()[log_offset:].decode(errors="replace")
             worker.stop()
             worker = None
             runs[str(batch)] = {
+                "worker_tasks": task_breakdown(timed_log),
                 "photos_per_task": per_task,
                 "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
                 "statuses": counts, "enqueue": how,
@@ -353,6 +377,13 @@ def main() -> None:
                  "failed"],
                 [[batch, r["images_per_s"], r["ratio_to_bare_best"], r["cpu_ms_per_image"]["worker"],
                   r["cpu_ms_per_image"]["postgres"], r["statuses"].get("failed", 0)] for batch, r in runs.items()])
+    print()
+    print_table(["worker batch", "task wall ms/img", "waiting for decode", "model (forward + moderation)", "database"],
+                [[batch, r["worker_tasks"].get("task_wall_ms_per_image"), r["worker_tasks"].get("decode_wait_ms_per_image"),
+                  r["worker_tasks"].get("model_ms_per_image"), r["worker_tasks"].get("database_ms_per_image")]
+                 for batch, r in runs.items()])
+    print("bare model wall ms/img at the same batch size: "
+          + ", ".join(f"b{size} {1000 / bare[size]:.1f}" for size in bare))
     print(f"\nregistration (ingest-style, sha256 + insert): {results['registration']['photos_per_s']} photos/s")
 
 

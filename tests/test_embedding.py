@@ -201,6 +201,20 @@ def test_prepared_images_embed_exactly_like_whole_images(tiny_clip_path: Path, t
     assert tiny.embed_prepared([]).shape == (0, tiny.dimension)
 
 
+def test_images_already_at_the_model_input_size_skip_only_no_op_steps(tiny: ClipEmbedder) -> None:
+    """The worker's 224x224 derivatives take a shortcut (rescale + normalise only): same pixels as the processor."""
+    from core.images import make_derivative
+
+    tiny.load()
+    side = tiny._identity_size  # noqa: SLF001 - the shortcut's trigger, read from the model's processor
+    assert side is not None and side[0] == side[1]
+    derivatives = [make_derivative(item.image, side[0]) for item in synthetic.generate(6, seed=8, size=(640, 480))]
+    processor = tiny._image_processor  # noqa: SLF001
+    expected = processor(images=derivatives, return_tensors="np")["pixel_values"]  # type: ignore[operator]
+    shortcut = np.stack([tiny.prepare_image(image) for image in derivatives])
+    np.testing.assert_allclose(shortcut, expected, atol=1e-5)
+
+
 def test_prepared_path_works_for_the_legacy_layout_too(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
     legacy = _legacy_layout(tiny_clip_path, tmp_path)
     old = ClipEmbedder(str(legacy), device="cpu")
