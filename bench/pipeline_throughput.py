@@ -1,20 +1,22 @@
-"""Indexing throughput: images/s through the whole pipeline vs the bare model, in the same run.
+"""Indexing throughput: images/s through the whole pipeline vs the bare model, side by side in one run.
 
-    .venv/bin/python -m bench.pipeline_throughput                    # 2,000 photos, batch sizes 16,32,64
-    .venv/bin/python -m bench.pipeline_throughput --count 500 --batch-sizes 32
+    .venv/bin/python -m bench.pipeline_throughput            # 3 rounds x 1,000 photos, worker batch 16 and 32
+    .venv/bin/python -m bench.pipeline_throughput --count 300 --rounds 2 --batch-sizes 16
 
 1. Generates (once, cached) synthetic camera JPEGs from 1024x768 to 4000x3000 (bench/photos.py).
 2. Starts the embedded Postgres and a Valkey, runs the migrations.
 3. Registers every photo the way `withsense ingest` does (copy to the spool, sha256,
    workers.intake.register_photo(enqueue=False)): the registration rate is reported on its own.
-4. For each batch size: starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE = that size,
-   WITHSENSE_INGEST_BATCH_SIZE = --chunks-per-task times it), warms it up, then queues every photo in
-   batches (workers.enqueue.enqueue_ingest_batch, or enqueue_ingest one by one where that is all
-   there is) and times until every photo is `indexed` in Postgres: pipeline images/s, and the CPU
-   seconds per image spent by the worker, Postgres and Valkey.
-5. Measures the bare model in this process, before and after the pipeline runs: the same model
-   (random-weights ViT-B/32 through sentence-transformers) on pre-decoded 224x224 pixel tensors,
-   at several batch sizes, with the worker's thread count. The ratio uses the best bare batch size.
+4. Rounds: for each worker batch size, starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE =
+   that size, WITHSENSE_INGEST_BATCH_SIZE = --chunks-per-task times it), warms it up, then queues
+   the photos in batches (workers.enqueue.enqueue_ingest_batch) and times until every one is
+   `indexed` in Postgres: pipeline images/s, CPU per image of the worker, Postgres and Valkey, and
+   where the worker's tasks spent their time (its per-task log lines). Photos are reset in between.
+5. Before the first run and after every run, measures the bare model in this process: the same
+   model (random-weights ViT-B/32 through sentence-transformers) on pre-decoded 224x224 pixel
+   tensors, at several batch sizes, with the worker's thread count. Each run's ratio is its
+   throughput over the bare model's best batch size measured right before and right after it, so
+   a noisy neighbour slows both sides of a ratio alike; the summary gives the median over rounds.
 """
 
 from __future__ import annotations
@@ -240,13 +242,14 @@ def reset_photos(dsn: str, ids: list[uuid.UUID]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000, help="photos timed per batch size")
+    parser.add_argument("--count", type=int, default=1000, help="photos timed per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per batch size, each between two bare measurements")
     parser.add_argument("--distinct", type=int, default=500, help="distinct pictures (the rest are byte variants)")
     parser.add_argument("--warmup", type=int, default=64, help="photos indexed before timing starts")
-    parser.add_argument("--batch-sizes", default="16,32,64", help="worker image batch sizes to run")
+    parser.add_argument("--batch-sizes", default="16,32", help="worker image batch sizes to run")
     parser.add_argument("--chunks-per-task", type=int, default=4,
                         help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (the default settings give 4)")
-    parser.add_argument("--bare-batch-sizes", default="1,8,16,32,64")
+    parser.add_argument("--bare-batch-sizes", default="8,16,32")
     parser.add_argument("--bare-seconds", type=float, default=8.0, help="seconds per bare batch size")
     parser.add_argument("--encoder", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="image encoder for the bare model and (as WITHSENSE_IMAGE_ENCODER) the worker")
@@ -308,8 +311,9 @@ def main() -> None:
             files.append((picture.name, picture if copy == 0 else variant(picture.read_bytes(), copy)))
         results["photos"] = photo_set_stats(pictures[: min(len(pictures), total)])
 
-        print("bare model (before) ...", file=sys.stderr)
-        bare_before = bare_model_throughput(model_dir, pictures, bare_sizes, args.encoder, threads, args.bare_seconds)
+        def measure_bare(label: str) -> dict[str, float]:
+            print(f"bare model ({label}) ...", file=sys.stderr)
+            return bare_model_throughput(model_dir, pictures, bare_sizes, args.encoder, threads, args.bare_seconds)
 
         print(f"registering {total} photos ...", file=sys.stderr)
         ids, register_s = register_all(settings, files, settings.home / "tmp")
@@ -317,40 +321,44 @@ def main() -> None:
         results["registration"] = {"photos": total, "seconds": round(register_s, 1),
                                    "photos_per_s": round(total / register_s, 1)}
 
-        runs: dict[str, object] = {}
-        for index, batch in enumerate(batch_sizes):
-            if index:
-                reset_photos(dsn, ids)
-            per_task = batch * args.chunks_per_task
-            worker_env = dict(env, WITHSENSE_IMAGE_BATCH_SIZE=str(batch), WITHSENSE_INGEST_BATCH_SIZE=str(per_task))
-            worker = WorkerProcess(home, worker_env, args.concurrency)
-            worker.start()
-            print(f"batch {batch}: warm-up ...", file=sys.stderr)
-            enqueue_batches(warm_ids, per_task)
-            wait_until_done(dsn, warm_ids, args.timeout)
-            cpu_before = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
-                          "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
-            print(f"batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
-            log_offset = worker.log_path.stat().st_size
-            started = time.perf_counter()
-            how = enqueue_batches(timed_ids, per_task)
-            counts = wait_until_done(dsn, timed_ids, args.timeout)
-            seconds = time.perf_counter() - started
-            cpu_after = {"worker": tree_cpu_seconds(worker.process.pid), "postgres": tree_cpu_seconds(postgres.process.pid),
-                         "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
-            timed_log = worker.log_path.read_bytes()[log_offset:].decode(errors="replace")
-            worker.stop()
-            worker = None
-            runs[str(batch)] = {
-                "worker_tasks": task_breakdown(timed_log),
-                "photos_per_task": per_task,
-                "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
-                "statuses": counts, "enqueue": how,
-                "cpu_ms_per_image": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)
-                                     for name in cpu_before},
-            }
-        print("bare model (after) ...", file=sys.stderr)
-        bare_after = bare_model_throughput(model_dir, pictures, bare_sizes, args.encoder, threads, args.bare_seconds)
+        # bare, run, bare, run, ..., bare: every pipeline run is bracketed by two bare measurements.
+        bares = [measure_bare("start")]
+        runs: list[dict[str, object]] = []
+        for round_number in range(1, args.rounds + 1):
+            for batch in batch_sizes:
+                if runs:
+                    reset_photos(dsn, ids)
+                per_task = batch * args.chunks_per_task
+                worker_env = dict(env, WITHSENSE_IMAGE_BATCH_SIZE=str(batch), WITHSENSE_INGEST_BATCH_SIZE=str(per_task))
+                worker = WorkerProcess(home, worker_env, args.concurrency)
+                worker.start()
+                print(f"round {round_number}, batch {batch}: warm-up ...", file=sys.stderr)
+                enqueue_batches(warm_ids, per_task)
+                wait_until_done(dsn, warm_ids, args.timeout)
+                cpu_before = {"worker": tree_cpu_seconds(worker.process.pid),
+                              "postgres": tree_cpu_seconds(postgres.process.pid),
+                              "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+                print(f"round {round_number}, batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
+                log_offset = worker.log_path.stat().st_size
+                started = time.perf_counter()
+                how = enqueue_batches(timed_ids, per_task)
+                counts = wait_until_done(dsn, timed_ids, args.timeout)
+                seconds = time.perf_counter() - started
+                cpu_after = {"worker": tree_cpu_seconds(worker.process.pid),
+                             "postgres": tree_cpu_seconds(postgres.process.pid),
+                             "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+                timed_log = worker.log_path.read_bytes()[log_offset:].decode(errors="replace")
+                worker.stop()
+                worker = None
+                runs.append({
+                    "round": round_number, "batch": batch, "photos_per_task": per_task,
+                    "worker_tasks": task_breakdown(timed_log),
+                    "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
+                    "statuses": counts, "enqueue": how,
+                    "cpu_ms_per_image": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)
+                                         for name in cpu_before},
+                })
+                bares.append(measure_bare(f"after round {round_number}, batch {batch}"))
     finally:
         if worker is not None:
             worker.stop()
@@ -358,32 +366,46 @@ def main() -> None:
         postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
 
-    bare = {size: round((bare_before[size] + bare_after[size]) / 2, 2) for size in bare_before}
-    best_size = max(bare, key=lambda size: bare[size])
-    results["bare_model_images_per_s"] = {"before": bare_before, "after": bare_after, "mean": bare,
-                                          "best_batch_size": int(best_size)}
-    for figures in runs.values():
-        figures["ratio_to_bare_best"] = round(figures["images_per_s"] / bare[best_size], 3)  # type: ignore[index]
-    results["pipeline"] = runs
-    best_run = max(runs, key=lambda b: runs[b]["images_per_s"])  # type: ignore[index]
-    results["summary"] = {"best_pipeline_batch": int(best_run), "pipeline_images_per_s": runs[best_run]["images_per_s"],
-                          "bare_images_per_s": bare[best_size], "ratio": runs[best_run]["ratio_to_bare_best"]}
+    mean_bare = {size: round(float(np.mean([b[size] for b in bares])), 2) for size in bare_sizes}
+    best_size = max(mean_bare, key=lambda size: mean_bare[size])
+    for index, run in enumerate(runs):
+        # The bare model's best batch size, measured right before and right after this run.
+        bracket = (bares[index][best_size] + bares[index + 1][best_size]) / 2
+        run["bare_best_bracketing_images_per_s"] = round(bracket, 2)
+        run["ratio_to_bare_best"] = round(float(run["images_per_s"]) / bracket, 3)  # type: ignore[arg-type]
+    by_batch = {batch: [run for run in runs if run["batch"] == batch] for batch in batch_sizes}
+    per_batch = {
+        str(batch): {
+            "runs": len(batch_runs),
+            "images_per_s_median": round(float(np.median([r["images_per_s"] for r in batch_runs])), 2),
+            "ratio_median": round(float(np.median([r["ratio_to_bare_best"] for r in batch_runs])), 3),
+            "ratio_min": min(r["ratio_to_bare_best"] for r in batch_runs),  # type: ignore[type-var]
+            "ratio_max": max(r["ratio_to_bare_best"] for r in batch_runs),  # type: ignore[type-var]
+        }
+        for batch, batch_runs in by_batch.items()
+    }
+    results["bare_model_images_per_s"] = {"measurements": bares, "mean": mean_bare, "best_batch_size": int(best_size)}
+    results["pipeline_runs"] = runs
+    results["pipeline"] = per_batch
+    best_batch = max(per_batch, key=lambda b: per_batch[b]["ratio_median"])
+    results["summary"] = {"best_pipeline_batch": int(best_batch), **per_batch[best_batch],
+                          "bare_best_batch": int(best_size), "bare_images_per_s_mean": mean_bare[best_size]}
     emit(f"pipeline_throughput_{args.encoder}", results)
     print()
-    print_table(["bare batch", "img/s before", "img/s after"],
-                [[size, bare_before[size], bare_after[size]] for size in bare_before])
+    print_table(["bare batch"] + [f"img/s #{i}" for i in range(len(bares))] + ["mean"],
+                [[size] + [b[size] for b in bares] + [mean_bare[size]] for size in bare_sizes])
     print()
-    print_table(["worker batch", "pipeline img/s", "ratio to bare best", "worker CPU ms/img", "postgres CPU ms/img",
-                 "failed"],
-                [[batch, r["images_per_s"], r["ratio_to_bare_best"], r["cpu_ms_per_image"]["worker"],
-                  r["cpu_ms_per_image"]["postgres"], r["statuses"].get("failed", 0)] for batch, r in runs.items()])
+    print_table(["round", "worker batch", "pipeline img/s", "bare best (bracketing)", "ratio", "worker CPU ms/img",
+                 "postgres CPU ms/img", "task ms/img: decode wait / model / database", "failed"],
+                [[r["round"], r["batch"], r["images_per_s"], r["bare_best_bracketing_images_per_s"],
+                  r["ratio_to_bare_best"], r["cpu_ms_per_image"]["worker"], r["cpu_ms_per_image"]["postgres"],
+                  " / ".join(str(r["worker_tasks"].get(key)) for key in
+                             ("decode_wait_ms_per_image", "model_ms_per_image", "database_ms_per_image")),
+                  r["statuses"].get("failed", 0)] for r in runs])
     print()
-    print_table(["worker batch", "task wall ms/img", "waiting for decode", "model (forward + moderation)", "database"],
-                [[batch, r["worker_tasks"].get("task_wall_ms_per_image"), r["worker_tasks"].get("decode_wait_ms_per_image"),
-                  r["worker_tasks"].get("model_ms_per_image"), r["worker_tasks"].get("database_ms_per_image")]
-                 for batch, r in runs.items()])
-    print("bare model wall ms/img at the same batch size: "
-          + ", ".join(f"b{size} {1000 / bare[size]:.1f}" for size in bare))
+    print_table(["worker batch", "runs", "pipeline img/s (median)", "ratio median", "ratio min", "ratio max"],
+                [[batch, f["runs"], f["images_per_s_median"], f["ratio_median"], f["ratio_min"], f["ratio_max"]]
+                 for batch, f in per_batch.items()])
     print(f"\nregistration (ingest-style, sha256 + insert): {results['registration']['photos_per_s']} photos/s")
 
 
