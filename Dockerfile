@@ -15,7 +15,7 @@ COPY cli ./cli
 COPY evaluation ./evaluation
 COPY migrations ./migrations
 RUN if [ -n "$TORCH_INDEX" ]; then pip install torch --index-url "$TORCH_INDEX"; fi \
- && pip install .
+ && pip install ".[onnx]"
 USER withsense
 EXPOSE 8000 5555
 CMD ["uvicorn", "api.app:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -366,11 +366,11 @@ def main() -> None:
         postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
 
-    mean_bare = {size: round(float(np.mean([b[size] for b in bares])), 2) for size in bare_sizes}
+    mean_bare = {size: round(float(np.mean([b[str(size)] for b in bares])), 2) for size in bare_sizes}
     best_size = max(mean_bare, key=lambda size: mean_bare[size])
     for index, run in enumerate(runs):
         # The bare model's best batch size, measured right before and right after this run.
-        bracket = (bares[index][best_size] + bares[index + 1][best_size]) / 2
+        bracket = (bares[index][str(best_size)] + bares[index + 1][str(best_size)]) / 2
         run["bare_best_bracketing_images_per_s"] = round(bracket, 2)
         run["ratio_to_bare_best"] = round(float(run["images_per_s"]) / bracket, 3)  # type: ignore[arg-type]
     by_batch = {batch: [run for run in runs if run["batch"] == batch] for batch in batch_sizes}
@@ -393,7 +393,7 @@ def main() -> None:
     emit(f"pipeline_throughput_{args.encoder}", results)
     print()
     print_table(["bare batch"] + [f"img/s #{i}" for i in range(len(bares))] + ["mean"],
-                [[size] + [b[size] for b in bares] + [mean_bare[size]] for size in bare_sizes])
+                [[size] + [b[str(size)] for b in bares] + [mean_bare[size]] for size in bare_sizes])
     print()
     print_table(["round", "worker batch", "pipeline img/s", "bare best (bracketing)", "ratio", "worker CPU ms/img",
                  "postgres CPU ms/img", "task ms/img: decode wait / model / database", "failed"],

@@ -52,3 +52,6 @@ def test_cpu_override_drops_the_gpu_reservation() -> None:
     override = _load("docker-compose.cpu.yml")
     assert override["services"]["worker"]["deploy"] == {"__reset__": True}
     assert override["services"]["worker"]["environment"]["WITHSENSE_DEVICE"] == "cpu"
+    # The faster CPU encoder is on by default there, and the image has ONNX Runtime for it.
+    assert override["services"]["worker"]["environment"]["WITHSENSE_IMAGE_ENCODER"].endswith(":-onnx-int8}")
+    assert 'pip install ".[onnx]"' in (ROOT / "Dockerfile").read_text()

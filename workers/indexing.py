@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _registered_model: EmbeddingModel | None = None
 _decoder: ThreadPoolExecutor | None = None
+_writer: ThreadPoolExecutor | None = None
 
 
 def registered_model() -> EmbeddingModel:
@@ -79,6 +80,15 @@ def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
         return _decoder
 
 
+def _store_pool() -> ThreadPoolExecutor:
+    # One thread: chunks are written in order, each in its own transaction, while the model embeds the next.
+    global _writer
+    with _lock:
+        if _writer is None:
+            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        return _writer
+
+
 def outcome_of(verdict: ModerationVerdict) -> ClassifierOutcome:
     return ClassifierOutcome(
         version=verdict.classifier_version,
@@ -109,6 +119,31 @@ def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, sto
 
 
 @dataclass(frozen=True)
+class _Written:
+    indexed: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+def _store_chunk(settings: Settings, model: EmbeddingModel, decoded: list[_Decoded], vectors: dict[uuid.UUID, np.ndarray],
+                 outcomes: dict[uuid.UUID, ClassifierOutcome]) -> _Written:
+    """One transaction: failures, embeddings, moderation flags and `indexed`, visible together or not at all."""
+    failed: dict[str, str] = {}
+    with session_scope() as session:
+        for item in decoded:
+            if item.failure:
+                log.warning("photo %s failed: %s", item.photo_id, item.failure)
+                photo_sql.mark_failed(session, item.photo_id, item.failure)
+                failed[str(item.photo_id)] = item.failure
+        stored = photo_sql.store_embeddings(session, model, vectors)
+        apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
+    gone = [photo_id for photo_id in vectors if photo_id not in set(stored)]
+    for photo_id in gone:  # deleted while it was being embedded
+        derivative_path(settings, photo_id).unlink(missing_ok=True)
+    return _Written([str(p) for p in stored], failed, [str(p) for p in gone])
+
+
+@dataclass(frozen=True)
 class BatchResult:
     indexed: list[str]
     failed: dict[str, str]
@@ -123,8 +158,9 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     """Index the given photos; each ends `indexed` or `failed` (or is skipped when there is nothing to do).
 
     The photos are decoded by a thread pool while the model embeds the chunk before (chunks of
-    WITHSENSE_IMAGE_BATCH_SIZE). Each chunk is stored in one transaction as soon as it is embedded:
-    a photo's embedding, moderation flags and `indexed` become visible together, or not at all.
+    WITHSENSE_IMAGE_BATCH_SIZE), and a writer thread stores each embedded chunk in one transaction
+    while the model goes on: a photo's embedding, moderation flags and `indexed` become visible
+    together, or not at all. The log line's "database" is the time the task waited for its writes.
 
     When a batch comes back after a crash (some photo already used an attempt), it is split into
     single-photo tasks, so one poison image uses up only its own attempts, not its neighbours'.
@@ -156,35 +192,43 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     futures: list[Future[_Decoded]] = [pool.submit(_decode, settings, embedder, pid, claim.storage_key)
                                        for pid, claim in claimed.items()]
 
-    indexed: list[str] = []
-    failed: dict[str, str] = {}
+    writer = _store_pool()
+    writes: list[Future[_Written]] = []
     seconds = {"decode_wait": 0.0, "model": 0.0, "database": 0.0}
     chunk = max(1, settings.image_batch_size)
-    # Embed and store chunk i while the pool keeps decoding chunks i+1, i+2, ...
-    for start in range(0, len(futures), chunk):
+    # Embed chunk i while the pool keeps decoding chunks i+1, i+2, ... and the writer stores chunk i-1.
+    try:
+        for start in range(0, len(futures), chunk):
+            mark = time.perf_counter()
+            decoded = [f.result() for f in futures[start:start + chunk]]
+            ready = [item for item in decoded if item.prepared is not None]
+            seconds["decode_wait"] += time.perf_counter() - mark
+            mark = time.perf_counter()
+            embeddings = embedder.embed_prepared([item.prepared for item in ready])  # type: ignore[misc]
+            vectors = {item.photo_id: vector for item, vector in zip(ready, embeddings, strict=True)}
+            outcomes = {photo_id: outcome_of(moderator.score(vector)) for photo_id, vector in vectors.items()}
+            seconds["model"] += time.perf_counter() - mark
+            writes.append(writer.submit(_store_chunk, settings, model, decoded, vectors, outcomes))
+    finally:
         mark = time.perf_counter()
-        decoded = [f.result() for f in futures[start:start + chunk]]
-        ready = [item for item in decoded if item.prepared is not None]
-        seconds["decode_wait"] += time.perf_counter() - mark
-        mark = time.perf_counter()
-        embeddings = embedder.embed_prepared([item.prepared for item in ready])  # type: ignore[misc]
-        vectors = {item.photo_id: vector for item, vector in zip(ready, embeddings, strict=True)}
-        outcomes = {photo_id: outcome_of(moderator.score(vector)) for photo_id, vector in vectors.items()}
-        seconds["model"] += time.perf_counter() - mark
-        mark = time.perf_counter()
-        with session_scope() as session:
-            for item in decoded:
-                if item.failure:
-                    log.warning("photo %s failed: %s", item.photo_id, item.failure)
-                    photo_sql.mark_failed(session, item.photo_id, item.failure)
-                    failed[str(item.photo_id)] = item.failure
-            stored = photo_sql.store_embeddings(session, model, vectors)
-            apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
-        seconds["database"] += time.perf_counter() - mark
-        indexed.extend(str(photo_id) for photo_id in stored)
-        for photo_id in set(vectors) - set(stored):  # deleted while it was being embedded
-            derivative_path(settings, photo_id).unlink(missing_ok=True)
-            skipped.append(str(photo_id))
+        wait(writes)  # even when decoding or the model failed: nothing of this task keeps running after it
+
+    # Every write has ended; the first error (e.g. the database went away) fails the task (and retries it).
+    indexed: list[str] = []
+    failed: dict[str, str] = {}
+    error: BaseException | None = None
+    for write in writes:
+        try:
+            written = write.result()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, once every write has finished
+            error = error or exc
+            continue
+        indexed.extend(written.indexed)
+        failed.update(written.failed)
+        skipped.extend(written.skipped)
+    seconds["database"] = time.perf_counter() - mark
+    if error is not None:
+        raise error
     log.info("indexed %d, failed %d of %d photos in %.2fs (waiting for decode %.2fs, model %.2fs, database %.2fs)",
              len(indexed), len(failed), len(photo_ids), time.perf_counter() - started, seconds["decode_wait"],
              seconds["model"], seconds["database"])
