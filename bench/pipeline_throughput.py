@@ -1,6 +1,6 @@
 """Indexing throughput: images/s through the whole pipeline vs the bare model, side by side in one run.
 
-    .venv/bin/python -m bench.pipeline_throughput            # 3 rounds x 1,000 photos, worker batch 16 and 32
+    .venv/bin/python -m bench.pipeline_throughput            # 3 rounds x 1,000 photos, worker batch 8 and 16
     .venv/bin/python -m bench.pipeline_throughput --count 300 --rounds 2 --batch-sizes 16
 
 1. Generates (once, cached) synthetic camera JPEGs from 1024x768 to 4000x3000 (bench/photos.py).
@@ -246,9 +246,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per batch size, each between two bare measurements")
     parser.add_argument("--distinct", type=int, default=500, help="distinct pictures (the rest are byte variants)")
     parser.add_argument("--warmup", type=int, default=64, help="photos indexed before timing starts")
-    parser.add_argument("--batch-sizes", default="16,32", help="worker image batch sizes to run")
-    parser.add_argument("--chunks-per-task", type=int, default=4,
-                        help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (the default settings give 4)")
+    parser.add_argument("--batch-sizes", default="8,16", help="worker image batch sizes to run")
+    parser.add_argument("--chunks-per-task", type=int, default=8,
+                        help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (docker-compose.cpu.yml: 8 x 8)")
     parser.add_argument("--bare-batch-sizes", default="8,16,32")
     parser.add_argument("--bare-seconds", type=float, default=8.0, help="seconds per bare batch size")
     parser.add_argument("--encoder", choices=["torch", "onnx", "onnx-int8"], default="torch",

@@ -55,19 +55,19 @@ def registered_model() -> EmbeddingModel:
         return _registered_model
 
 
-def _lower_decode_priority() -> None:
-    """Decode threads yield the cores to the model's threads (Linux: a thread has its own nice value).
+def _lower_priority() -> None:
+    """Decode and store threads yield the cores to the model's threads (Linux: a thread has its own nice value).
 
-    Decoding and the forward pass share the same cores. When they compete as equals, torch's OpenMP
-    threads lose their time slices mid-operation and the others wait for them; measured on 2 cores,
-    ~7% of the CPU went nowhere (bench/pipeline_throughput.py, BENCHMARKS.md). At the lowest priority the
-    decoders use the moments the model leaves free and run at full speed while it waits for them.
+    Decoding, storing and the forward pass share the same cores. When they compete as equals, torch's
+    OpenMP threads lose their time slices mid-operation and the others wait for them; measured on 2
+    cores, ~7% of the CPU went nowhere (BENCHMARKS.md, section 4). At the lowest priority these threads
+    use the moments the model leaves free, and run at full speed while it waits for them.
     """
     if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError as exc:  # not permitted in some sandboxes: decoding still works, at normal priority
-            log.warning("could not lower the decode threads' priority: %s", exc)
+        except OSError as exc:  # not permitted in some sandboxes: the work still gets done, at normal priority
+            log.warning("could not lower the priority of the %s thread: %s", threading.current_thread().name, exc)
 
 
 def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
@@ -76,7 +76,7 @@ def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
     with _lock:
         if _decoder is None:
             _decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode",
-                                          initializer=_lower_decode_priority)
+                                          initializer=_lower_priority)
         return _decoder
 
 
@@ -85,7 +85,7 @@ def _store_pool() -> ThreadPoolExecutor:
     global _writer
     with _lock:
         if _writer is None:
-            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store", initializer=_lower_priority)
         return _writer
 
 
