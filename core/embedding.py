@@ -422,18 +422,8 @@ class ClipEmbedder:
         return self._forward_pixels(pixels)
 
     def _forward_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
         assert self._clip_model is not None
-        parameter = next(self._clip_model.parameters())
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), self.image_batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + self.image_batch_size]))
-                features = self._clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
-                features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
-                chunks.append(torch.nn.functional.normalize(features.float(), p=2, dim=1).cpu())
-        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+        return clip_image_features(self._clip_model, pixels, self.image_batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts with the text model when one is set, else with CLIP's text tower."""
@@ -458,6 +448,23 @@ class ClipEmbedder:
             # Normalise in float32: fp16 norms of 512 components lose precision.
             embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
         return embeddings.cpu().numpy().astype(np.float32, copy=False)
+
+
+def clip_image_features(clip_model: torch.nn.Module, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """A Hugging Face CLIP model's image features for preprocessed pixels (n, 3, H, W): float32, unit rows."""
+    import torch
+
+    parameter = next(clip_model.parameters())
+    step = batch_size or max(1, len(pixels))
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), step):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + step]))
+            features = clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
+            features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
+            # Normalise in float32: fp16 norms of 512 components lose precision.
+            chunks.append(torch.nn.functional.normalize(features.float(), p=2, dim=1).cpu())
+    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
 
 _default: ClipEmbedder | None = None

@@ -290,16 +290,10 @@ class OnnxImageEncoder:
 
 def torch_embed_pixel_values(model: SentenceTransformer, pixel_values: np.ndarray) -> np.ndarray:
     """The reference: the loaded torch model's image features for the same pixels, L2-normalised."""
-    import torch
+    from core.embedding import clip_image_features
 
     clip_model, _ = _clip_parts(model)
-    parameter = next(clip_model.parameters())
-    with torch.inference_mode():
-        tensor = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(parameter.device, parameter.dtype)
-        features = clip_model.get_image_features(pixel_values=tensor)
-        features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
-        features = torch.nn.functional.normalize(features.float(), dim=1)
-    return features.cpu().numpy()
+    return clip_image_features(clip_model, pixel_values)
 
 
 def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images: Sequence[Image.Image]
