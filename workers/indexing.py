@@ -59,9 +59,9 @@ def _lower_priority() -> None:
     """Decode and store threads yield the cores to the model's threads (Linux: a thread has its own nice value).
 
     Decoding, storing and the forward pass share the same cores. When they compete as equals, torch's
-    OpenMP threads lose their time slices mid-operation and the others wait for them; measured on 2
-    cores, ~7% of the CPU went nowhere (BENCHMARKS.md, section 4). At the lowest priority these threads
-    use the moments the model leaves free, and run at full speed while it waits for them.
+    OpenMP threads lose their time slices mid-operation and their peers wait for them at the next
+    barrier, so CPU time goes nowhere. At the lowest priority these threads use the moments the model
+    leaves free, and run at full speed while it waits for them (BENCHMARKS.md, section 4).
     """
     if sys.platform.startswith("linux"):
         try:
