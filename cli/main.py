@@ -29,17 +29,12 @@ def _use_running_stack(ctx: typer.Context) -> None:
     """
     if ctx.invoked_subcommand == "up":
         return
+    from cli.stack import load_env_file
     from core.settings import get_settings
 
     settings = get_settings()
-    stack_env = settings.home / "stack.env"
-    if (settings.database_url and settings.broker_url) or not stack_env.exists():
-        return
-    for line in stack_env.read_text().splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        if key and not os.environ.get(key):
-            os.environ[key] = value
-    get_settings.cache_clear()
+    if not (settings.database_url and settings.broker_url) and load_env_file(settings.home):
+        get_settings.cache_clear()
 
 
 def _settings():  # type: ignore[no-untyped-def]

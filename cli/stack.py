@@ -154,3 +154,15 @@ def write_env_file(home: Path, env: dict[str, str]) -> Path:
     lines = [f"export {key}={env[key]}" for key in ("WITHSENSE_HOME", "WITHSENSE_DATABASE_URL", "WITHSENSE_BROKER_URL")]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def load_env_file(home: Path) -> bool:
+    """Put the running stack's URLs (from `write_env_file`) into this process's environment, where unset."""
+    path = home / "stack.env"
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        if key and not os.environ.get(key):
+            os.environ[key] = value
+    return True
