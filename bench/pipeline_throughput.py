@@ -265,7 +265,7 @@ def main() -> None:
     model_dir = random_vit_b32()
     pictures = ensure_photos(args.distinct)
     home = short_tmp_dir("wsp-")
-    threads = max(1, (os.cpu_count() or 1) // args.concurrency)  # what Settings.torch_threads gives the worker
+    threads = max(1, (os.cpu_count() or 1) // args.concurrency)  # what Settings.torch_threads_for gives each worker child
 
     from cli.local_services import LocalPostgres, LocalRedis
 

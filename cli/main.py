@@ -247,6 +247,109 @@ def reconcile(
     typer.echo(f"{result['requeued']} stale photos re-enqueued")
 
 
+@app.command()
+def status() -> None:
+    """Photos by indexing status, and which models cover the index (the active one serves search)."""
+    from db import photos as photo_sql
+    from db.engine import session_scope
+
+    _settings()
+    with session_scope() as session:
+        counts = photo_sql.status_counts(session)
+        models = photo_sql.model_coverage(session)
+    typer.echo("photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed")))
+    _print_models(models)
+
+
+def _print_models(models) -> None:  # type: ignore[no-untyped-def]
+    if not models:
+        typer.echo("models: none registered yet (a worker registers its model when it indexes the first photo)")
+    for m in models:
+        state = "active" if m.active else "inactive"
+        typer.echo(f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos")
+
+
+models_app = typer.Typer(help="Embedding models: which one serves search, and switching to a new one.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models, the active one, and how many indexed photos each has a vector for."""
+    from db import photos as photo_sql
+    from db.engine import session_scope
+
+    _settings()
+    with session_scope() as session:
+        _print_models(photo_sql.model_coverage(session))
+
+
+@models_app.command("activate")
+def models_activate(
+    name: Annotated[str, typer.Argument(help="the model's name as `withsense models list` shows it")],
+    revision: Annotated[str | None, typer.Option(help="its revision (default: the newest registered)")] = None,
+    force: Annotated[bool, typer.Option(help="activate although some indexed photos have no vector from it")] = False,
+) -> None:
+    """Switch search to another registered model, at once for every query (after `withsense reindex`)."""
+    from db import photos as photo_sql
+    from db.engine import session_scope
+
+    _settings()
+    with session_scope() as session:
+        try:
+            model = photo_sql.find_model(session, name, revision)
+        except photo_sql.ModelNotRegistered as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        coverage = next(m for m in photo_sql.model_coverage(session) if (m.name, m.revision) == (model.name, model.revision))
+        if coverage.missing and not force:
+            typer.echo(f"error: {coverage.missing} of {coverage.indexed} indexed photos have no vector from "
+                       f"{model.name}@{model.revision}; they would vanish from search. Run `withsense reindex` with a "
+                       "worker on this model until `withsense models list` shows full coverage, or pass --force.",
+                       err=True)
+            raise typer.Exit(1)
+        photo_sql.activate_model(session, model)
+        label = f"{model.name}@{model.revision}"
+    typer.echo(f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
+               "then restart them: an API on another model answers search with 503 until then.")
+
+
+@app.command()
+def reindex(
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="photos per task")] = 128,
+) -> None:
+    """Queue every indexed photo for a worker on the new model (`celery worker -Q reindex`) to embed.
+
+    Photos that already have a vector from that worker's model are skipped, so running it again is cheap.
+    """
+    from db import photos as photo_sql
+    from db.engine import session_scope
+    from workers.enqueue import QueueUnavailable, enqueue_reindex_batch
+
+    _settings()
+    with session_scope() as session:
+        total = photo_sql.status_counts(session).get("indexed", 0)
+    queued = 0
+    after: uuid.UUID | None = None
+    with tqdm(total=total, desc="queueing for reindex", unit="photo") as bar:
+        while True:
+            with session_scope() as session:
+                page = photo_sql.indexed_photo_ids(session, after, batch_size)
+            if not page:
+                break
+            try:
+                enqueue_reindex_batch(page)
+            except QueueUnavailable as exc:
+                typer.echo(f"error: {exc}; {queued} photos were queued, run the command again", err=True)
+                raise typer.Exit(1) from exc
+            queued += len(page)
+            after = page[-1]
+            bar.update(len(page))
+    typer.echo(f"{queued} indexed photos queued on `reindex`; a worker started with `-Q reindex` and the new "
+               "WITHSENSE_MODEL embeds them. Watch `withsense models list`, then `withsense models activate`.")
+
+
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

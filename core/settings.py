@@ -113,10 +113,9 @@ class Settings(BaseSettings):
     def onnx_dir(self) -> Path:
         return self.onnx_cache_dir or self.home / "onnx"
 
-    @property
-    def torch_threads(self) -> int:
-        """Cores shared evenly by the worker's child processes, so they never oversubscribe."""
-        return max(1, (os.cpu_count() or 1) // self.worker_concurrency)
+    def torch_threads_for(self, pool_processes: int | None) -> int:
+        """Torch threads per worker child when the pool has `pool_processes` (default: worker_concurrency)."""
+        return max(1, (os.cpu_count() or 1) // max(1, pool_processes or self.worker_concurrency))
 
 
 @lru_cache(maxsize=1)

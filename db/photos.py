@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 from pgvector import HalfVector
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -102,14 +102,15 @@ def claim_for_indexing(session: Session, photo_ids: list[uuid.UUID], max_attempt
         session.execute(
             update(Photo).where(Photo.id.in_(exhausted))
             .values(status=PhotoStatus.FAILED, updated_at=func.now(),
-                    error=func.concat("gave up after ", Photo.attempts,
-                                      " attempts (the worker crashed or timed out on this image each time)"))
+                    error=func.concat("gave up after ", Photo.attempts, " attempts", case(
+                        (Photo.error.is_(None), " (the worker crashed or timed out on this image each time)"),
+                        else_=func.concat("; last error: ", Photo.error))))
             .execution_options(synchronize_session=False)
         )
     if claimed:
         session.execute(
             update(Photo).where(Photo.id.in_(list(claimed)))
-            .values(status=PhotoStatus.PROCESSING, attempts=Photo.attempts + 1, error=None, updated_at=func.now())
+            .values(status=PhotoStatus.PROCESSING, attempts=Photo.attempts + 1, updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
     return claimed
@@ -171,13 +172,20 @@ def mark_failed(session: Session, photo_id: uuid.UUID, reason: str) -> None:
     )
 
 
-def release_for_retry(session: Session, photo_id: uuid.UUID, reason: str) -> None:
-    """A transient error: back to pending, with the reason, so status pages show what is happening."""
-    session.execute(
-        update(Photo)
-        .where(Photo.id == photo_id, Photo.status == PhotoStatus.PROCESSING)
-        .values(status=PhotoStatus.PENDING, error=f"retrying: {reason}"[:2000], updated_at=func.now())
-    )
+def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: str) -> None:
+    """The task failed as a whole (the model or the database): its photos go back to `pending` with the reason.
+
+    The attempt stays counted, so a photo that breaks the worker each time still ends `failed` after
+    WITHSENSE_TASK_MAX_ATTEMPTS, and then with this reason rather than a guess. The task's retry (a
+    transient error) or the reconciler picks them up again.
+    """
+    if photo_ids:
+        session.execute(
+            update(Photo)
+            .where(Photo.id.in_(photo_ids), Photo.status == PhotoStatus.PROCESSING)
+            .values(status=PhotoStatus.PENDING, error=reason[:2000], updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def delete_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:
@@ -211,16 +219,22 @@ def touch(session: Session, photo_ids: list[uuid.UUID]) -> None:
 def register_model(session: Session, name: str, revision: str, dimension: int) -> EmbeddingModel:
     """Find or create the row for this model, build its HNSW index, and make it active if none is.
 
+    The revision (a hub commit, or the content hash of a local folder) says which weights these are, so the
+    same model reached by another name (another mount path, the hub's long name) is the same row.
     Safe to call from many workers at once: the insert races on (name, revision).
     """
-    session.execute(
-        insert(EmbeddingModel)
-        .values(name=name, revision=revision, dimension=dimension)
-        .on_conflict_do_nothing(constraint="uq_embedding_models_name_revision")
-    )
     model = session.scalars(
-        select(EmbeddingModel).where(EmbeddingModel.name == name, EmbeddingModel.revision == revision)
-    ).one()
+        select(EmbeddingModel).where(EmbeddingModel.revision == revision).order_by(EmbeddingModel.id).limit(1)
+    ).one_or_none()
+    if model is None:
+        session.execute(
+            insert(EmbeddingModel)
+            .values(name=name, revision=revision, dimension=dimension)
+            .on_conflict_do_nothing(constraint="uq_embedding_models_name_revision")
+        )
+        model = session.scalars(
+            select(EmbeddingModel).where(EmbeddingModel.name == name, EmbeddingModel.revision == revision)
+        ).one()
     if model.dimension != dimension:
         raise InvalidEmbedding(
             f"model {name}@{revision} was registered with {model.dimension} dimensions but now produces {dimension}"
@@ -235,6 +249,95 @@ def register_model(session: Session, name: str, revision: str, dimension: int) -
 
 def active_model(session: Session) -> EmbeddingModel | None:
     return session.scalars(select(EmbeddingModel).where(EmbeddingModel.active)).one_or_none()
+
+
+@dataclass(frozen=True)
+class ModelCoverage:
+    """A registered model and how much of the index it covers (a new model is switched on when it covers it all)."""
+
+    name: str
+    revision: str
+    dimension: int
+    active: bool
+    embedded: int  # indexed photos with a vector from this model
+    indexed: int  # indexed photos
+
+    @property
+    def missing(self) -> int:
+        return self.indexed - self.embedded
+
+
+def model_coverage(session: Session) -> list[ModelCoverage]:
+    indexed = session.scalar(select(func.count()).select_from(Photo).where(Photo.status == PhotoStatus.INDEXED)) or 0
+    embedded = (
+        select(PhotoEmbedding.model_id, func.count().label("n"))
+        .join(Photo, Photo.id == PhotoEmbedding.photo_id)
+        .where(Photo.status == PhotoStatus.INDEXED)
+        .group_by(PhotoEmbedding.model_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(EmbeddingModel, func.coalesce(embedded.c.n, 0))
+        .outerjoin(embedded, embedded.c.model_id == EmbeddingModel.id)
+        .order_by(EmbeddingModel.created_at)
+    ).all()
+    return [ModelCoverage(m.name, m.revision, m.dimension, m.active, n, indexed) for m, n in rows]
+
+
+class ModelNotRegistered(LookupError):
+    """No registered model matches; a worker registers its model when it first indexes or reindexes."""
+
+
+def find_model(session: Session, name: str, revision: str | None = None) -> EmbeddingModel:
+    """The registered model called `name` (at `revision`, or the newest registered when None)."""
+    query = select(EmbeddingModel).where(EmbeddingModel.name == name)
+    if revision:
+        query = query.where(EmbeddingModel.revision == revision)
+    model = session.scalars(query.order_by(EmbeddingModel.created_at.desc()).limit(1)).one_or_none()
+    if model is None:
+        known = ", ".join(f"{m.name}@{m.revision}" for m in session.scalars(select(EmbeddingModel))) or "none"
+        raise ModelNotRegistered(f"no registered model {name}{'@' + revision if revision else ''} (registered: {known})")
+    return model
+
+
+def activate_model(session: Session, model: EmbeddingModel) -> None:
+    """Make `model` the one search uses, atomically: every query after the commit searches its vectors."""
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('withsense.register_model'))"))
+    session.execute(update(EmbeddingModel).where(EmbeddingModel.active).values(active=False))
+    session.flush()
+    session.execute(update(EmbeddingModel).where(EmbeddingModel.id == model.id).values(active=True))
+
+
+def indexed_photo_ids(session: Session, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+    """Indexed photos in id order, a page at a time (for reindexing under another model)."""
+    query = select(Photo.id).where(Photo.status == PhotoStatus.INDEXED)
+    if after is not None:
+        query = query.where(Photo.id > after)
+    return list(session.scalars(query.order_by(Photo.id).limit(limit)))
+
+
+def photos_missing_embedding(session: Session, model: EmbeddingModel, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Of these photos, the indexed ones that have no vector from `model` yet, with their storage keys."""
+    if not photo_ids:
+        return {}
+    has_vector = select(PhotoEmbedding.photo_id).where(
+        PhotoEmbedding.model_id == model.id, PhotoEmbedding.photo_id == Photo.id).exists()
+    rows = session.execute(
+        select(Photo.id, Photo.storage_key).where(Photo.id.in_(photo_ids), Photo.status == PhotoStatus.INDEXED, ~has_vector))
+    return {photo_id: storage_key for photo_id, storage_key in rows}
+
+
+def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.UUID, np.ndarray]) -> list[uuid.UUID]:
+    """Vectors of another model for photos already indexed (a reindex); their status and moderation stay as they are."""
+    normalised = {photo_id: validate_embedding(vector, model.dimension) for photo_id, vector in vectors.items()}
+    if not normalised:
+        return []
+    present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
+    rows = [{"photo_id": p, "model_id": model.id, "embedding": HalfVector(v)} for p, v in normalised.items() if p in present]
+    if rows:
+        session.execute(insert(PhotoEmbedding).values(rows)
+                        .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id]))
+    return [row["photo_id"] for row in rows]
 
 
 def status_counts(session: Session) -> dict[str, int]:

@@ -45,6 +45,9 @@ def reset_cached_state() -> None:
 
     import core.moderation
 
+    from api.deps import forget_active_model
+
+    forget_active_model()  # the API's cached answer to "which model is active"
     core.embedding._default = None  # the model singleton follows WITHSENSE_MODEL
     core.moderation._moderator = None
     core.moderation.load_rules.cache_clear()
@@ -106,9 +109,11 @@ def services(tiny_clip_path: Path) -> Iterator[Services]:
 class WorkerProcess:
     """A real `celery worker` child process consuming from the test Redis."""
 
-    def __init__(self, home: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None,
+                 queues: str = "photos,maintenance") -> None:
         self.home = home
         self.concurrency = concurrency
+        self.queues = queues
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"worker-{time.monotonic_ns()}.log"
@@ -118,7 +123,7 @@ class WorkerProcess:
         env["PYTHONPATH"] = str(ROOT)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
              "-c", str(self.concurrency), "--loglevel", "INFO", "-n", f"test{time.monotonic_ns()}@%h",
              "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 
 from core.settings import get_settings
 
@@ -16,6 +16,7 @@ def make_celery() -> Celery:
         task_acks_late=True,  # a task is acknowledged only after it finished: a crash means redelivery
         task_reject_on_worker_lost=True,  # ... including a worker child killed mid-task
         worker_prefetch_multiplier=1,  # never hoard tasks that another worker could run
+        worker_concurrency=settings.worker_concurrency,  # `celery worker -c N` overrides it
         task_ignore_result=True,  # status lives in the photos table, not in a result backend
         task_serializer="json",
         accept_content=["json"],
@@ -26,7 +27,10 @@ def make_celery() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         task_default_queue="photos",
-        task_routes={"photos.*": {"queue": "photos"}, "maintenance.*": {"queue": "maintenance"}},
+        # `reindex` is consumed only by workers started for a model upgrade (`-Q reindex`): a worker
+        # still on the old model must never take those tasks.
+        task_routes={"photos.*": {"queue": "photos"}, "maintenance.*": {"queue": "maintenance"},
+                     "reindex.*": {"queue": "reindex"}},
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
@@ -46,9 +50,24 @@ def make_celery() -> Celery:
 celery_app = make_celery()
 
 
+# The pool size this worker was started with (`celery worker -c N`), read in the parent before it forks.
+_pool_processes: int | None = None
+
+
+@celeryd_init.connect
+def _remember_pool_size(options: dict[str, object] | None = None, **_kwargs: object) -> None:
+    global _pool_processes
+    concurrency = (options or {}).get("concurrency")
+    _pool_processes = int(concurrency) if concurrency else None  # type: ignore[call-overload]
+
+
 @worker_process_init.connect
 def _configure_child(**_kwargs: object) -> None:
-    """Cheap per-child setup after fork: thread count and fresh DB connections. The model loads lazily."""
+    """Cheap per-child setup after fork: thread count and fresh DB connections. The model loads lazily.
+
+    The cores are shared by the pool's processes: `-c N` when the worker was started with it,
+    WITHSENSE_WORKER_CONCURRENCY otherwise, so N children never run N x cores threads.
+    """
     import logging
     import os
 
@@ -56,7 +75,7 @@ def _configure_child(**_kwargs: object) -> None:
 
     from db.engine import dispose_engine
 
-    threads = get_settings().torch_threads
+    threads = get_settings().torch_threads_for(_pool_processes)
     torch.set_num_threads(threads)
     dispose_engine()
     logging.getLogger(__name__).info("worker child %d: torch threads %d", os.getpid(), threads)

@@ -24,6 +24,12 @@ def enqueue_ingest_batch(photo_ids: list[uuid.UUID]) -> None:
         _send("photos.ingest_batch", [[str(p) for p in photo_ids]])
 
 
+def enqueue_reindex_batch(photo_ids: list[uuid.UUID]) -> None:
+    """Queue indexed photos for the upgrade worker (queue `reindex`) to embed with its model."""
+    if photo_ids:
+        _send("reindex.embed", [[str(p) for p in photo_ids]])
+
+
 def _send(task_name: str, args: list[object]) -> None:
     try:
         celery_app.send_task(

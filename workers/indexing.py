@@ -52,6 +52,12 @@ def registered_model() -> EmbeddingModel:
                 session.flush()
                 session.expunge(model)
             _registered_model = model
+            if not model.active:
+                log.warning(
+                    "this worker's model %s@%s is registered but not active: search uses another model. Photos it "
+                    "indexes are found once it is activated; `withsense reindex` embeds the rest of the catalogue "
+                    "with it, then `withsense models activate %s` switches search over.",
+                    model.name, model.revision, model.name)
         return _registered_model
 
 
@@ -182,7 +188,27 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
         return BatchResult([], {}, skipped, [str(p) for p in claimed])
     if not claimed:
         return BatchResult([], {}, skipped, [])
+    try:
+        return _index_claimed(settings, photo_ids, claimed, skipped, started)
+    except Exception as exc:
+        _record_task_error(list(claimed), exc)
+        raise
 
+
+def _record_task_error(photo_ids: list[uuid.UUID], exc: Exception) -> None:
+    """Put the reason on the photos the failed task held, so their status shows it (and their final failure)."""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"indexing attempt failed: {type(exc).__name__}: {first_line}"
+    log.error("indexing %d photos failed: %s", len(photo_ids), reason)
+    try:
+        with session_scope() as session:
+            photo_sql.release_after_error(session, photo_ids, reason)
+    except Exception as write_error:  # noqa: BLE001 - the database may be the fault; the task's error is re-raised
+        log.warning("could not record the failure on the photos: %s", write_error)
+
+
+def _index_claimed(settings: Settings, photo_ids: list[uuid.UUID], claimed: dict[uuid.UUID, photo_sql.Claim],
+                   skipped: list[str], started: float) -> BatchResult:
     from core.embedding import get_embedder
 
     embedder = get_embedder()
@@ -233,3 +259,43 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
              len(indexed), len(failed), len(photo_ids), time.perf_counter() - started, seconds["decode_wait"],
              seconds["model"], seconds["database"])
     return BatchResult(indexed, failed, skipped, [])
+
+
+def _decode_for_reindex(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
+    """The saved 224x224 derivative is the model's input already; rebuild it from the original when it is missing."""
+    try:
+        with Image.open(derivative_path(settings, photo_id)) as derivative:
+            return _Decoded(photo_id, prepared=embedder.prepare_image(derivative.convert("RGB")))
+    except (FileNotFoundError, OSError):
+        return _decode(settings, embedder, photo_id, storage_key)
+
+
+def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
+    """Add this worker's model's vectors to indexed photos that lack them (a model upgrade; see `withsense reindex`).
+
+    Nothing else changes: status, moderation decisions and the active model stay as they are, so search
+    goes on with the current model until an operator activates the new one.
+    """
+    from core.embedding import get_embedder
+
+    settings = get_settings()
+    embedder = get_embedder()
+    model = registered_model()
+    with session_scope() as session:
+        todo = photo_sql.photos_missing_embedding(session, model, photo_ids)
+    pool = _decode_pool(settings)
+    decoded = list(pool.map(lambda item: _decode_for_reindex(settings, embedder, *item), todo.items()))
+    failed = {str(item.photo_id): item.failure for item in decoded if item.failure}
+    ready = [item for item in decoded if item.prepared is not None]
+    vectors: dict[uuid.UUID, np.ndarray] = {}
+    chunk = max(1, settings.image_batch_size)
+    for start in range(0, len(ready), chunk):
+        part = ready[start:start + chunk]
+        vectors.update(zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]),
+                           strict=True))  # type: ignore[misc]
+    with session_scope() as session:
+        stored = photo_sql.add_embeddings(session, model, vectors)
+    for photo_id, reason in failed.items():
+        log.warning("photo %s could not be reindexed with %s: %s", photo_id, model.name, reason)
+    return {"model": f"{model.name}@{model.revision}", "embedded": len(stored), "failed": failed,
+            "already_done": len(photo_ids) - len(todo)}

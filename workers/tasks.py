@@ -14,7 +14,7 @@ from db import photos as photo_sql
 from db.engine import session_scope
 from workers.celery_app import celery_app
 from workers.enqueue import enqueue_ingest_batch
-from workers.indexing import index_photos, registered_model
+from workers.indexing import index_photos, reembed_photos, registered_model
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ def ingest_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
     return index_photos([uuid.UUID(p) for p in photo_ids]).as_dict()
 
 
+@celery_app.task(name="reindex.embed", **RETRY_OPTIONS)
+def reindex_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
+    """Embed indexed photos with this worker's model, for a model upgrade (queue `reindex`, `withsense reindex`)."""
+    return reembed_photos([uuid.UUID(p) for p in photo_ids])
+
+
 @celery_app.task(name="maintenance.reconcile")
 def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[str, int]:
     """Re-enqueue photos left pending or processing too long (their task was lost, e.g. Redis restarted)."""
@@ -64,4 +70,4 @@ def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[s
     return {"requeued": len(stale)}
 
 
-__all__ = ["ingest_photo", "ingest_photo_batch", "reconcile_stale_photos", "registered_model", "TRANSIENT_ERRORS"]
+__all__ = ["TRANSIENT_ERRORS", "ingest_photo", "ingest_photo_batch", "reconcile_stale_photos", "registered_model", "reindex_photo_batch"]

@@ -41,12 +41,29 @@ def _check_broker() -> str | None:
         return f"broker unreachable: {type(exc).__name__}: {str(exc)[:200]}"
 
 
+def _check_model(database_ok: bool) -> tuple[str, bool]:
+    """("ok" | "loading" | the mismatch, whether that is a problem): queries must use the active model."""
+    from api.deps import model_mismatch
+    from core.embedding import get_embedder
+    from db.engine import session_scope
+
+    if not get_embedder().is_loaded:
+        return "loading", False  # the first search waits for it; nothing is wrong
+    if not database_ok:
+        return "unknown (the database is unreachable)", False
+    with session_scope() as session:
+        problem = model_mismatch(session)
+    return (problem, True) if problem else ("ok", False)
+
+
 @router.get("/readyz")
 def readyz() -> JSONResponse:
-    """Ready when the database and the queue answer; otherwise 503 naming what is missing."""
-    problems = {name: problem for name, problem in (("database", _check_database()), ("broker", _check_broker())) if problem}
-    body = {"status": "ready" if not problems else "unavailable", "checks": {
-        "database": problems.get("database", "ok"), "broker": problems.get("broker", "ok")}}
+    """Ready when the database and the queue answer and the API's model is the active one; else 503 naming why."""
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    model_state, model_problem = _check_model(checks["database"] is None)
+    problems = [name for name, problem in checks.items() if problem] + (["model"] if model_problem else [])
+    body = {"status": "ready" if not problems else "unavailable",
+            "checks": {name: problem or "ok" for name, problem in checks.items()} | {"model": model_state}}
     return JSONResponse(body, status_code=status.HTTP_200_OK if not problems else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import SearchPrincipal
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, ensure_query_model
 from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import thumbnail_url
@@ -46,10 +46,14 @@ def _blocked(query: str | None, k: int, region: str | None) -> SearchOut:
 
 
 def _search(session: SessionDep, vector: np.ndarray, k: int, region: str | None) -> list[SearchHit]:
+    """The query vector comes from this API's model: refused (503) when the index is searched with another."""
+    ensure_query_model(session)
     try:
         return search_by_vector(session, vector, k, region)
     except NoActiveModel:
         return []  # nothing indexed yet: an empty result, not an error
+    except DimensionMismatch as exc:  # a model change between the check and the query
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"search is unavailable: {exc}") from None
 
 
 @router.get("/search", response_model=SearchOut, responses={422: {"model": ErrorOut}})
