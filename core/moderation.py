@@ -83,13 +83,24 @@ class ZeroShotModerator:
         self.rules = rules
         self._prompts: dict[str, tuple[np.ndarray, int]] = {}
         for name, category in rules.categories.items():
-            vectors = np.asarray(embed_texts(category.positive + category.negative), dtype=np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            self._prompts[name] = (vectors, len(category.positive))
+            # A copy: the embedder's own array (perhaps cached) is not normalised in place.
+            vectors = np.array(embed_texts(category.positive + category.negative), dtype=np.float32)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            if not (np.isfinite(vectors).all() and (norms > 0).all()):
+                raise ValueError(f"moderation category {name!r}: a prompt embedding is zero or not finite")
+            self._prompts[name] = (vectors / norms, len(category.positive))
 
     def score(self, image_embedding: np.ndarray) -> ModerationVerdict:
+        """Score one image embedding; raises ValueError for a zero or non-finite embedding.
+
+        Such an embedding would give NaN scores, which compare as "clear": refusing it keeps a
+        broken embedding from passing moderation unseen.
+        """
         image = np.asarray(image_embedding, dtype=np.float64)
-        image = image / np.linalg.norm(image)
+        norm = float(np.linalg.norm(image))
+        if not (np.isfinite(image).all() and norm > 0):
+            raise ValueError("cannot moderate an image embedding that is zero or not finite")
+        image = image / norm
         results = []
         for name, category in self.rules.categories.items():
             vectors, positives = self._prompts[name]

@@ -13,7 +13,8 @@ Unicode compatibility forms, case, ё/е, accents, zero-width characters, Latin/
 look-alike letters mixed in one word ("мaльчик" with a Latin a), digits for letters ("k1ds"),
 stretched letters ("kiiids"), spaced letters ("k i d s"), hyphenated and possessive forms,
 and Russian typed in Latin letters ("devochka"). Age expressions ("a 10 year old",
-"10-летний", "aged 12", "under 16") are read by the patterns in the rules file.
+"10-летний", "aged 12", "under 16", "14 лет", "age 14") are read by the patterns in the rules
+file, which also name the words that make a number a span of time instead ("через 5 лет").
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class _AgePatternRules(_Strict):
     id: str
     pattern: str
     unit: Literal["years", "infant", "group", "grade"]
+    # Names of `age_contexts` lists: a word of one of them right before (not_after) or right
+    # after (not_before) the match shows that the number is no age ("через 5 лет", "5 лет назад").
+    not_after: list[str] = Field(default_factory=list)
+    not_before: list[str] = Field(default_factory=list)
 
 
 class _Rules(_Strict):
@@ -123,8 +128,10 @@ class _Rules(_Strict):
     paradigms: dict[str, list[str]] = Field(default_factory=dict)
     languages: dict[str, _LanguageRules]
     non_person_heads: _HeadRules = Field(default_factory=_HeadRules)
+    aged_things: _HeadRules = Field(default_factory=_HeadRules)
     number_words: dict[str, int] = Field(default_factory=dict)
     ordinal_words: dict[str, int] = Field(default_factory=dict)
+    age_contexts: dict[str, list[str]] = Field(default_factory=dict)
     age_patterns: list[_AgePatternRules] = Field(default_factory=list)
 
     @field_validator("version", mode="before")
@@ -363,6 +370,8 @@ class _AgePattern:
     id: str
     regex: re.Pattern[str]
     unit: Literal["years", "infant", "group", "grade"]
+    not_after: frozenset[str] = frozenset()
+    not_before: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -371,6 +380,54 @@ class _Hit:
     start: int
     end: int
     lemma_key: str | None  # the term's "language:lemma", for the animal-modifier rule
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """Nouns that are never a person: English words and phrases, and Russian stems."""
+
+    words: frozenset[str]
+    phrases: Mapping[str, tuple[Phrase, ...]]
+    stems: frozenset[str]
+    stem_max_ending: int
+
+    @classmethod
+    def compile(cls, rules: _HeadRules) -> _Heads:
+        words: set[str] = set()
+        phrases: dict[str, list[Phrase]] = {}
+        for head in rules.exact:
+            folded = tuple(_fold(word) for word in head.split())
+            if len(folded) == 1:
+                words.add(folded[0])
+            elif folded:
+                phrases.setdefault(folded[0], []).append(folded)
+        return cls(
+            words=frozenset(words),
+            phrases=MappingProxyType({k: tuple(v) for k, v in phrases.items()}),
+            stems=frozenset(_fold(stem) for stem in rules.stems),
+            stem_max_ending=rules.stem_max_ending,
+        )
+
+    def _is_head_word(self, word: str) -> bool:
+        if word in self.words:
+            return True
+        # A Russian stem plus a short ending: "щенок" is "щен" + "ок".
+        for cut in range(max(1, len(word) - self.stem_max_ending), len(word) + 1):
+            if word[:cut] in self.stems:
+                return True
+        return False
+
+    def at(self, tokens: Sequence[_Token], index: int) -> bool:
+        """Whether one of these nouns ("elephant", "polar bear", "щенок") starts at ``index``."""
+        if not 0 <= index < len(tokens):
+            return False
+        for variant in tokens[index].variants:
+            if self._is_head_word(variant):
+                return True
+            for phrase in self.phrases.get(variant, ()):
+                if _phrase_at(tokens, index, phrase):
+                    return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -388,10 +445,8 @@ class QueryPolicy:
     _phrase_terms: Mapping[str, tuple[tuple[Phrase, str, str], ...]] = field(repr=False, compare=False)
     _exceptions: Mapping[str, tuple[Phrase, ...]] = field(repr=False, compare=False)
     _animal_modifiers: frozenset[str] = field(repr=False, compare=False)
-    _head_words: frozenset[str] = field(repr=False, compare=False)
-    _head_phrases: Mapping[str, tuple[Phrase, ...]] = field(repr=False, compare=False)
-    _head_stems: frozenset[str] = field(repr=False, compare=False)
-    _head_stem_max_ending: int = field(repr=False, compare=False)
+    _animal_heads: _Heads = field(repr=False, compare=False)
+    _thing_heads: _Heads = field(repr=False, compare=False)
     _number_words: Mapping[str, int] = field(repr=False, compare=False)
     _age_patterns: tuple[_AgePattern, ...] = field(repr=False, compare=False)
 
@@ -473,14 +528,6 @@ class QueryPolicy:
                     )
                 modifiers.add(f"{language}:{lemma}")
 
-        head_words: set[str] = set()
-        head_phrases: dict[str, list[Phrase]] = {}
-        for head in rules.non_person_heads.exact:
-            words = tuple(_fold(word) for word in head.split())
-            if len(words) == 1:
-                head_words.add(words[0])
-            elif words:
-                head_phrases.setdefault(words[0], []).append(words)
 
         numbers = {_fold(word): value for word, value in rules.number_words.items()}
         ordinals = {_fold(word): value for word, value in rules.ordinal_words.items()}
@@ -499,7 +546,13 @@ class QueryPolicy:
             # Only an infant pattern ("годовалый") may do without a number: any match is a baby.
             if "num" not in regex.groupindex and spec.unit != "infant":
                 raise PolicyRulesError(f"{source}: age pattern {spec.id!r} has no <NUM>, <ORD> or (?P<num>)")
-            patterns.append(_AgePattern(spec.id, regex, spec.unit))
+            contexts: list[frozenset[str]] = []
+            for names in (spec.not_after, spec.not_before):
+                unknown = [name for name in names if name not in rules.age_contexts]
+                if unknown:
+                    raise PolicyRulesError(f"{source}: age pattern {spec.id!r} names unknown age_contexts {unknown}")
+                contexts.append(frozenset(_fold(w) for name in names for w in rules.age_contexts[name]))
+            patterns.append(_AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1]))
 
         return cls(
             version=rules.version,
@@ -512,10 +565,8 @@ class QueryPolicy:
             _phrase_terms=MappingProxyType({k: tuple(v) for k, v in phrases.items()}),
             _exceptions=MappingProxyType({k: tuple(v) for k, v in exceptions.items()}),
             _animal_modifiers=frozenset(modifiers),
-            _head_words=frozenset(head_words),
-            _head_phrases=MappingProxyType({k: tuple(v) for k, v in head_phrases.items()}),
-            _head_stems=frozenset(_fold(stem) for stem in rules.non_person_heads.stems),
-            _head_stem_max_ending=rules.non_person_heads.stem_max_ending,
+            _animal_heads=_Heads.compile(rules.non_person_heads),
+            _thing_heads=_Heads.compile(rules.aged_things),
             _number_words=MappingProxyType({**numbers, **ordinals}),
             _age_patterns=tuple(patterns),
         )
@@ -566,7 +617,7 @@ class QueryPolicy:
             hit
             for hit in found
             if (hit.start, hit.end) not in excepted
-            and not (hit.lemma_key in self._animal_modifiers and self._head_at(tokens, hit.end + 1))
+            and not (hit.lemma_key in self._animal_modifiers and self._animal_heads.at(tokens, hit.end + 1))
         ]
 
     def _excepted_spans(self, tokens: Sequence[_Token]) -> set[tuple[int, int]]:
@@ -579,27 +630,6 @@ class QueryPolicy:
                         last = index + len(phrase) - 1
                         spans.update((a, b) for a in range(index, last + 1) for b in range(a, last + 1))
         return spans
-
-    def _is_head_word(self, word: str) -> bool:
-        if word in self._head_words:
-            return True
-        # A Russian stem plus a short ending: "щенок" is "щен" + "ок".
-        for cut in range(max(1, len(word) - self._head_stem_max_ending), len(word) + 1):
-            if word[:cut] in self._head_stems:
-                return True
-        return False
-
-    def _head_at(self, tokens: Sequence[_Token], index: int) -> bool:
-        """Whether a non-person noun ("elephant", "polar bear", "щенок") starts at ``index``."""
-        if not 0 <= index < len(tokens):
-            return False
-        for variant in tokens[index].variants:
-            if self._is_head_word(variant):
-                return True
-            for phrase in self._head_phrases.get(variant, ()):
-                if _phrase_at(tokens, index, phrase):
-                    return True
-        return False
 
     def _age_hits(self, tokens: Sequence[_Token]) -> list[_Hit]:
         found: dict[tuple[int, int, str], _Hit] = {}
@@ -623,7 +653,12 @@ class QueryPolicy:
                     first = _token_at(starts, match.start())
                     last = _token_at(starts, max(match.start(), match.end() - 1))
                     # "12 year old whisky", "годовалый щенок": the age is not a person's.
-                    if self._head_at(tokens, first - 1) or self._head_at(tokens, last + 1):
+                    if any(heads.at(tokens, first - 1) or heads.at(tokens, last + 1)
+                           for heads in (self._animal_heads, self._thing_heads)):
+                        continue
+                    # "через 5 лет", "5 лет назад", "twenty five years old": a span of time or
+                    # part of a larger number, not a child's age.
+                    if _word_at(tokens, first - 1, pattern.not_after) or _word_at(tokens, last + 1, pattern.not_before):
                         continue
                     label = "age:" + " ".join(match.group().split())
                     found.setdefault((first, last, label), _Hit(label, first, last, None))
@@ -662,6 +697,11 @@ def _phrase_at(tokens: Sequence[_Token], index: int, phrase: Phrase) -> bool:
     if index + len(phrase) > len(tokens):
         return False
     return all(word in tokens[index + offset].variants for offset, word in enumerate(phrase))
+
+
+def _word_at(tokens: Sequence[_Token], index: int, words: frozenset[str]) -> bool:
+    """Whether the token at ``index`` (if any) reads as one of ``words``."""
+    return 0 <= index < len(tokens) and not tokens[index].variants.isdisjoint(words)
 
 
 def _token_at(starts: Sequence[int], offset: int) -> int:
