@@ -53,8 +53,12 @@ def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str) ->
                         headers={"Retry-After": str(retry_after)})
 
 
-def require_scope(scope: str) -> Callable[..., Principal]:
-    """A dependency that admits callers whose key has `scope` (or admin), answering 401 or 403 otherwise."""
+def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
+    """A dependency that admits callers whose key has `scope`, one of `alternatives`, or admin; else 401 or 403.
+
+    A request counts against the rate limit of the first of those scopes that the key has.
+    """
+    accepted = (scope, *alternatives)
 
     def dependency(
         request: Request,
@@ -62,8 +66,9 @@ def require_scope(scope: str) -> Callable[..., Principal]:
         settings: Annotated[Settings, Depends(get_settings)],
     ) -> Principal:
         if credentials is None:
-            if scope in settings.anonymous_scopes:
-                _enforce_rate_limit(settings, ANONYMOUS, scope)
+            public = [s for s in accepted if s in settings.anonymous_scopes]
+            if public:
+                _enforce_rate_limit(settings, ANONYMOUS, public[0])
                 request.state.principal = ANONYMOUS
                 return ANONYMOUS
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API key is required: send `Authorization: Bearer <key>`",
@@ -73,10 +78,12 @@ def require_scope(scope: str) -> Callable[..., Principal]:
         if principal is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the API key is invalid or revoked",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if not principal.allows(scope):
+        granted = [s for s in accepted if principal.allows(s)]
+        if not granted:
+            needed = " or ".join(f"`{s}`" for s in accepted)
             raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                f"this key may {', '.join(sorted(principal.scopes))}; this route needs the `{scope}` scope")
-        _enforce_rate_limit(settings, principal, scope)
+                                f"this key may {', '.join(sorted(principal.scopes))}; this route needs the {needed} scope")
+        _enforce_rate_limit(settings, principal, granted[0])
         request.state.principal = principal
         return principal
 
@@ -84,6 +91,8 @@ def require_scope(scope: str) -> Callable[..., Principal]:
 
 
 SearchPrincipal = Annotated[Principal, Depends(require_scope("search"))]
+# Reading one photo: searchers, and uploaders following their own uploads.
+ViewerPrincipal = Annotated[Principal, Depends(require_scope("search", "upload"))]
 UploadPrincipal = Annotated[Principal, Depends(require_scope("upload"))]
 ModeratorPrincipal = Annotated[Principal, Depends(require_scope("moderate"))]
 AdminPrincipal = Annotated[Principal, Depends(require_scope("admin"))]

@@ -36,6 +36,11 @@ class UploadOut(PhotoOut):
     duplicate: bool = Field(False, description="true when the same bytes were uploaded before; `id` is that photo")
 
 
+class PhotoPage(BaseModel):
+    photos: list[PhotoOut] = Field(description="newest first")
+    next_before: uuid.UUID | None = Field(None, description="pass as `before` for the next page; null on the last page")
+
+
 class SearchResult(BaseModel):
     id: uuid.UUID
     score: float = Field(description="cosine similarity between the query and the photo, higher is better")

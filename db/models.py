@@ -94,6 +94,8 @@ class Photo(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     visibility: Mapped[str] = mapped_column(Text, server_default=Visibility.PUBLIC.value)
+    # The API key that uploaded it (NULL: `withsense ingest`, or uploaded before keys were recorded).
+    uploaded_by_key: Mapped[int | None] = mapped_column(Integer, ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

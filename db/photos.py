@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 from pgvector import HalfVector
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ class NewPhoto:
     original_name: str | None = None
     title: str | None = None
     photographer: str | None = None
+    uploaded_by_key: int | None = None
 
 
 def find_by_sha256(session: Session, sha256: str) -> Photo | None:
@@ -54,6 +55,7 @@ def insert_photo(session: Session, new: NewPhoto) -> tuple[Photo, bool]:
             original_name=new.original_name,
             title=new.title,
             photographer=new.photographer,
+            uploaded_by_key=new.uploaded_by_key,
         )
         .on_conflict_do_nothing(index_elements=[Photo.sha256])
         .returning(Photo.id)
@@ -186,6 +188,22 @@ def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: st
             .values(status=PhotoStatus.PENDING, error=reason[:2000], updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
+
+
+def list_photos(session: Session, *, uploaded_by_key: int | None, status: str | None, before: uuid.UUID | None,
+                limit: int) -> list[Photo]:
+    """Photos newest first, a page at a time (keyset: those older than `before`); only one key's when given."""
+    query = select(Photo)
+    if uploaded_by_key is not None:
+        query = query.where(Photo.uploaded_by_key == uploaded_by_key)
+    if status is not None:
+        query = query.where(Photo.status == status)
+    if before is not None:
+        anchor = session.execute(select(Photo.created_at, Photo.id).where(Photo.id == before)).one_or_none()
+        if anchor is None:
+            raise LookupError(f"no photo {before}: `before` must be the previous page's `next_before`")
+        query = query.where(tuple_(Photo.created_at, Photo.id) < tuple_(anchor.created_at, anchor.id))
+    return list(session.scalars(query.order_by(Photo.created_at.desc(), Photo.id.desc()).limit(limit)))
 
 
 def delete_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:

@@ -44,6 +44,7 @@ def register_photo(
     depicts_minor: bool | None = None,
     parental_consent: bool | None = None,
     actor: str = "uploader",
+    uploaded_by_key: int | None = None,
     enqueue: bool = True,
 ) -> IntakeResult:
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
@@ -69,7 +70,7 @@ def register_photo(
                 photo_sql.NewPhoto(
                     sha256=sha256, storage_key=storage_key, format=info.format, width=info.width,
                     height=info.height, bytes=size, original_name=original_name, title=title,
-                    photographer=photographer,
+                    photographer=photographer, uploaded_by_key=uploaded_by_key,
                 ),
             )
             if created:

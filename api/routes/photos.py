@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
-from api.auth import AdminPrincipal, SearchPrincipal, UploadPrincipal
+from api.auth import AdminPrincipal, UploadPrincipal, ViewerPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import UPLOADS
 from api.presenters import photo_out
-from api.schemas import ErrorOut, PhotoOut, UploadOut
+from api.schemas import ErrorOut, PhotoOut, PhotoPage, UploadOut
 from api.uploads import parse_image_upload
 from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat
 from core.policy import DISCLAIMER
@@ -74,11 +75,36 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
         declarations = {name: _parse_bool(name, upload.fields.get(name)) for name in ("depicts_minor", "parental_consent")}
         body, created = await run_in_threadpool(_register_upload, settings, upload.file.path, upload.file.sha256,
                                                 upload.file.size, upload.filename, upload.fields, str(request.base_url),
-                                                declarations, principal.actor)
+                                                declarations, principal)
     finally:
         upload.file.discard()  # a no-op once the file was moved into storage
     UPLOADS.labels(result="accepted" if created else "duplicate").inc()
     return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+@router.get("", response_model=PhotoPage)
+def list_photos(
+    session: SessionDep,
+    request: Request,
+    principal: UploadPrincipal,
+    status_: Annotated[Literal["pending", "processing", "indexed", "failed"] | None,
+                       Query(alias="status", description="only photos in this indexing status")] = None,
+    before: Annotated[uuid.UUID | None, Query(description="`next_before` of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="photos per page, 1 to 100")] = 50,
+    all_uploaders: Annotated[bool, Query(description="moderators and admins: every uploader's photos")] = False,
+) -> PhotoPage:
+    """The photos this key uploaded, newest first, with their indexing and moderation status."""
+    if all_uploaders and not principal.allows("moderate"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "`all_uploaders` needs the `moderate` or `admin` scope")
+    try:
+        photos = photo_sql.list_photos(session, uploaded_by_key=None if all_uploaders else principal.key_id,
+                                       status=status_, before=before, limit=limit + 1)
+    except LookupError as exc:  # the cursor photo was deleted meanwhile
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{exc}; it may have been deleted, start over") from None
+    base_url = str(request.base_url)
+    page = photos[:limit]
+    return PhotoPage(photos=[photo_out(p, base_url) for p in page],
+                     next_before=page[-1].id if len(photos) > limit else None)
 
 
 def _parse_bool(name: str, value: str | None) -> bool | None:
@@ -94,12 +120,13 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
 
 def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, filename: str | None,
                      fields: dict[str, str], base_url: str, declarations: dict[str, bool | None],
-                     actor: str) -> tuple[UploadOut, bool]:
+                     principal: Principal) -> tuple[UploadOut, bool]:
     try:
         result = register_photo(settings, spooled, sha256=sha256, size=size, original_name=_display_name(filename),
                                 title=fields.get("title"), photographer=fields.get("photographer"),
                                 depicts_minor=declarations["depicts_minor"],
-                                parental_consent=declarations["parental_consent"], actor=actor)
+                                parental_consent=declarations["parental_consent"], actor=principal.actor,
+                                uploaded_by_key=principal.key_id or None)
     except UnsupportedFormat as exc:
         UPLOADS.labels(result="rejected").inc()
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.reason) from None
@@ -113,6 +140,9 @@ def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, 
         UPLOADS.labels(result="queue_unavailable").inc()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; nothing was stored, retry later",
                             headers={"Retry-After": "5"}) from None
+    if not result.created and not may_manage(principal, result.photo):
+        # Someone else's photo: its id and metadata (it may be hidden by moderation) are not this caller's to see.
+        raise HTTPException(status.HTTP_409_CONFLICT, "this image is already in the catalogue, uploaded with another key")
     return UploadOut(**photo_out(result.photo, base_url).model_dump(), duplicate=not result.created), result.created
 
 
@@ -124,6 +154,11 @@ def _display_name(filename: str | None) -> str | None:
     return name[:255] or None
 
 
+def may_manage(principal: Principal, photo: Photo) -> bool:
+    """Moderators and admins manage every photo; an uploader manages what its key uploaded."""
+    return principal.allows("moderate") or (photo.uploaded_by_key is not None and photo.uploaded_by_key == principal.key_id)
+
+
 def _load(session: SessionDep, photo_id: uuid.UUID) -> Photo:
     photo = photo_sql.get_photo(session, photo_id)
     if photo is None:
@@ -131,51 +166,62 @@ def _load(session: SessionDep, photo_id: uuid.UUID) -> Photo:
     return photo
 
 
-def _load_visible(session: SessionDep, photo_id: uuid.UUID, principal: Principal, region: str | None,
-                  *, allow_unindexed: bool) -> Photo:
+def _load_visible(session: SessionDep, photo_id: uuid.UUID, principal: Principal, region: str | None) -> Photo:
     """The photo, if this caller in this region may see it: the same rule as search, decided in SQL.
 
-    Moderators see everything (they review it). Others get 451 with the disclaimer for a minor without
-    consent in a restricted region, and 404 for what moderation hides; a photo still being indexed (or
-    failed) shows its status, so uploaders can follow it.
+    Moderators see everything (they review it), and uploaders their own photos at every stage (they follow
+    indexing and review). Others see a photo only once search would show it: 451 with the disclaimer for a
+    minor without consent in a restricted region, 404 for anything not (yet) searchable.
     """
     photo = _load(session, photo_id)
-    if principal.allows("moderate"):
+    if may_manage(principal, photo):
         return photo
     visibility = photo_visibility(session, photo_id, region)
     if visibility == "restricted":
         raise HTTPException(status.HTTP_451_UNAVAILABLE_FOR_LEGAL_REASONS, DISCLAIMER)
-    if visibility != "visible" and not (allow_unindexed and photo.status != PhotoStatus.INDEXED):
+    if visibility != "visible":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
     return photo
 
 
 @router.get("/{photo_id}", response_model=PhotoOut, responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}})
-def get_photo(photo_id: uuid.UUID, session: SessionDep, request: Request, principal: SearchPrincipal,
+def get_photo(photo_id: uuid.UUID, session: SessionDep, request: Request, principal: ViewerPrincipal,
               region: RegionParam = None, x_region: RegionHeader = None) -> PhotoOut:
     """The photo's metadata, indexing status (with the failure reason) and moderation state."""
-    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region), allow_unindexed=True)
+    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region))
     return photo_out(photo, str(request.base_url))
 
 
 @router.get("/{photo_id}/thumbnail", response_class=FileResponse,
             responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}})
-def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: SearchPrincipal,
+def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: ViewerPrincipal,
                   region: RegionParam = None, x_region: RegionHeader = None) -> FileResponse:
     """The 224x224 JPEG derivative, once the photo is indexed."""
-    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region), allow_unindexed=True)
+    photo = _load_visible(session, photo_id, principal, resolve_region(region, x_region))
     path = derivative_path(settings, photo.id)
     if photo.status != PhotoStatus.INDEXED or not path.exists():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"the thumbnail of photo {photo_id} is not ready (status {photo.status})")
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    # Revalidated on every view: a moderation decision or a deletion takes effect at once, also in browsers.
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache",
+                                                                 "Vary": "Authorization, X-Region"})
 
 
-@router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorOut}})
+@router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
 def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: UploadPrincipal) -> Response:
-    """Delete the photo: it leaves search when this returns; its files are removed after the commit."""
+    """Delete the photo: it leaves search when this returns; its files are removed after the commit.
+
+    The key that uploaded it may delete it; moderators and admins may delete any photo.
+    """
     with session_scope() as session:
-        photo = photo_sql.delete_photo(session, photo_id)
+        photo = photo_sql.get_photo(session, photo_id)
         if photo is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+        if not may_manage(principal, photo):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"photo {photo_id} was uploaded with another key; "
+                                "only that key, a moderator or an admin may delete it")
+        photo = photo_sql.delete_photo(session, photo_id)
+        if photo is None:  # deleted by a concurrent request
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
         storage_key = photo.storage_key
         audit(session, photo_id, principal.actor, "deleted", {}, "photo deleted")

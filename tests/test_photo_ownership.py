@@ -1,0 +1,114 @@
+"""Photographers own what they upload: they follow and delete their photos, nobody else's (moderators all)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import create_api_key, upload
+
+pytestmark = pytest.mark.usefixtures("clean_db", "own_broker")  # nothing indexes: these photos stay pending
+
+
+def _client(api, *scopes: str) -> TestClient:  # type: ignore[no-untyped-def]
+    return TestClient(api.app, headers={"Authorization": f"Bearer {create_api_key(*scopes)}"})
+
+
+@pytest.fixture()
+def alice(api) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    yield _client(api, "upload")
+
+
+@pytest.fixture()
+def bob(api) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    yield _client(api, "upload")
+
+
+def _image(seed: int) -> Image.Image:
+    return Image.new("RGB", (80, 60), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
+
+
+def test_only_the_uploader_or_a_moderator_may_delete_a_photo(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    mine = upload(alice, _image(1)).json()["id"]
+    theirs = upload(bob, _image(2)).json()["id"]
+
+    refused = bob.delete(f"/v1/photos/{mine}")
+    assert refused.status_code == 403 and "uploaded with another key" in refused.json()["detail"]
+    assert _client(api, "search").delete(f"/v1/photos/{mine}").status_code == 403  # a search key may not delete at all
+    assert alice.get(f"/v1/photos/{mine}").status_code == 200  # still there
+
+    assert alice.delete(f"/v1/photos/{mine}").status_code == 204
+    assert alice.get(f"/v1/photos/{mine}").status_code == 404
+    assert _client(api, "moderate", "upload").delete(f"/v1/photos/{theirs}").status_code == 204
+    assert api.get(f"/v1/photos/{theirs}").status_code == 404
+
+
+def test_uploaders_follow_their_own_photos_even_while_hidden_by_moderation(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    photo_id = upload(alice, _image(3)).json()["id"]
+    rejected = api.post(f"/v1/photos/{photo_id}/moderation", json={"status": "rejected", "reason": "test: off-topic"})
+    assert rejected.status_code == 200
+
+    own = alice.get(f"/v1/photos/{photo_id}")  # an upload-only key reads its own photo's status
+    assert own.status_code == 200 and own.json()["moderation_status"] == "rejected"
+    assert bob.get(f"/v1/photos/{photo_id}").status_code == 404  # for others it does not exist
+
+
+def test_a_duplicate_of_someone_elses_photo_reveals_nothing(alice, bob) -> None:  # type: ignore[no-untyped-def]
+    image = _image(4)
+    first = upload(alice, image)
+    assert first.status_code == 202
+    again = upload(alice, image)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"] and again.json()["duplicate"] is True
+
+    other = upload(bob, image)
+    assert other.status_code == 409
+    assert first.json()["id"] not in other.text and "already in the catalogue" in other.json()["detail"]
+
+
+def test_an_uploader_lists_its_own_photos_newest_first_page_by_page(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    mine = [upload(alice, _image(10 + i)).json()["id"] for i in range(5)]
+    theirs = upload(bob, _image(20)).json()["id"]
+
+    first = alice.get("/v1/photos", params={"limit": 2}).json()
+    assert [p["id"] for p in first["photos"]] == mine[::-1][:2]
+    pages, cursor = [first], first["next_before"]
+    while cursor:
+        pages.append(alice.get("/v1/photos", params={"limit": 2, "before": cursor}).json())
+        cursor = pages[-1]["next_before"]
+    assert [p["id"] for page in pages for p in page["photos"]] == mine[::-1]
+    assert len(pages) == 3
+
+    assert [p["id"] for p in bob.get("/v1/photos").json()["photos"]] == [theirs]
+    assert alice.get("/v1/photos", params={"status": "indexed"}).json()["photos"] == []
+    assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["photos"]} == {"pending"}
+
+    assert alice.get("/v1/photos", params={"all_uploaders": "true"}).status_code == 403
+    everyone = api.get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["photos"]
+    assert {p["id"] for p in everyone} == set(mine) | {theirs}
+
+    gone = alice.get("/v1/photos", params={"before": str(uuid.uuid4())})
+    assert gone.status_code == 422 and "next_before" in gone.json()["detail"]
+    assert alice.get("/v1/photos", params={"limit": 0}).status_code == 422
+
+
+def test_the_read_only_role_can_call_every_function_it_is_granted(api, services) -> None:  # type: ignore[no-untyped-def]
+    """region_is_restricted runs with its owner's rights; similar_photos takes k up to 1000 like search_photos."""
+    role = f"catalogue_{uuid.uuid4().hex[:8]}"
+    admin_dsn = services.database_url.replace("+psycopg", "")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+    try:
+        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+            assert conn.execute("SELECT region_is_restricted('*')").fetchone() == (True,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM region_rules")
+            rows = conn.execute("SELECT * FROM similar_photos(%s, 1000, 'RU')", (uuid.uuid4(),)).fetchall()
+            assert rows == []  # an unknown photo: nothing, and no "k must be between 1 and 1000, got 1001"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
