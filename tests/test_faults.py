@@ -230,10 +230,14 @@ def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, 
     own_broker.start()  # AOF brings the queue back ...
     client = redis.Redis.from_url(own_broker.url)
     survived = client.llen("photos")
-    client.ltrim("photos", 0, survived // 2)  # ... and we throw half of it away, as a lost volume would
-    _start_worker(services, workers, concurrency="2")
+    client.ltrim("photos", 0, survived // 2 - 1)  # ... and we throw half of it away, as a lost volume would
+    assert client.llen("photos") == survived // 2
+    # No worker has run yet: every photo is still pending, and the reconciler must re-enqueue exactly those.
+    left_pending = _counts(ids)
+    assert left_pending == {"pending": len(ids)}
     requeued = reconcile_stale_photos.run(older_than_s=0, limit=5000)["requeued"]
-    assert requeued == len(ids) - _counts(ids).get("indexed", 0) - _counts(ids).get("failed", 0) or requeued > 0
+    assert requeued == left_pending["pending"]
+    _start_worker(services, workers, concurrency="2")
     assert _wait_until(lambda: _counts(ids).get("indexed", 0) == len(ids), 900, interval=1.0), _counts(ids)
     rows = _embedding_rows(ids)
     assert len(rows) == len(ids) and set(rows.values()) == {1}
@@ -266,6 +270,50 @@ def test_full_redis_makes_uploads_503_with_nothing_stored(api, own_broker) -> No
         client.config_set("maxmemory", "0")
         client.flushdb()
     assert upload(api, Image.new("RGB", (64, 64), (1, 99, 7))).status_code == 202
+
+
+# 15, the other way: Redis down (not full). Uploads answer 503 with nothing half-done, /readyz names the
+# broker, and the API needs no restart once Redis is back.
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+def test_redis_down_makes_uploads_503_with_nothing_stored_and_recovers(api, own_broker) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from core.settings import get_settings
+
+    home = get_settings().home
+    before = _files_under(home)
+    own_broker.stop()
+    try:
+        response = upload(api, Image.new("RGB", (64, 64), (8, 99, 70)))
+        assert response.status_code == 503, response.text
+        detail = response.json()["detail"]
+        assert "queue is unavailable" in detail and "nothing was stored" in detail
+        assert response.headers["retry-after"]
+        assert _counts_all() == 0
+        assert _files_under(home) == before, _files_under(home) - before
+
+        ready = api.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["broker"].startswith("broker unreachable")
+        assert ready.json()["checks"]["database"] == "ok"
+    finally:
+        own_broker.start()  # the same port and data folder: the URL the API knows works again
+
+    assert api.get("/readyz").status_code == 200
+    accepted = upload(api, Image.new("RGB", (64, 64), (8, 99, 70)))
+    assert accepted.status_code == 202, accepted.text
+    assert _counts_all() == 1
+    assert redis.Redis.from_url(own_broker.url).llen("photos") == 1  # queued, for a worker to take
+
+
+def _counts_all() -> int:
+    from db.engine import session_scope
+
+    with session_scope() as session:
+        return int(session.scalar(text("SELECT count(*) FROM photos")))
 
 
 # 16. Torch in prefork children: no fork deadlock, threads = cores / concurrency.
@@ -379,6 +427,75 @@ def test_postgres_restart_gives_503_then_recovers(api, services, worker) -> None
     assert api.get("/readyz").status_code == 200
     photo_id = upload(api, Image.new("RGB", (40, 40), (200, 30, 3))).json()["id"]
     assert wait_for_status(api, [photo_id], timeout=120)[photo_id]["status"] == "indexed"
+
+
+def _route_request_kwargs(method: str, path: str) -> dict[str, object]:
+    """A plausible body for each /v1 operation, so a route is not refused for its input before it touches the database."""
+    image = ("q.jpg", jpeg_bytes(Image.new("RGB", (48, 48), (9, 80, 9))), "image/jpeg")
+    if method == "POST" and path in ("/v1/photos", "/v1/search/image"):
+        return {"files": {"file": image}}
+    if method == "POST" and path == "/v1/search/vector":
+        return {"json": {"embedding": [1.0] + [0.0] * 63, "k": 5}}
+    if method == "POST" and path == "/v1/embeddings/text":
+        return {"json": {"texts": ["a red circle"]}}
+    if method == "POST" and path.endswith("/moderation"):
+        return {"json": {"status": "approved", "reason": "outage test"}}
+    return {}
+
+
+def test_postgres_down_under_load_every_v1_route_is_503_and_queued_uploads_index_once(  # type: ignore[no-untyped-def]
+        api, services, own_broker, workers) -> None:
+    from api.app import create_app
+    from tests.test_hostile_input import _v1_routes
+
+    # Accepted before the outage, still queued (no worker on this broker yet).
+    ids = _register(api, [_large_jpeg(700 + seed, (640, 480)) for seed in range(6)])
+    assert _counts(ids) == {"pending": len(ids)}
+    routes = [(method, path.replace("00000000-0000-0000-0000-000000000001", ids[0]))
+              for method, path in _v1_routes(create_app())]
+    assert len(routes) >= 12
+
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            seen.append(api.get("/v1/search", params={"q": "a green square", "k": 5}).status_code)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _wait_until(lambda: 200 in seen, 60)
+        services.postgres.stop()
+        try:
+            worker = _start_worker(services, workers)  # it takes the queued uploads while Postgres is down
+            for method, path in routes:
+                response = api.request(method, path, **_route_request_kwargs(method, path))
+                assert response.status_code == 503, (method, path, response.status_code, response.text)
+                assert "database is unavailable" in response.json()["detail"], (method, path, response.text)
+                assert response.headers["retry-after"]
+            assert _wait_until(lambda: seen.count(503) >= 5, 60)
+            # The worker met the outage and is retrying, not failing the photos.
+            assert _wait_until(lambda: "Retry in" in worker.full_log(), 60), worker.log()
+        finally:
+            services.postgres.start()
+        # Recovery by itself: the same app object, no restart, answers again.
+        assert _wait_until(lambda: api.get("/v1/search", params={"q": "a green square"}).status_code == 200, 30, 0.5)
+        assert api.get("/readyz").status_code == 200
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert set(seen) <= {200, 503}, sorted(set(seen))
+    assert seen.count(200) > 0 and seen.count(503) > 0
+
+    final = wait_for_status(api, ids, timeout=300)
+    assert {body["status"] for body in final.values()} == {"indexed"}, [b["error"] for b in final.values()]
+    rows = _embedding_rows(ids)
+    assert len(rows) == len(ids) and set(rows.values()) == {1}, rows
+    assert _counts(ids) == {"indexed": len(ids)}  # one row each, none duplicated or lost
 
 
 # The soak: a few hundred uploads while searching and restarting the worker.

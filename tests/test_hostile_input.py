@@ -40,7 +40,10 @@ def _small_cap_client(**overrides):  # type: ignore[no-untyped-def]
 
 
 # 1. Bodies over the cap: true, false and no Content-Length.
-def test_oversized_body_is_413_with_true_false_and_no_content_length(services) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_413_with_true_false_and_no_content_length(services, own_broker) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    queue = redis.Redis.from_url(own_broker.url)  # no worker consumes this broker: every task stays visible
     big = jpeg_bytes(Image.effect_noise((900, 900), 120).convert("RGB"), quality=100)
     assert len(big) > 100_000
     boundary = "b0undary"
@@ -56,10 +59,15 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services) -
                 yield body[start:start + 8192]
 
         chunked = client.post("/v1/photos", content=chunks(), headers=headers)
-    assert honest.status_code == 413 and "larger than" in honest.json()["detail"]
-    assert lying.status_code in (400, 413)
-    assert chunked.status_code == 413
-    _nothing_stored()
+        assert honest.status_code == 413 and "larger than" in honest.json()["detail"]
+        # The body is counted as it streams in, whatever the header claimed.
+        assert lying.status_code == 413 and "larger than" in lying.json()["detail"]
+        assert chunked.status_code == 413 and "larger than" in chunked.json()["detail"]
+        _nothing_stored()
+        assert queue.llen("photos") == 0  # no task was queued for the refused uploads
+        small = client.post("/v1/photos", files={"file": ("ok.jpg", jpeg_bytes(solid((3, 4, 5), (64, 48))), "image/jpeg")})
+        assert small.status_code == 202, small.text
+        assert queue.llen("photos") == 1  # ... while an accepted one is: the queue inspected is the real one
 
 
 # 2. Thousands of empty parts; a huge text field.
@@ -75,10 +83,12 @@ def test_thousands_of_parts_and_huge_fields_are_refused(api) -> None:  # type: i
 
 
 # 3. Non-images disguised as JPEG are in test_api_validation.py; a polyglot: JPEG magic followed by HTML.
-def test_polyglot_with_jpeg_magic_but_no_image_is_415(api) -> None:  # type: ignore[no-untyped-def]
+def test_polyglot_with_jpeg_magic_but_no_image_is_refused_from_the_bytes(api) -> None:  # type: ignore[no-untyped-def]
     polyglot = b"\xff\xd8\xff\xe0" + b"<html><script>alert(1)</script></html>" * 20
     response = api.post("/v1/photos", files={"file": ("x.jpg.php", polyglot, "image/jpeg")})
-    assert response.status_code in (400, 415)
+    # JPEG magic makes it a (broken) JPEG, not another format: refused from the bytes as an unreadable image.
+    assert response.status_code == 400, response.text
+    assert "header cannot be read" in response.json()["detail"]
     _nothing_stored()
 
 
@@ -186,6 +196,32 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
     assert upright.size == (120, 80)
     red_corner = np.asarray(upright)[5:30, 5:50].mean(axis=(0, 1))
     assert red_corner[0] > 200 and red_corner[2] < 60, (orientation, red_corner)
+
+
+@pytest.mark.usefixtures("worker")
+def test_exif_rotated_uploads_get_an_upright_thumbnail(api) -> None:  # type: ignore[no-untyped-def]
+    ids = {}
+    for orientation in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        stored = INVERSE[orientation](_marker())
+        data = jpeg_bytes(stored, exif=exif.tobytes())
+        assert Image.open(io.BytesIO(data)).getexif()[0x0112] == orientation
+        response = api.post("/v1/photos", files={"file": (f"o{orientation}.jpg", data, "image/jpeg")})
+        assert response.status_code == 202, response.text
+        ids[orientation] = response.json()["id"]
+    final = wait_for_status(api, list(ids.values()))
+    for orientation, photo_id in ids.items():
+        assert final[photo_id]["status"] == "indexed", final[photo_id]
+        thumbnail = api.get(f"/v1/photos/{photo_id}/thumbnail")
+        assert thumbnail.status_code == 200
+        pixels = np.asarray(Image.open(io.BytesIO(thumbnail.content)).convert("RGB"), dtype=np.float32)
+        assert pixels.shape == (224, 224, 3)
+        # The centre crop of the upright 120x80 marker: the red quadrant is the crop's top-left quarter.
+        corners = {"top-left": pixels[10:90, 10:90], "top-right": pixels[10:90, 134:214],
+                   "bottom-left": pixels[134:214, 10:90], "bottom-right": pixels[134:214, 134:214]}
+        red = {name: bool(patch[..., 0].mean() > 200 and patch[..., 2].mean() < 60) for name, patch in corners.items()}
+        assert red == {"top-left": True, "top-right": False, "bottom-left": False, "bottom-right": False}, (orientation, red)
 
 
 def test_malformed_exif_does_not_lose_the_photo() -> None:
@@ -335,3 +371,33 @@ def test_rate_limit_answers_429_with_retry_after(services) -> None:  # type: ign
         assert 1 <= int(limited.headers["retry-after"]) <= 60
     with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('search')}"}) as other:
         assert other.get("/v1/search", params={"q": "a red circle"}).status_code == 200  # limits are per key
+
+
+def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(services) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.app import create_app
+    from db.engine import session_scope
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(rate_limit_upload="2/minute")
+    images = [jpeg_bytes(solid((40 * n, 7, 200 - 40 * n), (64, 48))) for n in range(5)]
+    with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"}) as client:
+        responses = [client.post("/v1/photos", files={"file": (f"{n}.jpg", data, "image/jpeg")})
+                     for n, data in enumerate(images[:4])]
+        assert [r.status_code for r in responses] == [202, 202, 429, 429]
+        limited = responses[2]
+        assert "rate limit" in limited.json()["detail"] and "upload" in limited.json()["detail"]
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+    with session_scope() as session:
+        stored = set(session.scalars(text("SELECT sha256 FROM photos")))
+    assert stored == {hashlib.sha256(data).hexdigest() for data in images[:2]}  # the refused ones left no row
+    settings = get_settings()
+    assert len([p for p in settings.originals_dir.rglob("*") if p.is_file()]) == 2  # ... and no file
+    assert not (settings.home / "tmp").exists() or not any(p.is_file() for p in (settings.home / "tmp").rglob("*"))
+    with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"}) as other:
+        accepted = other.post("/v1/photos", files={"file": ("4.jpg", images[4], "image/jpeg")})
+        assert accepted.status_code == 202, accepted.text  # limits are per key

@@ -101,13 +101,34 @@ def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(ap
 
 
 def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_client) -> None:  # type: ignore[no-untyped-def]
-    (child_id,), _ = _index(api, sample_of(MINOR_COLOUR, "circle", seed=5))
+    (child_id, other_id), final = _index(api, sample_of(MINOR_COLOUR, "circle", seed=5), sample_of("blue", "circle", seed=15))
+    assert final[child_id]["depicts_minor"] is True and final[other_id]["depicts_minor"] is False
+    # A probe that is not itself a minor, so image search is not blocked by the query; k covers every photo.
+    probe = {"file": ("q.jpg", jpeg_bytes(sample_of("green", "circle", seed=16).image), "image/jpeg")}
+
+    def image_search() -> list[str]:
+        response = search_client.post("/v1/search/image", params={"k": 10}, files=probe)
+        assert response.status_code == 200 and response.json()["blocked"] is False, response.text
+        return _ids(response)
+
+    # Without consent, in the default (restricted) region, it is hidden from every kind of search.
     assert child_id not in _ids(search_client.get("/v1/search", params={"q": "a yellow circle"}))
+    assert child_id not in image_search() and other_id in image_search()
+    assert child_id not in _ids(search_client.get(f"/v1/photos/{other_id}/similar"))
+    assert search_client.get(f"/v1/photos/{child_id}/similar").json()["blocked"] is True
+
     response = api.post(f"/v1/photos/{child_id}/moderation",
                         json={"parental_consent": True, "reason": "signed consent form #123"})
     assert response.status_code == 200 and response.json()["parental_consent"] is True
     assert child_id in _ids(search_client.get("/v1/search", params={"q": "a yellow circle"}))
     assert search_client.get(f"/v1/photos/{child_id}/thumbnail").status_code == 200
+    assert search_client.get(f"/v1/photos/{child_id}").status_code == 200
+    assert child_id in image_search()
+    assert child_id in _ids(search_client.get(f"/v1/photos/{other_id}/similar"))
+    similar_to_child = search_client.get(f"/v1/photos/{child_id}/similar")
+    assert similar_to_child.status_code == 200
+    assert similar_to_child.json()["blocked"] is False and similar_to_child.json()["disclaimer"] is None
+    assert _ids(similar_to_child) == [other_id]
 
     trail = api.get(f"/v1/photos/{child_id}/moderation").json()
     assert [entry["action"] for entry in trail] == ["classified", "moderated"]

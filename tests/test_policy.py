@@ -156,7 +156,7 @@ BLOCKED_EN: list[tuple[str, str]] = [
     ("lolita", "jailbait"),
     ("loli", "jailbait"),
     ("schoolgirl", "schoolchild"),
-    # Relations: blocked since 2025.12.02-1 (see JUDGEMENT CALLS in the rules file).
+    # Relations: blocked since 2026.11.30-1 (see JUDGEMENT CALLS in the rules file).
     ("son", "son"),
     ("sons", "son"),
     ("my son's birthday", "son"),
