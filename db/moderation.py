@@ -43,6 +43,20 @@ def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | 
     audit(session, photo.id, actor, "declared", changes, "declared by the uploader")
 
 
+def record_text_flag(session: Session, photo: Photo, field: str, matched_terms: tuple[str, ...], rules_version: str,
+                     actor: str) -> None:
+    """The photo's own words (its title) describe a child: treated as showing a minor until a moderator says not.
+
+    Hidden in restricted regions like a declared minor (unless there is parental consent); when the
+    photographer declared "no minor", the contradiction goes to the review queue when it is classified.
+    """
+    values: dict[str, object] = {"depicts_minor": True}
+    changes = _diff(photo, values)
+    photo.depicts_minor = True
+    audit(session, photo.id, actor, "screened", changes,
+          f"the {field} describes a minor ({', '.join(matched_terms)}; query policy {rules_version})")
+
+
 @dataclass(frozen=True)
 class ClassifierOutcome:
     version: str
@@ -74,7 +88,7 @@ def apply_classifier(session: Session, outcomes: dict[uuid.UUID, ClassifierOutco
         if outcome.unsafe:
             values["unsafe"] = True
         if photo.moderated_at is None:  # no person has decided yet
-            conflict = photo.minor_declared is False and outcome.depicts_minor
+            conflict = photo.minor_declared is False and (outcome.depicts_minor or photo.depicts_minor)
             values["moderation_status"] = (
                 ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
             )

@@ -8,22 +8,38 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from core.images import ImageInfo, inspect_image
+from core.policy import check_query
 from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
 from db.engine import session_scope
-from db.moderation import record_declaration
+from db.moderation import record_declaration, record_text_flag
 from db.models import Photo
 from workers.enqueue import enqueue_ingest
 
 log = logging.getLogger(__name__)
+
+TEXT_SCREEN_ACTOR = "text-screen"
 
 
 @dataclass(frozen=True)
 class IntakeResult:
     photo: Photo
     created: bool
+
+
+def _screen_words(session: Session, photo: Photo) -> None:
+    """The query policy applied to the photo's title: "my kids at the beach" marks it as showing a minor."""
+    for field, words in (("title", photo.title), ("original file name", photo.original_name)):
+        if words:
+            decision = check_query(words)
+            if decision.blocked:
+                record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version,
+                                 actor=TEXT_SCREEN_ACTOR)
+                return
 
 
 def find_duplicate(sha256: str) -> Photo | None:
@@ -76,6 +92,7 @@ def register_photo(
             if created:
                 record_declaration(session, photo, depicts_minor=depicts_minor, parental_consent=parental_consent,
                                    actor=actor)
+                _screen_words(session, photo)
     except BaseException:
         remove_quietly(destination)
         raise
