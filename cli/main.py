@@ -54,9 +54,19 @@ def up(
     from cli.stack import LocalStack
     from core.settings import get_settings
 
+    import signal
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM while starting: stop what already runs, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, _terminate)
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
     try:
         stack.start(echo=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo("interrupted while starting; stopping what was started ...", err=True)
+        stack.stop(echo=typer.echo)
+        raise typer.Exit(130) from None
     except Exception as exc:
         typer.echo(f"error: the stack did not start: {exc}", err=True)
         stack.stop(echo=typer.echo)

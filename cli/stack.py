@@ -119,12 +119,13 @@ class LocalStack:
         self.children.clear()
         if self.env:  # the URLs are about to stop answering: other shells must not find them
             (Path(self.env["WITHSENSE_HOME"]) / "stack.env").unlink(missing_ok=True)
-        if self.redis:
-            echo("stopping Redis ...")
-            self.redis.stop()
-        if self.postgres:
-            echo("stopping Postgres ...")
-            self.postgres.stop()
+        for name, server in (("Redis", self.redis), ("Postgres", self.postgres)):
+            if server:
+                echo(f"stopping {name} ...")
+                try:
+                    server.stop()
+                except Exception as exc:  # noqa: BLE001 - reported; the other server must still be stopped
+                    echo(f"error: {name} did not stop cleanly: {exc}")
 
     def run_forever(self, echo=print) -> int:  # type: ignore[no-untyped-def]
         stop = threading.Event()

@@ -26,10 +26,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.slow
-def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
-    from evaluation.synthetic import generate
-
+def _stack_env(tiny_clip_path: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     home = Path(tempfile.mkdtemp(prefix="wsu-", dir="/tmp"))
     ports = {name: free_port() for name in ("api", "flower", "pg", "redis")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("WITHSENSE_")}
@@ -40,6 +37,57 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
         "WITHSENSE_MODERATION_PROMPTS": str(ROOT / "tests" / "moderation_prompts.yaml"),
         "PYTHONPATH": str(ROOT),
     })
+    return home, ports, env
+
+
+def _processes_of(home: Path) -> list[str]:
+    """Processes still running for this stack (Postgres, Valkey, Celery, uvicorn, Flower)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if str(home) in " ".join(process.info["cmdline"] or []) or process.environ().get("WITHSENSE_HOME") == str(home):
+                found.append(f"{process.info['pid']}: {' '.join(process.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["while starting", "when ready"])
+def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str) -> None:
+    home, ports, env = _stack_env(tiny_clip_path)
+    log_path = home / "up.log"
+    with open(log_path, "wb") as log:
+        stack = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--no-flower"], cwd=ROOT, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = b"applying migrations" if when == "while starting" else b"Ready."
+    try:
+        deadline = time.monotonic() + 180
+        while marker not in log_path.read_bytes():
+            assert stack.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        stack.send_signal(signal.SIGTERM)
+        code = stack.wait(90)
+    finally:
+        if stack.poll() is None:
+            os.killpg(stack.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    assert code == (130 if when == "while starting" else 0), text[-3000:]
+    assert "stopping Postgres" in text and "stopping Redis" in text, text[-3000:]
+    assert _processes_of(home) == [], text[-3000:]
+    for name, port in ports.items():
+        assert not _port_open(port), f"{name} still listening after SIGTERM"
+    assert not (home / "stack.env").exists()
+
+
+@pytest.mark.slow
+def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
+    from evaluation.synthetic import generate
+
+    home, ports, env = _stack_env(tiny_clip_path)
     log_path = home / "up.log"
     with open(log_path, "wb") as log:
         stack = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=ROOT, env=env, stdout=log,
