@@ -37,7 +37,13 @@ def _models_dir() -> Path:
 
 
 def resolve_clip(value: str) -> ModelSpec:
-    """A ``--model`` value as a spec: a name, a folder, or ``builtin:tiny-clip`` / ``builtin:random-clip``."""
+    """A ``--model`` value as a spec: a name, a folder, ``IMAGE+TEXT`` (a CLIP with a separate text model in
+    its space, e.g. ``clip-ViT-B-32+clip-ViT-B-32-multilingual-v1``), or ``builtin:tiny-clip`` / ``builtin:random-clip``."""
+    if "+" in value and not value.startswith(BUILTIN_PREFIX) and not Path(value).exists():
+        image, _, text = value.partition("+")
+        if not image.strip() or not text.strip():
+            raise typer.BadParameter(f"{value!r}: write IMAGE_MODEL+TEXT_MODEL with both parts")
+        return ModelSpec.clip(image.strip(), text_path=text.strip())
     if not value.startswith(BUILTIN_PREFIX):
         return ModelSpec.clip(value)
     name = value.removeprefix(BUILTIN_PREFIX)
@@ -83,8 +89,8 @@ def eval_command(
         list[str] | None,
         typer.Option(
             "--model", "-m",
-            help="sentence-transformers CLIP name or folder; repeat to compare. "
-            "Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL).",
+            help="sentence-transformers CLIP name or folder, or IMAGE+TEXT for a CLIP with a separate text "
+            "model in its space; repeat to compare. Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL).",
         ),
     ] = None,  # fmt: skip
     baseline_image: Annotated[

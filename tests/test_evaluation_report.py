@@ -247,9 +247,24 @@ def test_an_unloadable_model_is_reported_and_the_command_fails(tmp_path: Path) -
         (["--demo", "--baseline-image", "x"], "--baseline-text"),
         (["--demo", "--baseline-image", "x", "--baseline-text", "y", "--baseline-head", "svm"], "ridge or mlp"),
         (["/no/such/dataset"], "does not exist"),
+        (["--demo", "--model", "clip-ViT-B-32+"], "IMAGE_MODEL+TEXT_MODEL"),
     ],
 )
 def test_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["eval", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_clip_with_a_separate_text_model_is_evaluated_as_one_model(tiny_clip_path: Path, random_clip: Path,
+                                                                     tmp_path: Path) -> None:
+    """`--model IMAGE+TEXT`: the image tower of one model, queries embedded by the other."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["eval", "--demo", "--model", str(tiny_clip_path), "--model",
+                                      f"{tiny_clip_path}+{random_clip}", "--out", str(out), "--quiet", "--bootstrap", "10"])
+    assert result.exit_code == 0, result.output
+    models = {m["name"]: m for m in json.loads((out / "metrics.json").read_text())["models"]}
+    paired = f"{tiny_clip_path.name} + {random_clip.name}"
+    assert set(models) == {tiny_clip_path.name, paired}
+    # Queries from an untrained text tower do not match the trained image tower: recall falls to chance level.
+    assert models[paired]["recall@5"]["value"] < models[tiny_clip_path.name]["recall@5"]["value"]
