@@ -104,6 +104,10 @@ def ingest(
     photographer: Annotated[str | None, typer.Option(help="photographer recorded on every photo")] = None,
     wait: Annotated[bool, typer.Option(help="wait until every photo is indexed or failed")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600.0,
+    depicts_minor: Annotated[bool | None, typer.Option(
+        "--depicts-minor/--no-minor", help="the photographer's declaration for every photo: shows a child (or not)")] = None,
+    parental_consent: Annotated[bool | None, typer.Option(
+        "--parental-consent/--no-parental-consent", help="the parents consented to publication")] = None,
 ) -> None:
     """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
     from core.images import ImageRejected
@@ -140,7 +144,9 @@ def ingest(
                 shutil.copyfile(path, tmp)
                 data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
                 result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,
-                                        original_name=path.name, photographer=photographer, enqueue=False)
+                                        original_name=path.name, photographer=photographer, enqueue=False,
+                                        depicts_minor=depicts_minor, parental_consent=parental_consent,
+                                        actor="cli:ingest")
             except ImageRejected as exc:
                 counts["rejected"] += 1
                 tqdm.write(f"skipped {path}: {exc.reason}")
