@@ -71,8 +71,8 @@ def insert_photo(session: Session, new: NewPhoto) -> tuple[Photo, bool]:
     return photo, True
 
 
-def get_photo(session: Session, photo_id: uuid.UUID) -> Photo | None:
-    return session.get(Photo, photo_id)
+def get_photo(session: Session, photo_id: uuid.UUID, *, for_update: bool = False) -> Photo | None:
+    return session.get(Photo, photo_id, with_for_update=for_update)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,30 @@ def test_the_read_only_role_can_call_every_function_it_is_granted(api, services)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_the_uploader_edits_its_photo_and_makes_it_private(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from db.engine import session_scope
+
+    photo_id = upload(alice, _image(30), title="harbour at dawn").json()["id"]
+    assert bob.patch(f"/v1/photos/{photo_id}", json={"title": "mine now"}).status_code == 403
+    assert alice.patch(f"/v1/photos/{photo_id}", json={}).status_code == 422
+
+    changed = alice.patch(f"/v1/photos/{photo_id}", json={"title": "Harbour at dawn, Tallinn", "visibility": "private"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["title"] == "Harbour at dawn, Tallinn" and changed.json()["visibility"] == "private"
+    assert changed.json()["depicts_minor"] is False
+    with session_scope() as session:  # a private photo is never searchable, whatever its status
+        session.execute(text("UPDATE photos SET status = 'indexed', moderation_status = 'approved' WHERE id = :id"),
+                        {"id": photo_id})
+        assert session.execute(text("SELECT count(*) FROM searchable_photos WHERE id = :id"), {"id": photo_id}).scalar() == 0
+    assert bob.get(f"/v1/photos/{photo_id}").status_code == 404
+    assert alice.get(f"/v1/photos/{photo_id}").json()["visibility"] == "private"
+
+    # A new title is screened like an upload's: it now describes a child.
+    retitled = alice.patch(f"/v1/photos/{photo_id}", json={"title": "мой сын на причале", "visibility": "public"})
+    assert retitled.json()["depicts_minor"] is True and retitled.json()["visibility"] == "public"
+    trail = api.get(f"/v1/photos/{photo_id}/moderation").json()
+    assert [e["action"] for e in trail][-1] == "screened"

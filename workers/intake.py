@@ -31,7 +31,7 @@ class IntakeResult:
     created: bool
 
 
-def _screen_words(session: Session, photo: Photo) -> None:
+def screen_words(session: Session, photo: Photo) -> None:
     """The query policy applied to the photo's title: "my kids at the beach" marks it as showing a minor."""
     for field, words in (("title", photo.title), ("original file name", photo.original_name)):
         if words:
@@ -92,7 +92,7 @@ def register_photo(
             if created:
                 record_declaration(session, photo, depicts_minor=depicts_minor, parental_consent=parental_consent,
                                    actor=actor)
-                _screen_words(session, photo)
+                screen_words(session, photo)
     except BaseException:
         remove_quietly(destination)
         raise

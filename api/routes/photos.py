@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import func
 
 from api.auth import AdminPrincipal, UploadPrincipal, ViewerPrincipal
 from api.deps import SessionDep, SettingsDep
@@ -28,7 +30,7 @@ from db.engine import session_scope
 from db.moderation import audit, photo_visibility
 from db.models import Photo, PhotoStatus
 from workers.enqueue import QueueUnavailable, enqueue_ingest
-from workers.intake import register_photo
+from workers.intake import register_photo, screen_words
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
@@ -204,6 +206,41 @@ def get_thumbnail(photo_id: uuid.UUID, session: SessionDep, settings: SettingsDe
     # Revalidated on every view: a moderation decision or a deletion takes effect at once, also in browsers.
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache",
                                                                  "Vary": "Authorization, X-Region"})
+
+
+class PhotoChange(BaseModel):
+    title: str | None = Field(None, max_length=1000)
+    photographer: str | None = Field(None, max_length=1000)
+    visibility: Literal["public", "private"] | None = Field(None, description="private: kept, but never in search")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> PhotoChange:
+        if not self.model_fields_set:
+            raise ValueError("set at least one of title, photographer, visibility")
+        return self
+
+
+@router.patch("/{photo_id}", response_model=PhotoOut, responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: UploadPrincipal) -> PhotoOut:
+    """Edit the title or photographer, or make the photo private (out of search at once) or public again.
+
+    The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
+    """
+    with session_scope() as session:
+        photo = photo_sql.get_photo(session, photo_id, for_update=True)
+        if photo is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+        if not may_manage(principal, photo):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"photo {photo_id} was uploaded with another key; "
+                                "only that key, a moderator or an admin may change it")
+        for name in body.model_fields_set:
+            setattr(photo, name, getattr(body, name))
+        photo.updated_at = func.now()
+        if "title" in body.model_fields_set:
+            screen_words(session, photo)
+        session.flush()
+        session.refresh(photo)
+        return photo_out(photo, str(request.base_url))
 
 
 @router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT,
