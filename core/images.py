@@ -103,7 +103,21 @@ def inspect_image(
         fmt = (image.format or "").upper()
         if fmt not in {f.upper() for f in allowed_formats}:
             raise UnsupportedFormat(f"format {fmt or 'unknown'} is not accepted")
-        return ImageInfo(format=fmt, width=image.width, height=image.height, frames=getattr(image, "n_frames", 1))
+        width, height = image.width, image.height
+        if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:  # shown rotated by 90 degrees: as the viewer sees it
+            width, height = height, width
+        return ImageInfo(format=fmt, width=width, height=height, frames=getattr(image, "n_frames", 1))
+
+
+# EXIF orientations 5-8 turn the picture by 90 degrees (with or without a mirror), swapping width and height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except (OSError, ValueError, TypeError, SyntaxError):  # malformed EXIF: the picture is shown as stored
+        return 1
 
 
 def load_rgb(

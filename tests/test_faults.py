@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from cli.local_services import LocalPostgres, LocalRedis
-from tests.conftest import WorkerProcess, reset_cached_state, upload, wait_for_status
+from cli.local_services import LocalPostgres
+from tests.conftest import WorkerProcess, upload, wait_for_status
 from tests.images import jpeg_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_db")]
@@ -318,7 +318,7 @@ def _counts_all() -> int:
 
 # 16. Torch in prefork children: no fork deadlock, threads = cores / concurrency.
 def test_prefork_children_split_the_cores_and_do_not_deadlock(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
-    worker = _start_worker(services, workers, concurrency="2", WITHSENSE_WORKER_CONCURRENCY="2")
+    worker = _start_worker(services, workers, concurrency="2")  # `-c 2` alone, as `withsense up --workers 2` runs it
     ids = _register(api, [_large_jpeg(300 + seed, (640, 480)) for seed in range(8)])
     final = wait_for_status(api, ids, timeout=300)
     assert {body["status"] for body in final.values()} == {"indexed"}

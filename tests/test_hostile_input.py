@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat, inspect_image, load_rgb, make_derivative
+from core.images import ImageTooLarge, UnsupportedFormat, inspect_image, load_rgb, make_derivative
 from core.settings import Settings, get_settings
 from tests.conftest import create_api_key, upload, wait_for_status
-from tests.images import jpeg_bytes, png_bytes, png_declaring, solid
+from tests.images import jpeg_bytes, png_bytes, solid
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -209,6 +209,7 @@ def test_exif_rotated_uploads_get_an_upright_thumbnail(api) -> None:  # type: ig
         assert Image.open(io.BytesIO(data)).getexif()[0x0112] == orientation
         response = api.post("/v1/photos", files={"file": (f"o{orientation}.jpg", data, "image/jpeg")})
         assert response.status_code == 202, response.text
+        assert (response.json()["width"], response.json()["height"]) == (120, 80)  # as shown, not as stored
         ids[orientation] = response.json()["id"]
     final = wait_for_status(api, list(ids.values()))
     for orientation, photo_id in ids.items():
@@ -228,6 +229,7 @@ def test_malformed_exif_does_not_lose_the_photo() -> None:
     data = bytearray(jpeg_bytes(_marker(), exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff\x01\x12"))
     image = load_rgb(bytes(data))
     assert image.size == (120, 80)
+    assert (inspect_image(bytes(data)).width, inspect_image(bytes(data)).height) == (120, 80)
 
 
 # 9. Odd modes become RGB with alpha composited, and embed to a finite vector.

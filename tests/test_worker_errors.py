@@ -46,21 +46,3 @@ def test_a_worker_without_its_model_leaves_the_reason_on_the_photo(api, services
     assert body["status"] == "failed"
     assert body["error"].startswith("gave up after 1 attempts; last error: indexing attempt failed: ModelUnavailableError")
 
-
-def test_worker_children_split_the_cores_by_the_pool_size_they_were_started_with(services, own_broker) -> None:  # type: ignore[no-untyped-def]
-    """`celery worker -c 2` (what `withsense up --workers 2` runs) with no WITHSENSE_WORKER_CONCURRENCY set."""
-    import os
-
-    assert "WITHSENSE_WORKER_CONCURRENCY" not in os.environ
-    worker = WorkerProcess(services.home, concurrency=2)
-    worker.start()
-    try:
-        deadline = time.monotonic() + 60
-        lines: list[str] = []
-        while len(lines) < 2 and time.monotonic() < deadline:
-            lines = [line for line in worker.full_log().splitlines() if "torch threads" in line]
-            time.sleep(0.2)
-    finally:
-        worker.stop()
-    expected = max(1, (os.cpu_count() or 1) // 2)
-    assert len(lines) == 2 and all(line.endswith(f"torch threads {expected}") for line in lines), lines
