@@ -35,11 +35,13 @@ def _limit_for(settings: Settings, scope: str) -> RateLimitItem:
     return parse(settings.rate_limit_search if scope == "search" else settings.rate_limit_upload)
 
 
-def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str) -> None:
+def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str, request: Request) -> None:
     if scope not in RATE_LIMITED_SCOPES or not settings.broker_url:
         return
     item = _limit_for(settings, scope)
-    identity = str(principal.key_id) if principal.key_id else "anonymous"
+    # Callers without a key are counted per client address (behind a proxy, run uvicorn with --proxy-headers).
+    client = request.client.host if request.client else "unknown"
+    identity = str(principal.key_id) if principal.key_id else f"anonymous:{client}"
     try:
         limiter = _limiter(settings.broker_url)
         if limiter.hit(item, scope, identity):
@@ -68,7 +70,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
         if credentials is None:
             public = [s for s in accepted if s in settings.anonymous_scopes]
             if public:
-                _enforce_rate_limit(settings, ANONYMOUS, public[0])
+                _enforce_rate_limit(settings, ANONYMOUS, public[0], request)
                 request.state.principal = ANONYMOUS
                 return ANONYMOUS
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API key is required: send `Authorization: Bearer <key>`",
@@ -83,7 +85,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
             needed = " or ".join(f"`{s}`" for s in accepted)
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"this key may {', '.join(sorted(principal.scopes))}; this route needs the {needed} scope")
-        _enforce_rate_limit(settings, principal, granted[0])
+        _enforce_rate_limit(settings, principal, granted[0], request)
         request.state.principal = principal
         return principal
 

@@ -403,3 +403,17 @@ def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(servi
     with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"}) as other:
         accepted = other.post("/v1/photos", files={"file": ("4.jpg", images[4], "image/jpeg")})
         assert accepted.status_code == 202, accepted.text  # limits are per key
+
+
+def test_callers_without_a_key_are_rate_limited_per_client_address(services) -> None:  # type: ignore[no-untyped-def]
+    """With search made public, one busy client must not use up everybody's allowance."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(rate_limit_search="2/minute", anonymous_scopes=("search",))
+    with TestClient(app, client=("203.0.113.7", 50000)) as busy:
+        assert [busy.get("/v1/search", params={"q": "a red circle"}).status_code for _ in range(3)] == [200, 200, 429]
+    with TestClient(app, client=("203.0.113.8", 50000)) as other:
+        assert other.get("/v1/search", params={"q": "a red circle"}).status_code == 200
