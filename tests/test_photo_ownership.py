@@ -139,3 +139,13 @@ def test_the_uploader_edits_its_photo_and_makes_it_private(api, alice, bob) -> N
     assert retitled.json()["depicts_minor"] is True and retitled.json()["visibility"] == "public"
     trail = api.get(f"/v1/photos/{photo_id}/moderation").json()
     assert [e["action"] for e in trail][-1] == "screened"
+
+
+def test_a_declaration_sent_with_a_duplicate_is_recorded(api, alice) -> None:  # type: ignore[no-untyped-def]
+    image = _image(40)
+    photo_id = upload(alice, image).json()["id"]
+    again = upload(alice, image, depicts_minor="true", parental_consent="true")
+    assert again.status_code == 200 and again.json()["id"] == photo_id
+    assert again.json()["depicts_minor"] is True and again.json()["parental_consent"] is True
+    trail = api.get(f"/v1/photos/{photo_id}/moderation").json()
+    assert [e["action"] for e in trail] == ["declared"] and trail[0]["actor"].startswith("key:")

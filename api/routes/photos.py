@@ -27,7 +27,7 @@ from core.storage import derivative_path, original_path, remove_quietly
 from db import photos as photo_sql
 from db.api_keys import Principal
 from db.engine import session_scope
-from db.moderation import audit, photo_visibility
+from db.moderation import audit, photo_visibility, record_declaration
 from db.models import Photo, PhotoStatus
 from workers.enqueue import QueueUnavailable, enqueue_ingest
 from workers.intake import register_photo, screen_words
@@ -142,10 +142,27 @@ def _register_upload(settings: Settings, spooled: Path, sha256: str, size: int, 
         UPLOADS.labels(result="queue_unavailable").inc()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; nothing was stored, retry later",
                             headers={"Retry-After": "5"}) from None
-    if not result.created and not may_manage(principal, result.photo):
-        # Someone else's photo: its id and metadata (it may be hidden by moderation) are not this caller's to see.
-        raise HTTPException(status.HTTP_409_CONFLICT, "this image is already in the catalogue, uploaded with another key")
-    return UploadOut(**photo_out(result.photo, base_url).model_dump(), duplicate=not result.created), result.created
+    photo = result.photo
+    if not result.created:
+        if not may_manage(principal, photo):
+            # Someone else's photo: its id and metadata (it may be hidden by moderation) are not this caller's to see.
+            raise HTTPException(status.HTTP_409_CONFLICT, "this image is already in the catalogue, uploaded with another key")
+        if any(value is not None for value in declarations.values()):
+            photo = _declare_again(photo.id, declarations, principal)  # sent again with a declaration: not lost
+    return UploadOut(**photo_out(photo, base_url).model_dump(), duplicate=not result.created), result.created
+
+
+def _declare_again(photo_id: uuid.UUID, declarations: dict[str, bool | None], principal: Principal) -> Photo:
+    with session_scope() as session:
+        photo = photo_sql.get_photo(session, photo_id, for_update=True)
+        if photo is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} was deleted meanwhile")
+        record_declaration(session, photo, depicts_minor=declarations["depicts_minor"],
+                           parental_consent=declarations["parental_consent"], actor=principal.actor)
+        photo.updated_at = func.now()
+        session.flush()
+        session.refresh(photo)
+        return photo
 
 
 def _display_name(filename: str | None) -> str | None:
