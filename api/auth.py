@@ -93,8 +93,10 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
 
 
 SearchPrincipal = Annotated[Principal, Depends(require_scope("search"))]
-# Reading one photo: searchers, and uploaders following their own uploads.
-ViewerPrincipal = Annotated[Principal, Depends(require_scope("search", "upload"))]
+# Reading one photo: searchers, uploaders following their own uploads, and moderators.
+ViewerPrincipal = Annotated[Principal, Depends(require_scope("search", "upload", "moderate"))]
+# Managing photos (list, edit, delete): uploaders their own, moderators every photo.
+CuratorPrincipal = Annotated[Principal, Depends(require_scope("upload", "moderate"))]
 UploadPrincipal = Annotated[Principal, Depends(require_scope("upload"))]
 ModeratorPrincipal = Annotated[Principal, Depends(require_scope("moderate"))]
 AdminPrincipal = Annotated[Principal, Depends(require_scope("admin"))]

@@ -57,6 +57,7 @@ def model_mismatch(session: Session) -> str | None:
     from core.embedding import get_embedder
 
     embedder = get_embedder()
+    embedder.load()  # its revision is known once it is loaded (at most once per process)
     active = active_model_label(session)
     if active is None or active[1] == embedder.revision:  # the revision names the weights, whatever the path
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -54,34 +55,39 @@ def up(
     from cli.stack import LocalStack
     from core.settings import get_settings
 
-    import signal
+    received: list[int] = []
 
-    def _terminate(_signum: int, _frame: object) -> None:
+    def _terminate(signum: int, _frame: object) -> None:
+        received.append(signum)
         raise KeyboardInterrupt  # SIGTERM while starting: stop what already runs, as Ctrl-C does
+
+    def _stop_after(message: str) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        typer.echo(message, err=True)
+        stack.stop(echo=typer.echo)
 
     signal.signal(signal.SIGTERM, _terminate)
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
     try:
         stack.start(echo=typer.echo)
+        settings = stack.settings
+        typer.echo("")
+        typer.echo(f"  API      {stack.api_url}  (docs: {stack.api_url}/docs)")
+        if flower:
+            typer.echo(f"  Flower   http://{settings.api_host}:{settings.flower_port}")
+        typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
+        typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
+        typer.echo(f"  Data     {settings.home.resolve()}")
+        typer.echo(f"  Admin API key (also in {settings.home.resolve() / 'admin.key'}):")
+        typer.echo(f"    {stack.admin_key}")
+        typer.echo("Ready. Press Ctrl-C to stop.")
     except KeyboardInterrupt:
-        typer.echo("interrupted while starting; stopping what was started ...", err=True)
-        stack.stop(echo=typer.echo)
-        raise typer.Exit(130) from None
+        _stop_after("interrupted while starting; stopping what was started ...")
+        raise typer.Exit(128 + (received[-1] if received else signal.SIGINT)) from None  # 143 SIGTERM, 130 Ctrl-C
     except Exception as exc:
-        typer.echo(f"error: the stack did not start: {exc}", err=True)
-        stack.stop(echo=typer.echo)
+        _stop_after(f"error: the stack did not start: {exc}")
         raise typer.Exit(1) from exc
-    settings = stack.settings
-    typer.echo("")
-    typer.echo(f"  API      {stack.api_url}  (docs: {stack.api_url}/docs)")
-    if flower:
-        typer.echo(f"  Flower   http://{settings.api_host}:{settings.flower_port}")
-    typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
-    typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
-    typer.echo(f"  Data     {settings.home.resolve()}")
-    typer.echo(f"  Admin API key (also in {settings.home.resolve() / 'admin.key'}):")
-    typer.echo(f"    {stack.admin_key}")
-    typer.echo("Ready. Press Ctrl-C to stop.")
     raise typer.Exit(stack.run_forever(echo=typer.echo))
 
 

@@ -117,6 +117,9 @@ class _AgePatternRules(_Strict):
     # after (not_before) the match shows that the number is no age ("через 5 лет", "5 лет назад").
     not_after: list[str] = Field(default_factory=list)
     not_before: list[str] = Field(default_factory=list)
+    # Like not_after, but only for a number spelled out: "twenty five years old" is 25, while in
+    # "twenty 8 year old" the digits are the age.
+    not_after_spelled: list[str] = Field(default_factory=list)
 
 
 class _Rules(_Strict):
@@ -372,6 +375,7 @@ class _AgePattern:
     unit: Literal["years", "infant", "group", "grade"]
     not_after: frozenset[str] = frozenset()
     not_before: frozenset[str] = frozenset()
+    not_after_spelled: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -547,12 +551,12 @@ class QueryPolicy:
             if "num" not in regex.groupindex and spec.unit != "infant":
                 raise PolicyRulesError(f"{source}: age pattern {spec.id!r} has no <NUM>, <ORD> or (?P<num>)")
             contexts: list[frozenset[str]] = []
-            for names in (spec.not_after, spec.not_before):
+            for names in (spec.not_after, spec.not_before, spec.not_after_spelled):
                 unknown = [name for name in names if name not in rules.age_contexts]
                 if unknown:
                     raise PolicyRulesError(f"{source}: age pattern {spec.id!r} names unknown age_contexts {unknown}")
                 contexts.append(frozenset(_fold(w) for name in names for w in rules.age_contexts[name]))
-            patterns.append(_AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1]))
+            patterns.append(_AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1], contexts[2]))
 
         return cls(
             version=rules.version,
@@ -659,6 +663,9 @@ class QueryPolicy:
                     # "через 5 лет", "5 лет назад", "twenty five years old": a span of time or
                     # part of a larger number, not a child's age.
                     if _word_at(tokens, first - 1, pattern.not_after) or _word_at(tokens, last + 1, pattern.not_before):
+                        continue
+                    spelled = not (match.groupdict().get("num") or "").strip().isdigit()
+                    if spelled and _word_at(tokens, first - 1, pattern.not_after_spelled):
                         continue
                     label = "age:" + " ".join(match.group().split())
                     found.setdefault((first, last, label), _Hit(label, first, last, None))

@@ -27,7 +27,12 @@ def _diff(photo: Photo, values: dict[str, object]) -> dict[str, object]:
 
 def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | None, parental_consent: bool | None,
                        actor: str) -> None:
-    """What the photographer declared at upload: a minor is shown, and whether the parents consented."""
+    """What the photographer declared: a minor is shown, and whether the parents consented.
+
+    A declaration about a photo that the classifier or a moderator has already decided on (the uploader
+    sends the photo again, say, now with "consent") sends it back to review: a person checks it before
+    it is shown, and no declaration undoes a moderator's decision by itself.
+    """
     values: dict[str, object] = {}
     if depicts_minor is not None:
         values["minor_declared"] = depicts_minor
@@ -38,6 +43,9 @@ def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | 
     changes = _diff(photo, values)
     if not changes:
         return
+    if photo.moderated_at is not None or photo.classifier_version is not None:
+        values["moderation_status"] = ModerationStatus.PENDING_REVIEW.value
+        changes = _diff(photo, values)
     for name, value in values.items():
         setattr(photo, name, value)
     audit(session, photo.id, actor, "declared", changes, "declared by the uploader")
@@ -47,12 +55,16 @@ def record_text_flag(session: Session, photo: Photo, field: str, matched_terms: 
                      actor: str) -> None:
     """The photo's own words (its title) describe a child: treated as showing a minor until a moderator says not.
 
-    Hidden in restricted regions like a declared minor (unless there is parental consent); when the
-    photographer declared "no minor", the contradiction goes to the review queue when it is classified.
+    Hidden in restricted regions like a declared minor (unless there is parental consent). At upload, a
+    contradiction with the photographer's "no minor" goes to review when the photo is classified; a new
+    title on a photo that was already classified or moderated sends it back to review at once.
     """
     values: dict[str, object] = {"depicts_minor": True}
+    if _diff(photo, values) and (photo.moderated_at is not None or photo.classifier_version is not None):
+        values["moderation_status"] = ModerationStatus.PENDING_REVIEW.value  # decided before: a person looks again
     changes = _diff(photo, values)
-    photo.depicts_minor = True
+    for name, value in values.items():
+        setattr(photo, name, value)
     audit(session, photo.id, actor, "screened", changes,
           f"the {field} describes a minor ({', '.join(matched_terms)}; query policy {rules_version})")
 

@@ -145,19 +145,9 @@ def store_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid
     Idempotent: an embedding already present for (photo, model) is kept as it is. Returns the photos
     stored; a photo deleted while it was being embedded is left out.
     """
-    normalised = {photo_id: validate_embedding(vector, model.dimension) for photo_id, vector in vectors.items()}
-    if not normalised:
-        return []
-    present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
-    stored = [photo_id for photo_id in normalised if photo_id in present]
+    stored = add_embeddings(session, model, vectors)
     if not stored:
         return []
-    session.execute(
-        insert(PhotoEmbedding)
-        .values([{"photo_id": photo_id, "model_id": model.id, "embedding": HalfVector(normalised[photo_id])}
-                 for photo_id in stored])
-        .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
-    )
     session.execute(
         update(Photo).where(Photo.id.in_(stored))
         .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
@@ -174,17 +164,18 @@ def mark_failed(session: Session, photo_id: uuid.UUID, reason: str) -> None:
     )
 
 
-def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: str) -> None:
+def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: str, *, claimed: bool = True) -> None:
     """The task failed as a whole (the model or the database): its photos go back to `pending` with the reason.
 
-    The attempt stays counted, so a photo that breaks the worker each time still ends `failed` after
-    WITHSENSE_TASK_MAX_ATTEMPTS, and then with this reason rather than a guess. The task's retry (a
-    transient error) or the reconciler picks them up again.
+    `claimed`: the task held them in `processing`; the attempt stays counted, so a photo that breaks the
+    worker each time still ends `failed` after WITHSENSE_TASK_MAX_ATTEMPTS, and then with this reason
+    rather than a guess. Otherwise (the task failed before claiming) only photos still `pending` get the
+    reason, with no attempt used. The task's retry (a transient error) or the reconciler picks them up again.
     """
     if photo_ids:
         session.execute(
             update(Photo)
-            .where(Photo.id.in_(photo_ids), Photo.status == PhotoStatus.PROCESSING)
+            .where(Photo.id.in_(photo_ids), Photo.status == (PhotoStatus.PROCESSING if claimed else PhotoStatus.PENDING))
             .values(status=PhotoStatus.PENDING, error=reason[:2000], updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
@@ -193,13 +184,12 @@ def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: st
 def list_photos(session: Session, *, uploaded_by_key: int | None, status: str | None, before: uuid.UUID | None,
                 limit: int) -> list[Photo]:
     """Photos newest first, a page at a time (keyset: those older than `before`); only one key's when given."""
-    query = select(Photo)
-    if uploaded_by_key is not None:
-        query = query.where(Photo.uploaded_by_key == uploaded_by_key)
+    mine = [Photo.uploaded_by_key == uploaded_by_key] if uploaded_by_key is not None else []
+    query = select(Photo).where(*mine)
     if status is not None:
         query = query.where(Photo.status == status)
-    if before is not None:
-        anchor = session.execute(select(Photo.created_at, Photo.id).where(Photo.id == before)).one_or_none()
+    if before is not None:  # the cursor must be one of the caller's own photos: it says nothing about others'
+        anchor = session.execute(select(Photo.created_at, Photo.id).where(Photo.id == before, *mine)).one_or_none()
         if anchor is None:
             raise LookupError(f"no photo {before}: `before` must be the previous page's `next_before`")
         query = query.where(tuple_(Photo.created_at, Photo.id) < tuple_(anchor.created_at, anchor.id))
@@ -346,7 +336,11 @@ def photos_missing_embedding(session: Session, model: EmbeddingModel, photo_ids:
 
 
 def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.UUID, np.ndarray]) -> list[uuid.UUID]:
-    """Vectors of another model for photos already indexed (a reindex); their status and moderation stay as they are."""
+    """Write validated, normalised vectors of `model` (two statements); photos deleted meanwhile are left out.
+
+    Status and moderation are left as they are: `store_embeddings` builds on this for new photos, and a
+    reindex (another model's vectors for photos already indexed) uses it alone. Existing vectors are kept.
+    """
     normalised = {photo_id: validate_embedding(vector, model.dimension) for photo_id, vector in vectors.items()}
     if not normalised:
         return []

@@ -120,3 +120,27 @@ def test_query_vector_of_another_dimension_is_a_clear_422(api, many_vectors) -> 
     right = api.post("/v1/search/vector", json={"embedding": [0.1] * model.dimension, "k": 5, "region": "RU"})
     assert right.status_code == 200 and len(right.json()["results"]) == 5
     assert api.post("/v1/search/vector", json={"embedding": [0.0] * model.dimension}).status_code == 422
+
+
+def test_the_read_only_role_can_call_every_function_it_is_granted(many_vectors, services) -> None:  # type: ignore[no-untyped-def]
+    """region_is_restricted runs with its owner's rights; similar_photos takes k up to 1000 like search_photos."""
+    import uuid
+
+    import psycopg
+
+    _model, rows, _vectors, approved = many_vectors
+    source = rows[int(np.flatnonzero(approved)[0])]
+    role = f"catalogue_{uuid.uuid4().hex[:8]}"
+    admin_dsn = services.database_url.replace("+psycopg", "")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+    try:
+        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+            assert conn.execute("SELECT region_is_restricted('*')").fetchone() == (True,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM region_rules")
+            similar = conn.execute("SELECT photo_id FROM similar_photos(%s, 1000, 'RU')", (source,)).fetchall()
+            assert len(similar) == int(approved.sum()) - 1  # every other approved photo, the source left out
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")

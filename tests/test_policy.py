@@ -352,6 +352,12 @@ def test_russian_typed_in_latin_letters_is_blocked(policy: QueryPolicy, query: s
 # ------------------------------------------------------------------------------- ages
 
 BLOCKED_AGES: list[str] = [
+    # A tens word makes a spelled-out number larger, never digits; common adjectives are no era.
+    "nude twenty 8 year old",
+    "двадцать 7 лет",
+    "new age 12",
+    "golden age 10",
+    "dark age 9",
     "a 10 year old",
     "a 10-year-old",
     "10 years old",

@@ -33,16 +33,19 @@ def test_a_worker_without_its_model_leaves_the_reason_on_the_photo(api, services
     finally:
         worker.stop()
 
-    # Back in the queue's hands (the reconciler retries it), with the reason an operator can act on.
-    assert body["status"] == "pending", body
+    # Still pending (the reconciler queues it again), with the reason an operator can act on, and no
+    # attempt used: the photo is not at fault.
+    assert body["status"] == "pending" and body["attempts"] == 0, body
     assert body["error"].startswith("indexing attempt failed: ModelUnavailableError"), body
     assert str(missing) in body["error"] and "WITHSENSE_MODEL" in body["error"], body
 
-    # When its attempts are used up, the photo fails with that reason, not a guess about crashes.
+    # Should the photo later use up its attempts (say, a worker crashes on it), it fails with that reason.
+    from sqlalchemy import text
+
     with session_scope() as session:
+        session.execute(text("UPDATE photos SET attempts = 1 WHERE id = :id"), {"id": photo_id})
         claimed = photo_sql.claim_for_indexing(session, [uuid.UUID(photo_id)], max_attempts=1)
     assert claimed == {}
     body = api.get(f"/v1/photos/{photo_id}").json()
     assert body["status"] == "failed"
     assert body["error"].startswith("gave up after 1 attempts; last error: indexing attempt failed: ModelUnavailableError")
-

@@ -61,6 +61,36 @@ def registered_model() -> EmbeddingModel:
         return _registered_model
 
 
+class ModelNotActive(RuntimeError):
+    """This worker's model is not the one search uses: what it indexed would never be found."""
+
+
+# How long a worker trusts that its model is still the active one (`withsense models activate` switches it).
+ACTIVE_CHECK_TTL_S = 10.0
+_active_until = float("-inf")
+
+
+def ensure_model_is_active(model: EmbeddingModel) -> None:
+    """Refuse to index under a model that search does not use (after `withsense models activate` of another).
+
+    Otherwise new photos would end `indexed` with only this model's vector and never appear in search.
+    A worker started for a model upgrade reindexes (queue `reindex`) without this check.
+    """
+    global _active_until
+    if time.monotonic() < _active_until:
+        return
+    with session_scope() as session:
+        active = photo_sql.active_model(session)
+        if active is not None and active.id == model.id:
+            _active_until = time.monotonic() + ACTIVE_CHECK_TTL_S
+            return
+        label = f"{active.name}@{active.revision}" if active else "none"
+    raise ModelNotActive(
+        f"this worker's model {model.name}@{model.revision} is not the active model ({label}), so photos it "
+        "indexed would never be found; restart the worker with WITHSENSE_MODEL set to the active model "
+        "(the photos wait as pending, and the reconciler queues them again)")
+
+
 def _lower_priority() -> None:
     """Decode and store threads yield the cores to the model's threads (Linux: a thread has its own nice value).
 
@@ -173,6 +203,11 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     """
     settings = get_settings()
     started = time.perf_counter()
+    try:  # before any claim: a worker that cannot index (no model, or not the active one) uses no attempts
+        ensure_model_is_active(registered_model())
+    except Exception as exc:
+        _record_task_error(photo_ids, exc, claimed=False)
+        raise
     with session_scope() as session:
         claimed = photo_sql.claim_for_indexing(session, photo_ids, settings.task_max_attempts)
     skipped = [str(p) for p in photo_ids if p not in claimed]
@@ -191,18 +226,18 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     try:
         return _index_claimed(settings, photo_ids, claimed, skipped, started)
     except Exception as exc:
-        _record_task_error(list(claimed), exc)
+        _record_task_error(list(claimed), exc, claimed=True)
         raise
 
 
-def _record_task_error(photo_ids: list[uuid.UUID], exc: Exception) -> None:
-    """Put the reason on the photos the failed task held, so their status shows it (and their final failure)."""
+def _record_task_error(photo_ids: list[uuid.UUID], exc: Exception, *, claimed: bool) -> None:
+    """Put the reason on the photos of the failed task, so their status shows it (and their final failure)."""
     first_line = (str(exc).strip().splitlines() or [""])[0]
     reason = f"indexing attempt failed: {type(exc).__name__}: {first_line}"
     log.error("indexing %d photos failed: %s", len(photo_ids), reason)
     try:
         with session_scope() as session:
-            photo_sql.release_after_error(session, photo_ids, reason)
+            photo_sql.release_after_error(session, photo_ids, reason, claimed=claimed)
     except Exception as write_error:  # noqa: BLE001 - the database may be the fault; the task's error is re-raised
         log.warning("could not record the failure on the photos: %s", write_error)
 
@@ -262,7 +297,8 @@ def _index_claimed(settings: Settings, photo_ids: list[uuid.UUID], claimed: dict
 
 
 def _decode_for_reindex(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
-    """The saved 224x224 derivative is the model's input already; rebuild it from the original when it is missing."""
+    """Embed from the saved 224x224 derivative (the picture indexing embedded, as a JPEG); from the original
+    when the derivative is missing. A model with another input size resizes it in `prepare_image`."""
     try:
         with Image.open(derivative_path(settings, photo_id)) as derivative:
             return _Decoded(photo_id, prepared=embedder.prepare_image(derivative.convert("RGB")))
@@ -298,4 +334,4 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     for photo_id, reason in failed.items():
         log.warning("photo %s could not be reindexed with %s: %s", photo_id, model.name, reason)
     return {"model": f"{model.name}@{model.revision}", "embedded": len(stored), "failed": failed,
-            "already_done": len(photo_ids) - len(todo)}
+            "skipped": len(photo_ids) - len(todo)}  # already embedded with this model, or no longer indexed

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func
 
-from api.auth import AdminPrincipal, UploadPrincipal, ViewerPrincipal
+from api.auth import AdminPrincipal, CuratorPrincipal, UploadPrincipal, ViewerPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import UPLOADS
@@ -88,7 +88,7 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
 def list_photos(
     session: SessionDep,
     request: Request,
-    principal: UploadPrincipal,
+    principal: CuratorPrincipal,
     status_: Annotated[Literal["pending", "processing", "indexed", "failed"] | None,
                        Query(alias="status", description="only photos in this indexing status")] = None,
     before: Annotated[uuid.UUID | None, Query(description="`next_before` of the previous page")] = None,
@@ -234,11 +234,13 @@ class PhotoChange(BaseModel):
     def _changes_something(self) -> PhotoChange:
         if not self.model_fields_set:
             raise ValueError("set at least one of title, photographer, visibility")
+        if "visibility" in self.model_fields_set and self.visibility is None:
+            raise ValueError("visibility must be public or private, not null")
         return self
 
 
 @router.patch("/{photo_id}", response_model=PhotoOut, responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
-def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: UploadPrincipal) -> PhotoOut:
+def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: CuratorPrincipal) -> PhotoOut:
     """Edit the title or photographer, or make the photo private (out of search at once) or public again.
 
     The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
@@ -262,7 +264,7 @@ def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, princ
 
 @router.delete("/{photo_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
-def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: UploadPrincipal) -> Response:
+def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: CuratorPrincipal) -> Response:
     """Delete the photo: it leaves search when this returns; its files are removed after the commit.
 
     The key that uploaded it may delete it; moderators and admins may delete any photo.

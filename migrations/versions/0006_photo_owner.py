@@ -30,10 +30,7 @@ SET search_path = public, pg_temp
 AS $$
 DECLARE
     source vector;
-BEGIN
-    IF k IS NULL OR k < 1 OR k > 1000 THEN
-        RAISE EXCEPTION 'k must be between 1 and 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+BEGIN{k_check}
     -- A photo the viewer may not see cannot be the starting point of a search either.
     IF photo_visibility(source_photo_id, region) <> 'visible' THEN
         RETURN;
@@ -53,16 +50,22 @@ END $$;
 """
 
 
+K_CHECK = """
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'k must be between 1 and 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;"""
+
+
 def upgrade() -> None:
     op.add_column("photos", sa.Column("uploaded_by_key", sa.Integer,
                                       sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True))
     op.create_index("ix_photos_uploaded_by_key", "photos", ["uploaded_by_key", "created_at"])
     op.execute("ALTER FUNCTION region_is_restricted(text) SECURITY DEFINER SET search_path = public, pg_temp")
-    op.execute(SIMILAR_PHOTOS.format(limit="LEAST(k + 1, 1000)"))
+    op.execute(SIMILAR_PHOTOS.format(k_check=K_CHECK, limit="LEAST(k + 1, 1000)"))
 
 
 def downgrade() -> None:
-    op.execute(SIMILAR_PHOTOS.format(limit="k + 1"))
+    op.execute(SIMILAR_PHOTOS.format(k_check="", limit="k + 1"))  # exactly as 0003 defined it
     op.execute("ALTER FUNCTION region_is_restricted(text) SECURITY INVOKER RESET search_path")
     op.drop_index("ix_photos_uploaded_by_key", table_name="photos")
     op.drop_column("photos", "uploaded_by_key")
