@@ -88,7 +88,8 @@ def test_redrive_refuses_photos_that_are_not_failed(api) -> None:  # type: ignor
     assert missing.status_code == 404
 
 
-def test_redrive_needs_an_admin_key(api, anonymous_api) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_needs_an_admin_key(api, anonymous_api, own_broker) -> None:  # type: ignore[no-untyped-def]
+    """On a broker of its own: no worker may index the photo while the test holds it `failed`."""
     photo_id = upload(api, Image.new("RGB", (64, 64), (1, 2, 250))).json()["id"]
     _sql("UPDATE photos SET status = 'failed', attempts = 3, error = 'forced by the test' WHERE id = :id", id=photo_id)
 
