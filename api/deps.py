@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -24,45 +22,18 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-# The active model changes only when an operator runs `withsense models activate`: looked up at most every few seconds.
-ACTIVE_MODEL_TTL_S = 5.0
-_active_model_lock = threading.Lock()
-_active_model: tuple[float, tuple[str, str] | None] = (float("-inf"), None)
-
-
-def active_model_label(session: Session) -> tuple[str, str] | None:
-    """(name, revision) of the model whose vectors search compares queries with; None before any indexing."""
-    global _active_model
-    from db.photos import active_model
-
-    with _active_model_lock:
-        fetched_at, label = _active_model
-        if time.monotonic() - fetched_at < ACTIVE_MODEL_TTL_S:
-            return label
-    model = active_model(session)
-    label = (model.name, model.revision) if model else None
-    with _active_model_lock:
-        _active_model = (time.monotonic(), label)
-    return label
-
-
-def forget_active_model() -> None:
-    global _active_model
-    with _active_model_lock:
-        _active_model = (float("-inf"), None)
-
-
 def model_mismatch(session: Session) -> str | None:
     """Why this API's query vectors would not match the index (another model is active), or None."""
     from core.embedding import get_embedder
+    from db.photos import cached_active_model
 
     embedder = get_embedder()
     embedder.load()  # its revision is known once it is loaded (at most once per process)
-    active = active_model_label(session)
-    if active is None or active[1] == embedder.revision:  # the revision names the weights, whatever the path
+    active = cached_active_model(session)
+    if active is None or active.revision == embedder.revision:  # the revision names the weights, whatever the path
         return None
     return (f"search is unavailable: this API embeds queries with {embedder.model_name}@{embedder.revision}, but the "
-            f"index is searched with {active[0]}@{active[1]} (the active model). Point WITHSENSE_MODEL (and "
+            f"index is searched with {active.name}@{active.revision} (the active model). Point WITHSENSE_MODEL (and "
             "WITHSENSE_MODEL_REVISION) at the active model, or finish `withsense reindex` and run "
             "`withsense models activate`.")
 

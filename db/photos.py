@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -257,6 +259,41 @@ def register_model(session: Session, name: str, revision: str, dimension: int) -
 
 def active_model(session: Session) -> EmbeddingModel | None:
     return session.scalars(select(EmbeddingModel).where(EmbeddingModel.active)).one_or_none()
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    id: int
+    name: str
+    revision: str
+
+
+# The active model changes only when an operator runs `withsense models activate`: APIs (which embed
+# queries) and workers (which index) look it up at most this often.
+ACTIVE_MODEL_TTL_S = 5.0
+_active_lock = threading.Lock()
+_active_cached: tuple[float, ActiveModel | None] = (float("-inf"), None)
+
+
+def cached_active_model(session: Session) -> ActiveModel | None:
+    """The active model as this process last saw it, at most ACTIVE_MODEL_TTL_S old; None before any indexing."""
+    global _active_cached
+    with _active_lock:
+        fetched_at, active = _active_cached
+        if time.monotonic() - fetched_at < ACTIVE_MODEL_TTL_S:
+            return active
+    model = active_model(session)
+    active = ActiveModel(model.id, model.name, model.revision) if model else None
+    with _active_lock:
+        _active_cached = (time.monotonic(), active)
+    return active
+
+
+def forget_active_model() -> None:
+    """Look the active model up again on the next call (after activating one in this process, or in tests)."""
+    global _active_cached
+    with _active_lock:
+        _active_cached = (float("-inf"), None)
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ def reset_cached_state() -> None:
 
     import core.moderation
 
-    from api.deps import forget_active_model
+    from db.photos import forget_active_model
 
-    forget_active_model()  # the API's cached answer to "which model is active"
+    forget_active_model()  # the process's cached answer to "which model is active"
     core.embedding._default = None  # the model singleton follows WITHSENSE_MODEL
     core.moderation._moderator = None
     core.moderation.load_rules.cache_clear()

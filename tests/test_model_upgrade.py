@@ -113,7 +113,7 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
         assert _coverage()[new_model][0] is True and _coverage()[old_model][0] is False
 
         # A worker still on the old model refuses new uploads instead of indexing them out of search's sight.
-        time.sleep(10.5)  # past the worker's cached "my model is active" (ACTIVE_CHECK_TTL_S)
+        time.sleep(10.5)  # past the worker's cached answer to "which model is active" (ACTIVE_MODEL_TTL_S)
         waiting = upload(api, Image.new("RGB", (120, 90), (120, 40, 160))).json()["id"]
         deadline = time.monotonic() + 60
         while api.get(f"/v1/photos/{waiting}").json()["error"] is None and time.monotonic() < deadline:

@@ -65,26 +65,17 @@ class ModelNotActive(RuntimeError):
     """This worker's model is not the one search uses: what it indexed would never be found."""
 
 
-# How long a worker trusts that its model is still the active one (`withsense models activate` switches it).
-ACTIVE_CHECK_TTL_S = 10.0
-_active_until = float("-inf")
-
-
 def ensure_model_is_active(model: EmbeddingModel) -> None:
     """Refuse to index under a model that search does not use (after `withsense models activate` of another).
 
     Otherwise new photos would end `indexed` with only this model's vector and never appear in search.
     A worker started for a model upgrade reindexes (queue `reindex`) without this check.
     """
-    global _active_until
-    if time.monotonic() < _active_until:
-        return
     with session_scope() as session:
-        active = photo_sql.active_model(session)
-        if active is not None and active.id == model.id:
-            _active_until = time.monotonic() + ACTIVE_CHECK_TTL_S
-            return
-        label = f"{active.name}@{active.revision}" if active else "none"
+        active = photo_sql.cached_active_model(session)
+    if active is not None and active.id == model.id:
+        return
+    label = f"{active.name}@{active.revision}" if active else "none"
     raise ModelNotActive(
         f"this worker's model {model.name}@{model.revision} is not the active model ({label}), so photos it "
         "indexed would never be found; restart the worker with WITHSENSE_MODEL set to the active model "

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func
+from sqlalchemy.orm import Session
 
 from api.auth import AdminPrincipal, CuratorPrincipal, UploadPrincipal, ViewerPrincipal
 from api.deps import SessionDep, SettingsDep
@@ -178,6 +179,17 @@ def may_manage(principal: Principal, photo: Photo) -> bool:
     return principal.allows("moderate") or (photo.uploaded_by_key is not None and photo.uploaded_by_key == principal.key_id)
 
 
+def _managed_photo(session: Session, photo_id: uuid.UUID, principal: Principal, verb: str) -> Photo:
+    """The photo, locked, if this caller may manage it: 404 when it does not exist, 403 when it is another key's."""
+    photo = photo_sql.get_photo(session, photo_id, for_update=True)
+    if photo is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
+    if not may_manage(principal, photo):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"photo {photo_id} was uploaded with another key; "
+                            f"only that key, a moderator or an admin may {verb} it")
+    return photo
+
+
 def _load(session: SessionDep, photo_id: uuid.UUID) -> Photo:
     photo = photo_sql.get_photo(session, photo_id)
     if photo is None:
@@ -246,12 +258,7 @@ def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, princ
     The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
     """
     with session_scope() as session:
-        photo = photo_sql.get_photo(session, photo_id, for_update=True)
-        if photo is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
-        if not may_manage(principal, photo):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"photo {photo_id} was uploaded with another key; "
-                                "only that key, a moderator or an admin may change it")
+        photo = _managed_photo(session, photo_id, principal, "change")
         for name in body.model_fields_set:
             setattr(photo, name, getattr(body, name))
         photo.updated_at = func.now()
@@ -270,16 +277,8 @@ def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: CuratorP
     The key that uploaded it may delete it; moderators and admins may delete any photo.
     """
     with session_scope() as session:
-        photo = photo_sql.get_photo(session, photo_id)
-        if photo is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
-        if not may_manage(principal, photo):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"photo {photo_id} was uploaded with another key; "
-                                "only that key, a moderator or an admin may delete it")
-        photo = photo_sql.delete_photo(session, photo_id)
-        if photo is None:  # deleted by a concurrent request
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
-        storage_key = photo.storage_key
+        storage_key = _managed_photo(session, photo_id, principal, "delete").storage_key  # locked until the commit
+        photo_sql.delete_photo(session, photo_id)
         audit(session, photo_id, principal.actor, "deleted", {}, "photo deleted")
     errors = remove_quietly(original_path(settings, storage_key), derivative_path(settings, photo_id))
     for error in errors:
