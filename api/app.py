@@ -24,7 +24,7 @@ def _warm_up_model() -> None:
 
     try:
         get_embedder().load()
-    except Exception:  # noqa: BLE001 - logged; searches will report the same error to the caller
+    except Exception:
         log.exception("the embedding model could not be loaded; searches will fail until it can")
 
 
@@ -63,20 +63,35 @@ def create_app() -> FastAPI:
         for error in exc.errors():
             where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path"))
             messages.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-        return JSONResponse({"detail": "; ".join(messages), "errors": jsonable(exc.errors())},
-                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse(
+            {"detail": "; ".join(messages), "errors": jsonable(exc.errors())},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
-        return JSONResponse({"detail": "the database is unavailable; retry shortly"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(DBAPIError)
     async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or getattr(exc.orig, "sqlstate", "") in {"57P01", "57P02", "57P03", "08006", "08003", "08001"}:
-            return JSONResponse({"detail": "the database is unavailable; retry shortly"},
-                                status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "2"})
+        if exc.connection_invalidated or getattr(exc.orig, "sqlstate", "") in {
+            "57P01",
+            "57P02",
+            "57P03",
+            "08006",
+            "08003",
+            "08001",
+        }:
+            return JSONResponse(
+                {"detail": "the database is unavailable; retry shortly"},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "2"},
+            )
         log.exception("database error")
         return JSONResponse({"detail": "internal database error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 

@@ -51,8 +51,11 @@ def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str, re
         log.warning("rate limiter unavailable, request allowed: %s", exc)
         return
     retry_after = max(1, math.ceil(reset_at - time.time()))
-    raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, f"rate limit of {item} for {scope} exceeded; retry in {retry_after}s",
-                        headers={"Retry-After": str(retry_after)})
+    raise HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"rate limit of {item} for {scope} exceeded; retry in {retry_after}s",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
@@ -73,18 +76,26 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
                 _enforce_rate_limit(settings, ANONYMOUS, public[0], request)
                 request.state.principal = ANONYMOUS
                 return ANONYMOUS
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API key is required: send `Authorization: Bearer <key>`",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "an API key is required: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         with session_scope() as session:
             principal = authenticate(session, credentials.credentials)
         if principal is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the API key is invalid or revoked",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "the API key is invalid or revoked",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         granted = [s for s in accepted if principal.allows(s)]
         if not granted:
             needed = " or ".join(f"`{s}`" for s in accepted)
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                f"this key may {', '.join(sorted(principal.scopes))}; this route needs the {needed} scope")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this key may {', '.join(sorted(principal.scopes))}; this route needs the {needed} scope",
+            )
         _enforce_rate_limit(settings, principal, granted[0], request)
         request.state.principal = principal
         return principal

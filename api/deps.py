@@ -32,10 +32,12 @@ def model_mismatch(session: Session) -> str | None:
     active = cached_active_model(session)
     if active is None or active.revision == embedder.revision:  # the revision names the weights, whatever the path
         return None
-    return (f"search is unavailable: this API embeds queries with {embedder.model_name}@{embedder.revision}, but the "
-            f"index is searched with {active.name}@{active.revision} (the active model). Point WITHSENSE_MODEL (and "
-            "WITHSENSE_MODEL_REVISION) at the active model, or finish `withsense reindex` and run "
-            "`withsense models activate`.")
+    return (
+        f"search is unavailable: this API embeds queries with {embedder.model_name}@{embedder.revision}, but the "
+        f"index is searched with {active.name}@{active.revision} (the active model). Point WITHSENSE_MODEL (and "
+        "WITHSENSE_MODEL_REVISION) at the active model, or finish `withsense reindex` and run "
+        "`withsense models activate`."
+    )
 
 
 def ensure_query_model(session: Session) -> None:

@@ -104,7 +104,9 @@ async def parse_image_upload(
     """
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as multipart/form-data with a `file` part")
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as multipart/form-data with a `file` part"
+        )
     declared = request.headers.get("content-length")
     # The body also carries boundaries and small fields: allow a little more than the file cap.
     body_cap = max_bytes + 64 * 1024
@@ -136,16 +138,21 @@ async def parse_image_upload(
             parts += window.count(delimiter) - tail.count(delimiter)
             tail = window[-len(delimiter) :]
             if parts > MAX_PARTS + 1:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"too many parts in the multipart body (at most {MAX_PARTS})")
+                raise HTTPException(
+                    status.HTTP_400_BAD_REQUEST, f"too many parts in the multipart body (at most {MAX_PARTS})"
+                )
             parser.data_received(chunk)
         target.close()
     except _TooLarge:
         target.discard()
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes") from None
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes"
+        ) from None
     except _FieldTooLong as exc:
         target.discard()
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes") from None
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+        ) from None
     except ValidationError as exc:
         target.discard()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None

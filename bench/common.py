@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ MODEL_CACHE = ROOT / ".cache" / "bench-models"
 
 if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere imports the project's packages
     sys.path.insert(0, str(ROOT))
-
 
 
 def machine_info() -> dict[str, object]:
@@ -121,8 +119,10 @@ def warn_if_busy(limit: float | None = None) -> None:
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     if load > (limit if limit is not None else 0.5 * cores):
-        print(f"note: 1-minute load average is {load:.1f} on {cores} cores; absolute figures will be noisy",
-              file=sys.stderr)
+        print(
+            f"note: 1-minute load average is {load:.1f} on {cores} cores; absolute figures will be noisy",
+            file=sys.stderr,
+        )
 
 
 @contextmanager
@@ -180,8 +180,11 @@ def tiny_trained_clip() -> Path | None:
             return current
     except Exception:  # noqa: BLE001 - an API change there only means we look for any cached build
         pass
-    builds = sorted((p for p in cache.glob("tiny-clip-*") if (p / "modules.json").is_file()),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
+    builds = sorted(
+        (p for p in cache.glob("tiny-clip-*") if (p / "modules.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     if builds:
         return builds[0]
     if os.environ.get("WITHSENSE_BENCH_BUILD_TINY") == "1":

@@ -29,8 +29,9 @@ from bench.common import ROOT, emit, machine_info, print_table, random_vit_b32, 
 ONNX_CACHE = ROOT / ".cache" / "onnx"
 
 
-def run_model(name: str, model_dir: Path, batch_sizes: list[int], rounds: int, threads: int,
-              images_count: int) -> dict[str, object]:
+def run_model(
+    name: str, model_dir: Path, batch_sizes: list[int], rounds: int, threads: int, images_count: int
+) -> dict[str, object]:
     import torch
 
     from core.embedding import ClipEmbedder
@@ -40,7 +41,7 @@ def run_model(name: str, model_dir: Path, batch_sizes: list[int], rounds: int, t
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
     embedder.load()
-    model = embedder._model  # noqa: SLF001 - the benchmark compares against the wrapper's own torch model
+    model = embedder._model
     assert model is not None
     started = time.perf_counter()
     encoders = {
@@ -60,12 +61,14 @@ def run_model(name: str, model_dir: Path, batch_sizes: list[int], rounds: int, t
         cosine = np.sum(reference * candidate, axis=1)
         centred_ref, centred_cand = reference - centre, candidate - centre
         centred = np.sum(centred_ref * centred_cand, axis=1) / (
-            np.linalg.norm(centred_ref, axis=1) * np.linalg.norm(centred_cand, axis=1))
+            np.linalg.norm(centred_ref, axis=1) * np.linalg.norm(centred_cand, axis=1)
+        )
         ref_scores, cand_scores = reference @ reference.T, candidate @ reference.T
         np.fill_diagonal(ref_scores, -np.inf)
         np.fill_diagonal(cand_scores, -np.inf)
         parity[label] = {
-            "min_cosine": round(float(cosine.min()), 5), "mean_cosine": round(float(cosine.mean()), 5),
+            "min_cosine": round(float(cosine.min()), 5),
+            "mean_cosine": round(float(cosine.mean()), 5),
             "min_centred_cosine": round(float(centred.min()), 4),
             "nearest_neighbour_agreement": round(float(np.mean(ref_scores.argmax(1) == cand_scores.argmax(1))), 3),
         }
@@ -89,23 +92,40 @@ def run_model(name: str, model_dir: Path, batch_sizes: list[int], rounds: int, t
                 started = time.perf_counter()
                 runner(batch)
                 seconds[label][size].append(time.perf_counter() - started)
-        print(f"  {name} batch {size}: " + ", ".join(
-            f"{label} {size / statistics.median(seconds[label][size]):.1f} img/s" for label in runners),
-            file=sys.stderr, flush=True)
+        print(
+            f"  {name} batch {size}: "
+            + ", ".join(f"{label} {size / statistics.median(seconds[label][size]):.1f} img/s" for label in runners),
+            file=sys.stderr,
+            flush=True,
+        )
 
-    throughput = {label: {str(b): round(b / statistics.median(v), 2) for b, v in per.items()}
-                  for label, per in seconds.items()}
-    speedup = {label: {str(b): round(statistics.median(seconds["torch-fp32"][b]) / statistics.median(v), 2)
-                       for b, v in per.items()} for label, per in seconds.items() if label != "torch-fp32"}
+    throughput = {
+        label: {str(b): round(b / statistics.median(v), 2) for b, v in per.items()} for label, per in seconds.items()
+    }
+    speedup = {
+        label: {
+            str(b): round(statistics.median(seconds["torch-fp32"][b]) / statistics.median(v), 2) for b, v in per.items()
+        }
+        for label, per in seconds.items()
+        if label != "torch-fp32"
+    }
     best = {label: max(per.values()) for label, per in throughput.items()}
     best_batch = {label: int(max(per, key=lambda b: per[b])) for label, per in throughput.items()}
     return {
-        "model": name, "path": str(model_dir), "image_size": int(pixels.shape[-1]), "threads": threads,
-        "rounds": rounds, "export_and_check_s": round(export_s, 1), "parity": parity,
-        "images_per_s": throughput, "speedup_same_batch": speedup,
-        "best_images_per_s": best, "best_batch_size": best_batch,
-        "speedup_best_vs_best": {label: round(best[label] / best["torch-fp32"], 2) for label in best
-                                 if label != "torch-fp32"},
+        "model": name,
+        "path": str(model_dir),
+        "image_size": int(pixels.shape[-1]),
+        "threads": threads,
+        "rounds": rounds,
+        "export_and_check_s": round(export_s, 1),
+        "parity": parity,
+        "images_per_s": throughput,
+        "speedup_same_batch": speedup,
+        "best_images_per_s": best,
+        "best_batch_size": best_batch,
+        "speedup_best_vs_best": {
+            label: round(best[label] / best["torch-fp32"], 2) for label in best if label != "torch-fp32"
+        },
         "fused_operators": _fused(encoders["ort-fp32"].model_path.parent),
     }
 
@@ -145,17 +165,34 @@ def main() -> None:
     for name, _ in models:
         figures = results[name]
         assert isinstance(figures, dict)
-        print(f"\n{name} ({figures['image_size']}x{figures['image_size']}, {threads} threads, median of "
-              f"{args.rounds} interleaved rounds)")
+        print(
+            f"\n{name} ({figures['image_size']}x{figures['image_size']}, {threads} threads, median of "
+            f"{args.rounds} interleaved rounds)"
+        )
         rows = []
         for label, per in figures["images_per_s"].items():
             parity = figures["parity"].get(label, {})
-            rows.append([label, *[per[str(b)] for b in batch_sizes],
-                         figures["speedup_best_vs_best"].get(label, 1.0),
-                         parity.get("min_cosine", "-"), parity.get("min_centred_cosine", "-"),
-                         parity.get("nearest_neighbour_agreement", "-")])
-        print_table(["encoder", *[f"img/s b{b}" for b in batch_sizes], "speed-up best/best", "min cos",
-                     "min centred cos", "NN agreement"], rows)
+            rows.append(
+                [
+                    label,
+                    *[per[str(b)] for b in batch_sizes],
+                    figures["speedup_best_vs_best"].get(label, 1.0),
+                    parity.get("min_cosine", "-"),
+                    parity.get("min_centred_cosine", "-"),
+                    parity.get("nearest_neighbour_agreement", "-"),
+                ]
+            )
+        print_table(
+            [
+                "encoder",
+                *[f"img/s b{b}" for b in batch_sizes],
+                "speed-up best/best",
+                "min cos",
+                "min centred cos",
+                "NN agreement",
+            ],
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -65,14 +65,19 @@ def main() -> None:
     cpu, wall, _ = per_photo(lambda path: Image.open(path).convert("RGB"), sample)  # type: ignore[arg-type]
     steps["for comparison: full decode without draft mode"] = (cpu, wall)
 
-    results = {"machine": info, "photos": len(photos),
-               "cpu_ms_per_photo": {name: round(cpu, 2) for name, (cpu, _) in steps.items()},
-               "wall_ms_per_photo": {name: round(wall, 2) for name, (_, wall) in steps.items()},
-               "worker_decode_pool_cpu_ms_per_photo": round(worker_total, 1)}
+    results = {
+        "machine": info,
+        "photos": len(photos),
+        "cpu_ms_per_photo": {name: round(cpu, 2) for name, (cpu, _) in steps.items()},
+        "wall_ms_per_photo": {name: round(wall, 2) for name, (_, wall) in steps.items()},
+        "worker_decode_pool_cpu_ms_per_photo": round(worker_total, 1),
+    }
     emit("decode_cost", results)
     print()
-    print_table(["step", "CPU ms/photo", "wall ms/photo"],
-                [[name, round(cpu, 2), round(wall, 2)] for name, (cpu, wall) in steps.items()])
+    print_table(
+        ["step", "CPU ms/photo", "wall ms/photo"],
+        [[name, round(cpu, 2), round(wall, 2)] for name, (cpu, wall) in steps.items()],
+    )
     print(f"\ndecode pool total (the worker's per-photo CPU besides the model and SQL): {worker_total:.1f} ms")
 
 

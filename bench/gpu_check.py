@@ -74,6 +74,7 @@ def decoder() -> tuple[Callable[[bytes], Image.Image], str]:
 
         return (lambda data: make_derivative(load_rgb(data, draft_size=224), 224)), "core.images"
     except Exception:  # noqa: BLE001 - the project tree (or one of its imports) is not there: local copy
+
         def local(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=["JPEG"])
             scale = 224 / min(image.size)
@@ -122,8 +123,12 @@ def main() -> None:
     cores = os.cpu_count() or 1
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({max(1, cores // 2), cores})
     report: dict[str, object] = {
-        "gpu": torch.cuda.get_device_name(0) if on_gpu else "none (cpu smoke test)", "cuda": torch.version.cuda, "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(), "cpu_cores": cores,
+        "gpu": torch.cuda.get_device_name(0) if on_gpu else "none (cpu smoke test)",
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": cores,
         "images": args.images,
     }
 
@@ -135,8 +140,11 @@ def main() -> None:
     for data in jpegs:
         with Image.open(io.BytesIO(data)) as image:
             megapixels.append(image.width * image.height / 1e6)
-    report["jpegs"] = {"generate_s": round(time.perf_counter() - t0, 1), "mean_megapixels": round(float(np.mean(megapixels)), 2),
-                       "mean_mb": round(float(np.mean([len(d) for d in jpegs])) / 2**20, 2)}
+    report["jpegs"] = {
+        "generate_s": round(time.perf_counter() - t0, 1),
+        "mean_megapixels": round(float(np.mean(megapixels)), 2),
+        "mean_mb": round(float(np.mean([len(d) for d in jpegs])) / 2**20, 2),
+    }
 
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig()).eval().to(device, dtype)  # what ClipEmbedder does on cuda: model.half()
@@ -185,8 +193,10 @@ def main() -> None:
     std = torch.tensor(CLIP_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
 
     def prepare_processor(data: bytes) -> np.ndarray:
-        return np.asarray(processor(images=[decode(data)], return_tensors="np")["pixel_values"][0],
-                          dtype=np.float16 if on_gpu else np.float32)
+        return np.asarray(
+            processor(images=[decode(data)], return_tensors="np")["pixel_values"][0],
+            dtype=np.float16 if on_gpu else np.float32,
+        )
 
     def prepare_uint8(data: bytes) -> np.ndarray:
         return np.asarray(decode(data), dtype=np.uint8)
@@ -195,13 +205,19 @@ def main() -> None:
     pipelines: dict[str, dict[str, float]] = {"processor": {}, "gpu-normalise": {}}
     for threads in thread_counts:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            decode_only[str(threads)] = round(timed(lambda pool=pool: len(list(pool.map(prepare_uint8, jpegs))),
-                                                    lambda: None), 1)
+            decode_only[str(threads)] = round(
+                timed(lambda pool=pool: len(list(pool.map(prepare_uint8, jpegs))), lambda: None), 1
+            )
             print(f"decode only, {threads} threads: {decode_only[str(threads)]} img/s", file=sys.stderr, flush=True)
             for size in [int(b) for b in args.batch_sizes.split(",")]:
                 for variant, prepare in (("processor", prepare_processor), ("gpu-normalise", prepare_uint8)):
-                    def run(pool: ThreadPoolExecutor = pool, size: int = size, prepare: Callable = prepare,
-                            variant: str = variant) -> int:
+
+                    def run(
+                        pool: ThreadPoolExecutor = pool,
+                        size: int = size,
+                        prepare: Callable = prepare,
+                        variant: str = variant,
+                    ) -> int:
                         # pool.map keeps decoding ahead while the GPU runs the previous batch (CUDA is async).
                         results = pool.map(prepare, jpegs)
                         done = 0
@@ -218,8 +234,11 @@ def main() -> None:
 
                     rate = round(timed(run, sync), 1)
                     pipelines[variant][f"threads{threads}_batch{size}"] = rate
-                    print(f"pipeline {variant}, {threads} threads, batch {size}: {rate} img/s", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"pipeline {variant}, {threads} threads, batch {size}: {rate} img/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     report["decode_only_images_per_s"] = decode_only
     report["pipeline_images_per_s"] = pipelines
     best_pipeline = max(rate for variant in pipelines.values() for rate in variant.values())

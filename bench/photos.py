@@ -38,8 +38,12 @@ def render_photo(index: int, seed: int = 0) -> bytes:
     if rng.random() < 1 / 3:
         width, height = height, width
     colours, shapes = list(COLOURS), list(SHAPES)
-    base, _ = render_image(colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))], rng,
-                           size=(max(16, width // 4), max(16, height // 4)))
+    base, _ = render_image(
+        colours[int(rng.integers(len(colours)))],
+        shapes[int(rng.integers(len(shapes)))],
+        rng,
+        size=(max(16, width // 4), max(16, height // 4)),
+    )
     pixels = np.asarray(base.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
     coarse = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
     texture = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
@@ -88,8 +92,10 @@ def photo_set_stats(paths: list[Path]) -> dict[str, object]:
             pixels.append(image.width * image.height / 1e6)
         sizes.append(path.stat().st_size / 2**20)
     return {
-        "files": len(paths), "mean_megapixels": round(float(np.mean(pixels)), 2),
-        "max_megapixels": round(float(np.max(pixels)), 2), "mean_file_mb": round(float(np.mean(sizes)), 2),
+        "files": len(paths),
+        "mean_megapixels": round(float(np.mean(pixels)), 2),
+        "max_megapixels": round(float(np.max(pixels)), 2),
+        "mean_file_mb": round(float(np.mean(sizes)), 2),
         "bits_per_pixel": round(float(8 * np.sum(sizes) * 2**20 / (np.sum(pixels) * 1e6)), 2),
     }
 

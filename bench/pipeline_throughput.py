@@ -50,10 +50,30 @@ class WorkerProcess:
     def start(self, timeout: float = 120.0) -> None:
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
-             "-c", str(self.concurrency), "--loglevel", "INFO", "-n", f"bench{time.monotonic_ns()}@%h",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "photos,maintenance",
+                "-c",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"bench{time.monotonic_ns()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -78,8 +98,10 @@ class WorkerProcess:
         self.process = None
 
 
-TASK_LINE = re.compile(r"indexed (\d+), failed (\d+) of (\d+) photos in ([\d.]+)s "
-                       r"\(waiting for decode ([\d.]+)s, model ([\d.]+)s, database ([\d.]+)s\)")
+TASK_LINE = re.compile(
+    r"indexed (\d+), failed (\d+) of (\d+) photos in ([\d.]+)s "
+    r"\(waiting for decode ([\d.]+)s, model ([\d.]+)s, database ([\d.]+)s\)"
+)
 
 
 def task_breakdown(log_text: str) -> dict[str, float]:
@@ -92,10 +114,14 @@ def task_breakdown(log_text: str) -> dict[str, float]:
     indexed, _, _, wall, decode_wait, model, database = totals
     if not tasks or not indexed:
         return {"tasks": tasks}
-    return {"tasks": tasks, "photos": int(indexed), "task_wall_ms_per_image": round(1000 * wall / indexed, 1),
-            "decode_wait_ms_per_image": round(1000 * decode_wait / indexed, 1),
-            "model_ms_per_image": round(1000 * model / indexed, 1),
-            "database_ms_per_image": round(1000 * database / indexed, 1)}
+    return {
+        "tasks": tasks,
+        "photos": int(indexed),
+        "task_wall_ms_per_image": round(1000 * wall / indexed, 1),
+        "decode_wait_ms_per_image": round(1000 * decode_wait / indexed, 1),
+        "model_ms_per_image": round(1000 * model / indexed, 1),
+        "database_ms_per_image": round(1000 * database / indexed, 1),
+    }
 
 
 def own_cpu_seconds() -> float:
@@ -126,8 +152,9 @@ def tree_cpu_seconds(pid: int) -> float:
 # The bare model ---------------------------------------------------------------------------------
 
 
-def bare_model_throughput(model_dir: Path, photos: list[Path], batch_sizes: list[int], encoder: str,
-                          threads: int, seconds_per_size: float) -> dict[str, object]:
+def bare_model_throughput(
+    model_dir: Path, photos: list[Path], batch_sizes: list[int], encoder: str, threads: int, seconds_per_size: float
+) -> dict[str, object]:
     """Images/s of the model alone on pre-decoded 224x224 pixel tensors, per batch size."""
     import torch
 
@@ -138,14 +165,15 @@ def bare_model_throughput(model_dir: Path, photos: list[Path], batch_sizes: list
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
     embedder.load()
-    clip_model, processor = _clip_parts(embedder._model)  # noqa: SLF001
+    clip_model, processor = _clip_parts(embedder._model)
     image_processor = getattr(processor, "image_processor", processor)
     derivatives = [make_derivative(load_rgb(path, draft_size=224)) for path in photos[: max(batch_sizes)]]
     pixels = np.asarray(image_processor(images=derivatives, return_tensors="np")["pixel_values"], dtype=np.float32)
     onnx: OnnxImageEncoder | None = None
     if encoder != "torch":
-        onnx = OnnxImageEncoder.from_embedder(embedder, ROOT / ".cache" / "onnx", quantize=encoder == "onnx-int8",
-                                              threads=threads)
+        onnx = OnnxImageEncoder.from_embedder(
+            embedder, ROOT / ".cache" / "onnx", quantize=encoder == "onnx-int8", threads=threads
+        )
 
     def forward(batch: np.ndarray) -> None:
         if onnx is not None:
@@ -187,8 +215,14 @@ def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool:
         else:
             tmp.write_bytes(source)
         data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,  # type: ignore[arg-type]
-                                original_name=name, enqueue=False)
+        result = register_photo(
+            settings,
+            tmp,
+            sha256=data_hash,
+            size=tmp.stat().st_size,  # type: ignore[arg-type]
+            original_name=name,
+            enqueue=False,
+        )
         tmp.unlink(missing_ok=True)
         if not result.created:
             raise RuntimeError(f"{name} was registered as a duplicate; the benchmark needs distinct files")
@@ -216,8 +250,11 @@ def wait_until_done(dsn: str, ids: list[uuid.UUID], timeout: float) -> dict[str,
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
-            counts = dict(conn.execute(
-                "SELECT status, count(*) FROM photos WHERE id = ANY(%s) GROUP BY status", (ids,)).fetchall())
+            counts = dict(
+                conn.execute(
+                    "SELECT status, count(*) FROM photos WHERE id = ANY(%s) GROUP BY status", (ids,)
+                ).fetchall()
+            )
             if counts.get("indexed", 0) + counts.get("failed", 0) >= len(ids):
                 return counts
             if time.monotonic() > deadline:
@@ -235,7 +272,9 @@ def reset_photos(dsn: str, ids: list[uuid.UUID]) -> None:
         conn.execute(
             "UPDATE photos SET status = 'pending', attempts = 0, error = NULL, indexed_at = NULL, "
             "moderation_status = 'pending_review', depicts_minor = false, unsafe = false, classifier_version = NULL, "
-            "moderated_at = NULL, updated_at = now() WHERE id = ANY(%s)", (ids,))
+            "moderated_at = NULL, updated_at = now() WHERE id = ANY(%s)",
+            (ids,),
+        )
         conn.execute("VACUUM (ANALYZE) photos")
         conn.execute("VACUUM (ANALYZE) photo_embeddings")
 
@@ -247,12 +286,20 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=500, help="distinct pictures (the rest are byte variants)")
     parser.add_argument("--warmup", type=int, default=64, help="photos indexed before timing starts")
     parser.add_argument("--batch-sizes", default="8,16", help="worker image batch sizes to run")
-    parser.add_argument("--chunks-per-task", type=int, default=8,
-                        help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (docker-compose.cpu.yml: 8 x 8)")
+    parser.add_argument(
+        "--chunks-per-task",
+        type=int,
+        default=8,
+        help="WITHSENSE_INGEST_BATCH_SIZE = this many image batches (docker-compose.cpu.yml: 8 x 8)",
+    )
     parser.add_argument("--bare-batch-sizes", default="8,16,32")
     parser.add_argument("--bare-seconds", type=float, default=8.0, help="seconds per bare batch size")
-    parser.add_argument("--encoder", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                        help="image encoder for the bare model and (as WITHSENSE_IMAGE_ENCODER) the worker")
+    parser.add_argument(
+        "--encoder",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="image encoder for the bare model and (as WITHSENSE_IMAGE_ENCODER) the worker",
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
     parser.add_argument("--decode-threads", type=int, default=None, help="WITHSENSE_DECODE_THREADS for the worker")
     parser.add_argument("--timeout", type=float, default=3600.0)
@@ -265,28 +312,37 @@ def main() -> None:
     model_dir = random_vit_b32()
     pictures = ensure_photos(args.distinct)
     home = short_tmp_dir("wsp-")
-    threads = max(1, (os.cpu_count() or 1) // args.concurrency)  # what Settings.torch_threads_for gives each worker child
+    threads = max(
+        1, (os.cpu_count() or 1) // args.concurrency
+    )  # what Settings.torch_threads_for gives each worker child
 
     from cli.local_services import LocalPostgres, LocalRedis
 
     postgres = LocalPostgres(home / "pg")
     redis = LocalRedis(home / "redis")
     env = {key: value for key, value in os.environ.items() if not key.startswith("WITHSENSE_")}
-    env.update({
-        "PYTHONPATH": str(ROOT),
-        "WITHSENSE_HOME": str(home / "data"),
-        "WITHSENSE_MODEL": str(model_dir),
-        "WITHSENSE_DEVICE": "cpu",
-        "WITHSENSE_RECONCILE_AFTER_S": "36000",  # the reconciler must not re-queue photos mid-measurement
-        "WITHSENSE_WORKER_CONCURRENCY": str(args.concurrency),
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "WITHSENSE_HOME": str(home / "data"),
+            "WITHSENSE_MODEL": str(model_dir),
+            "WITHSENSE_DEVICE": "cpu",
+            "WITHSENSE_RECONCILE_AFTER_S": "36000",  # the reconciler must not re-queue photos mid-measurement
+            "WITHSENSE_WORKER_CONCURRENCY": str(args.concurrency),
+        }
+    )
     if args.encoder != "torch":
         env["WITHSENSE_IMAGE_ENCODER"] = args.encoder
         env["WITHSENSE_ONNX_CACHE_DIR"] = str(ROOT / ".cache" / "onnx")  # the export the bare run uses
     if args.decode_threads:
         env["WITHSENSE_DECODE_THREADS"] = str(args.decode_threads)
-    results: dict[str, object] = {"machine": info, "count": args.count, "encoder": args.encoder,
-                                  "concurrency": args.concurrency, "torch_threads": threads}
+    results: dict[str, object] = {
+        "machine": info,
+        "count": args.count,
+        "encoder": args.encoder,
+        "concurrency": args.concurrency,
+        "torch_threads": threads,
+    }
     worker: WorkerProcess | None = None
     postgres.start()
     redis.start()
@@ -318,8 +374,11 @@ def main() -> None:
         print(f"registering {total} photos ...", file=sys.stderr)
         ids, register_s = register_all(settings, files, settings.home / "tmp")
         warm_ids, timed_ids = ids[: args.warmup], ids[args.warmup :]
-        results["registration"] = {"photos": total, "seconds": round(register_s, 1),
-                                   "photos_per_s": round(total / register_s, 1)}
+        results["registration"] = {
+            "photos": total,
+            "seconds": round(register_s, 1),
+            "photos_per_s": round(total / register_s, 1),
+        }
 
         # bare, run, bare, run, ..., bare: every pipeline run is bracketed by two bare measurements.
         bares = [measure_bare("start")]
@@ -335,29 +394,43 @@ def main() -> None:
                 print(f"round {round_number}, batch {batch}: warm-up ...", file=sys.stderr)
                 enqueue_batches(warm_ids, per_task)
                 wait_until_done(dsn, warm_ids, args.timeout)
-                cpu_before = {"worker": tree_cpu_seconds(worker.process.pid),
-                              "postgres": tree_cpu_seconds(postgres.process.pid),
-                              "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+                cpu_before = {
+                    "worker": tree_cpu_seconds(worker.process.pid),
+                    "postgres": tree_cpu_seconds(postgres.process.pid),
+                    "valkey": tree_cpu_seconds(redis.process.pid),
+                    "bench": own_cpu_seconds(),
+                }
                 print(f"round {round_number}, batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
                 log_offset = worker.log_path.stat().st_size
                 started = time.perf_counter()
                 how = enqueue_batches(timed_ids, per_task)
                 counts = wait_until_done(dsn, timed_ids, args.timeout)
                 seconds = time.perf_counter() - started
-                cpu_after = {"worker": tree_cpu_seconds(worker.process.pid),
-                             "postgres": tree_cpu_seconds(postgres.process.pid),
-                             "valkey": tree_cpu_seconds(redis.process.pid), "bench": own_cpu_seconds()}
+                cpu_after = {
+                    "worker": tree_cpu_seconds(worker.process.pid),
+                    "postgres": tree_cpu_seconds(postgres.process.pid),
+                    "valkey": tree_cpu_seconds(redis.process.pid),
+                    "bench": own_cpu_seconds(),
+                }
                 timed_log = worker.log_path.read_bytes()[log_offset:].decode(errors="replace")
                 worker.stop()
                 worker = None
-                runs.append({
-                    "round": round_number, "batch": batch, "photos_per_task": per_task,
-                    "worker_tasks": task_breakdown(timed_log),
-                    "seconds": round(seconds, 1), "images_per_s": round(len(timed_ids) / seconds, 2),
-                    "statuses": counts, "enqueue": how,
-                    "cpu_ms_per_image": {name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)
-                                         for name in cpu_before},
-                })
+                runs.append(
+                    {
+                        "round": round_number,
+                        "batch": batch,
+                        "photos_per_task": per_task,
+                        "worker_tasks": task_breakdown(timed_log),
+                        "seconds": round(seconds, 1),
+                        "images_per_s": round(len(timed_ids) / seconds, 2),
+                        "statuses": counts,
+                        "enqueue": how,
+                        "cpu_ms_per_image": {
+                            name: round(1000 * (cpu_after[name] - cpu_before[name]) / len(timed_ids), 1)
+                            for name in cpu_before
+                        },
+                    }
+                )
                 bares.append(measure_bare(f"after round {round_number}, batch {batch}"))
     finally:
         if worker is not None:
@@ -388,24 +461,57 @@ def main() -> None:
     results["pipeline_runs"] = runs
     results["pipeline"] = per_batch
     best_batch = max(per_batch, key=lambda b: per_batch[b]["ratio_median"])
-    results["summary"] = {"best_pipeline_batch": int(best_batch), **per_batch[best_batch],
-                          "bare_best_batch": int(best_size), "bare_images_per_s_mean": mean_bare[best_size]}
+    results["summary"] = {
+        "best_pipeline_batch": int(best_batch),
+        **per_batch[best_batch],
+        "bare_best_batch": int(best_size),
+        "bare_images_per_s_mean": mean_bare[best_size],
+    }
     emit(f"pipeline_throughput_{args.encoder}", results)
     print()
-    print_table(["bare batch"] + [f"img/s #{i}" for i in range(len(bares))] + ["mean"],
-                [[size] + [b[str(size)] for b in bares] + [mean_bare[size]] for size in bare_sizes])
+    print_table(
+        ["bare batch"] + [f"img/s #{i}" for i in range(len(bares))] + ["mean"],
+        [[size] + [b[str(size)] for b in bares] + [mean_bare[size]] for size in bare_sizes],
+    )
     print()
-    print_table(["round", "worker batch", "pipeline img/s", "bare best (bracketing)", "ratio", "worker CPU ms/img",
-                 "postgres CPU ms/img", "task ms/img: decode wait / model / database", "failed"],
-                [[r["round"], r["batch"], r["images_per_s"], r["bare_best_bracketing_images_per_s"],
-                  r["ratio_to_bare_best"], r["cpu_ms_per_image"]["worker"], r["cpu_ms_per_image"]["postgres"],
-                  " / ".join(str(r["worker_tasks"].get(key)) for key in
-                             ("decode_wait_ms_per_image", "model_ms_per_image", "database_ms_per_image")),
-                  r["statuses"].get("failed", 0)] for r in runs])
+    print_table(
+        [
+            "round",
+            "worker batch",
+            "pipeline img/s",
+            "bare best (bracketing)",
+            "ratio",
+            "worker CPU ms/img",
+            "postgres CPU ms/img",
+            "task ms/img: decode wait / model / database",
+            "failed",
+        ],
+        [
+            [
+                r["round"],
+                r["batch"],
+                r["images_per_s"],
+                r["bare_best_bracketing_images_per_s"],
+                r["ratio_to_bare_best"],
+                r["cpu_ms_per_image"]["worker"],
+                r["cpu_ms_per_image"]["postgres"],
+                " / ".join(
+                    str(r["worker_tasks"].get(key))
+                    for key in ("decode_wait_ms_per_image", "model_ms_per_image", "database_ms_per_image")
+                ),
+                r["statuses"].get("failed", 0),
+            ]
+            for r in runs
+        ],
+    )
     print()
-    print_table(["worker batch", "runs", "pipeline img/s (median)", "ratio median", "ratio min", "ratio max"],
-                [[batch, f["runs"], f["images_per_s_median"], f["ratio_median"], f["ratio_min"], f["ratio_max"]]
-                 for batch, f in per_batch.items()])
+    print_table(
+        ["worker batch", "runs", "pipeline img/s (median)", "ratio median", "ratio min", "ratio max"],
+        [
+            [batch, f["runs"], f["images_per_s_median"], f["ratio_median"], f["ratio_min"], f["ratio_max"]]
+            for batch, f in per_batch.items()
+        ],
+    )
     print(f"\nregistration (ingest-style, sha256 + insert): {results['registration']['photos_per_s']} photos/s")
 
 

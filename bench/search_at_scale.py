@@ -33,14 +33,42 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (
-    ROOT, emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy,
+    ROOT,
+    emit,
+    latency_stats,
+    machine_info,
+    print_table,
+    random_vit_b32,
+    short_tmp_dir,
+    warn_if_busy,
 )
-from cli.local_services import LocalPostgres  # noqa: E402 - after bench.common puts the root on sys.path
 from bench.search_data import (
-    MIGRATED_EF_CONSTRUCTION, MIGRATED_M, RESTRICTED_REGION, SEARCH_SQL, UNRESTRICTED_REGION, VectorSource, VectorSpec, build_index, connect,
-    create_model_row, data_stats, exact_top_k, explain_search, load_embeddings, load_photos, photo_ids,
-    plan_summary, prewarm, recall_at_k, row_buckets, run_clients, set_phase, vector_params, visible_mask,
+    MIGRATED_EF_CONSTRUCTION,
+    MIGRATED_M,
+    RESTRICTED_REGION,
+    SEARCH_SQL,
+    UNRESTRICTED_REGION,
+    VectorSource,
+    VectorSpec,
+    build_index,
+    connect,
+    create_model_row,
+    data_stats,
+    exact_top_k,
+    explain_search,
+    load_embeddings,
+    load_photos,
+    photo_ids,
+    plan_summary,
+    prewarm,
+    recall_at_k,
+    row_buckets,
+    run_clients,
+    set_phase,
+    vector_params,
+    visible_mask,
 )
+from cli.local_services import LocalPostgres
 
 CASES: dict[str, tuple[str, str | None]] = {
     # case: (phase, region)
@@ -50,12 +78,40 @@ CASES: dict[str, tuple[str, str | None]] = {
 }
 
 # Everyday stock-photo queries; none of them asks for children (the policy would block those).
-QUERY_SUBJECTS = ["a dog", "a black cat", "two horses", "a red car", "an old bicycle", "a sailing boat", "a lighthouse",
-                  "a mountain lake", "a city street", "a bowl of ramen", "a woman with an umbrella", "a man cooking",
-                  "a wooden bridge", "a snowy forest", "a desert road", "fresh bread", "a cup of coffee",
-                  "a yellow taxi", "an eagle", "wind turbines"]
-QUERY_SETTINGS = ["at sunset", "in the rain", "on the grass", "at night", "in winter", "from above", "close up",
-                  "in black and white", "on a beach", "in autumn"]
+QUERY_SUBJECTS = [
+    "a dog",
+    "a black cat",
+    "two horses",
+    "a red car",
+    "an old bicycle",
+    "a sailing boat",
+    "a lighthouse",
+    "a mountain lake",
+    "a city street",
+    "a bowl of ramen",
+    "a woman with an umbrella",
+    "a man cooking",
+    "a wooden bridge",
+    "a snowy forest",
+    "a desert road",
+    "fresh bread",
+    "a cup of coffee",
+    "a yellow taxi",
+    "an eagle",
+    "wind turbines",
+]
+QUERY_SETTINGS = [
+    "at sunset",
+    "in the rain",
+    "on the grass",
+    "at night",
+    "in winter",
+    "from above",
+    "close up",
+    "in black and white",
+    "on a beach",
+    "in autumn",
+]
 
 
 def server_settings(shared_buffers: str) -> dict[str, str]:
@@ -73,8 +129,9 @@ def server_settings(shared_buffers: str) -> dict[str, str]:
     }
 
 
-def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_path: Path, source: VectorSource
-                     ) -> tuple[dict[str, object], np.ndarray]:
+def prepare_database(
+    args: argparse.Namespace, postgres: LocalPostgres, meta_path: Path, source: VectorSource
+) -> tuple[dict[str, object], np.ndarray]:
     """Load and index N vectors, or reuse a folder that already holds exactly this data set."""
     from db.migrate import upgrade
 
@@ -88,12 +145,20 @@ def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_pat
         print(f"reusing the loaded database in {meta_path.parent}", file=sys.stderr)
         if (meta.get("m"), meta.get("ef_construction")) != (args.m, args.ef_construction):
             # Same rows, other index parameters: rebuild only the index.
-            print(f"rebuilding the HNSW index with m={args.m}, ef_construction={args.ef_construction} ...",
-                  file=sys.stderr)
+            print(
+                f"rebuilding the HNSW index with m={args.m}, ef_construction={args.ef_construction} ...",
+                file=sys.stderr,
+            )
             with connect(postgres.dsn) as conn:
-                meta["index"] = build_index(conn, int(meta["model_id"]), postmaster_pid=postgres.process.pid,
-                                            m=args.m, ef_construction=args.ef_construction,
-                                            workers=args.build_workers, maintenance_work_mem=args.maintenance_work_mem)
+                meta["index"] = build_index(
+                    conn,
+                    int(meta["model_id"]),
+                    postmaster_pid=postgres.process.pid,
+                    m=args.m,
+                    ef_construction=args.ef_construction,
+                    workers=args.build_workers,
+                    maintenance_work_mem=args.maintenance_work_mem,
+                )
             meta.update(m=args.m, ef_construction=args.ef_construction)
             meta_path.write_text(json.dumps(meta, indent=2))
         return meta, np.load(corpus_path, mmap_mode="r")
@@ -108,20 +173,28 @@ def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_pat
         model_id = create_model_row(conn, source.spec.dim)
         photos_s = load_photos(conn, ids, u)
         print(f"photos loaded in {photos_s:.0f}s", file=sys.stderr)
-        embeddings_s = load_embeddings(conn, model_id, ids, corpus,
-                                       progress=lambda i: print(f"  embeddings: {i:,}", file=sys.stderr))
+        embeddings_s = load_embeddings(
+            conn, model_id, ids, corpus, progress=lambda i: print(f"  embeddings: {i:,}", file=sys.stderr)
+        )
         print(f"embeddings loaded in {embeddings_s:.0f}s", file=sys.stderr)
         analyze_started = time.perf_counter()
         conn.execute("VACUUM (ANALYZE) photos")
         conn.execute("VACUUM (ANALYZE) photo_embeddings")
         analyze_s = time.perf_counter() - analyze_started
         print("building the HNSW index ...", file=sys.stderr)
-        index = build_index(conn, model_id, postmaster_pid=postgres.process.pid, m=args.m,
-                            ef_construction=args.ef_construction, workers=args.build_workers,
-                            maintenance_work_mem=args.maintenance_work_mem)
+        index = build_index(
+            conn,
+            model_id,
+            postmaster_pid=postgres.process.pid,
+            m=args.m,
+            ef_construction=args.ef_construction,
+            workers=args.build_workers,
+            maintenance_work_mem=args.maintenance_work_mem,
+        )
         sizes = conn.execute(
             "SELECT pg_total_relation_size('photos'), pg_total_relation_size('photo_embeddings'), "
-            "pg_relation_size('photo_embeddings'), pg_database_size(current_database())").fetchone()
+            "pg_relation_size('photo_embeddings'), pg_database_size(current_database())"
+        ).fetchone()
     meta = {
         **wanted,
         "model_id": model_id,
@@ -134,8 +207,10 @@ def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_pat
         },
         "index": index,
         "sizes_mb": {
-            "photos_total": round(sizes[0] / 2**20), "photo_embeddings_total": round(sizes[1] / 2**20),
-            "photo_embeddings_heap": round(sizes[2] / 2**20), "database": round(sizes[3] / 2**20),
+            "photos_total": round(sizes[0] / 2**20),
+            "photo_embeddings_total": round(sizes[1] / 2**20),
+            "photo_embeddings_heap": round(sizes[2] / 2**20),
+            "database": round(sizes[3] / 2**20),
         },
     }
     np.save(corpus_path, corpus)
@@ -144,8 +219,16 @@ def prepare_database(args: argparse.Namespace, postgres: LocalPostgres, meta_pat
     return meta, corpus
 
 
-def sql_latency(dsn: str, queries: np.ndarray, truth: np.ndarray, index_of: dict[object, int], region: str | None,
-                clients: list[int], k: int, rounds_8: int) -> dict[str, object]:
+def sql_latency(
+    dsn: str,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    index_of: dict[object, int],
+    region: str | None,
+    clients: list[int],
+    k: int,
+    rounds_8: int,
+) -> dict[str, object]:
     """Latency of search_photos at each client count, and recall@k of client 0's answers."""
     out: dict[str, object] = {}
     params = vector_params(queries, k, region)
@@ -165,8 +248,15 @@ def sql_latency(dsn: str, queries: np.ndarray, truth: np.ndarray, index_of: dict
 class ApiServer:
     """uvicorn api.app:app on loopback, against the benchmark database, with a Valkey for the rate limiter."""
 
-    def __init__(self, home: Path, database_url: str, model: Path, *, label: str = "default",
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        database_url: str,
+        model: Path,
+        *,
+        label: str = "default",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         from cli.local_services import LocalRedis, free_port
 
         self.home = home / f"api-{label}"
@@ -188,22 +278,40 @@ class ApiServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         env = {key: value for key, value in os.environ.items() if not key.startswith("WITHSENSE_")}
-        env.update({
-            "PYTHONPATH": str(ROOT),
-            "WITHSENSE_HOME": str(self.home / "data"),
-            "WITHSENSE_DATABASE_URL": self.database_url,
-            "WITHSENSE_BROKER_URL": self.redis.url,
-            "WITHSENSE_MODEL": str(self.model),
-            "WITHSENSE_DEVICE": "cpu",
-            # The limiter's Redis round trip stays in the measurement; its limit must not throttle the run.
-            "WITHSENSE_RATE_LIMIT_SEARCH": "1000000/second",
-        })
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "WITHSENSE_HOME": str(self.home / "data"),
+                "WITHSENSE_DATABASE_URL": self.database_url,
+                "WITHSENSE_BROKER_URL": self.redis.url,
+                "WITHSENSE_MODEL": str(self.model),
+                "WITHSENSE_DEVICE": "cpu",
+                # The limiter's Redis round trip stays in the measurement; its limit must not throttle the run.
+                "WITHSENSE_RATE_LIMIT_SEARCH": "1000000/second",
+            }
+        )
         env.update(self.extra_env)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         headers = {"Authorization": f"Bearer {api_key}"}
@@ -212,8 +320,9 @@ class ApiServer:
                 raise RuntimeError(f"uvicorn exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 # The first search waits for the model load; it answers 200 once everything is up.
-                response = httpx.get(f"{self.base_url}/v1/search", params={"q": "warm up", "k": 10},
-                                     headers=headers, timeout=120)
+                response = httpx.get(
+                    f"{self.base_url}/v1/search", params={"q": "warm up", "k": 10}, headers=headers, timeout=120
+                )
                 if response.status_code == 200:
                     return
                 raise RuntimeError(f"warm-up search answered {response.status_code}: {response.text[:500]}")
@@ -248,8 +357,9 @@ def create_api_key(database_url: str) -> str:
         engine.dispose()
 
 
-def api_latency(base_url: str, api_key: str, region: str | None, clients: list[int], requests_1: int,
-                requests_8: int, k: int) -> dict[str, object]:
+def api_latency(
+    base_url: str, api_key: str, region: str | None, clients: list[int], requests_1: int, requests_8: int, k: int
+) -> dict[str, object]:
     """GET /v1/search from `clients` concurrent httpx clients (keep-alive, loopback)."""
     import httpx
 
@@ -262,8 +372,12 @@ def api_latency(base_url: str, api_key: str, region: str | None, clients: list[i
         failures: list[str] = []
         barrier = threading.Barrier(count)
 
-        def client(number: int, per_client: int = per_client, latencies: list[list[float]] = latencies,
-                   barrier: threading.Barrier = barrier) -> None:
+        def client(
+            number: int,
+            per_client: int = per_client,
+            latencies: list[list[float]] = latencies,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             params_base: dict[str, object] = {"k": k}
             if region:
                 params_base["region"] = region
@@ -306,8 +420,12 @@ def main() -> None:
     parser.add_argument("--rounds-8", type=int, default=1, help="passes over the queries per client at 8 clients")
     parser.add_argument("--m", type=int, default=MIGRATED_M)
     parser.add_argument("--ef-construction", type=int, default=MIGRATED_EF_CONSTRUCTION)
-    parser.add_argument("--build-workers", type=int, default=2,
-                        help="max_parallel_maintenance_workers for the build (the leader works too; 2 built fastest in search_tuning)")
+    parser.add_argument(
+        "--build-workers",
+        type=int,
+        default=2,
+        help="max_parallel_maintenance_workers for the build (the leader works too; 2 built fastest in search_tuning)",
+    )
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--shared-buffers", default="2GB")
     parser.add_argument("--data-dir", type=Path, default=None, help="reused when it already holds this data set")
@@ -315,9 +433,12 @@ def main() -> None:
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--api-requests-1", type=int, default=200)
     parser.add_argument("--api-requests-8", type=int, default=400)
-    parser.add_argument("--api-threads", default="default,1",
-                        help="torch intra-op threads of the API process, one server each: 'default' (all cores) "
-                             "and/or a number (OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--api-threads",
+        default="default,1",
+        help="torch intra-op threads of the API process, one server each: 'default' (all cores) "
+        "and/or a number (OMP_NUM_THREADS)",
+    )
     parser.add_argument("--name", default=None, help="results file name (default search_at_scale_<n>)")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -329,8 +450,14 @@ def main() -> None:
     postgres = LocalPostgres(home / "pg", server_settings=server_settings(args.shared_buffers))
     spec = VectorSpec(clusters=max(50, args.n // 1000))
     source = VectorSource(spec)
-    results: dict[str, object] = {"machine": info, "n": args.n, "k": args.k, "queries": args.queries,
-                                  "data_spec": spec.as_dict(), "server_settings": server_settings(args.shared_buffers)}
+    results: dict[str, object] = {
+        "machine": info,
+        "n": args.n,
+        "k": args.k,
+        "queries": args.queries,
+        "data_spec": spec.as_dict(),
+        "server_settings": server_settings(args.shared_buffers),
+    }
     apis: dict[str, ApiServer] = {}
     postgres.start()
     try:
@@ -349,7 +476,8 @@ def main() -> None:
             set_phase(conn, ids, u, "A")
             prewarm(conn, model_id)
             results["function_settings"] = conn.execute(
-                "SELECT proconfig FROM pg_proc WHERE proname = 'search_photos'").fetchone()[0]
+                "SELECT proconfig FROM pg_proc WHERE proname = 'search_photos'"
+            ).fetchone()[0]
 
         sql: dict[str, object] = {}
         plans: dict[str, str] = {}
@@ -370,8 +498,11 @@ def main() -> None:
             mask = visible_mask(u, case, phase)
             truth, _ = exact_top_k(corpus, queries, mask, args.k)
             print(f"SQL {case} ({mask.mean():.2%} of rows visible) ...", file=sys.stderr)
-            sql[case] = {"visible_share": round(float(mask.mean()), 4), "region": region,
-                         **sql_latency(postgres.dsn, queries, truth, index_of, region, clients, args.k, args.rounds_8)}
+            sql[case] = {
+                "visible_share": round(float(mask.mean()), 4),
+                "region": region,
+                **sql_latency(postgres.dsn, queries, truth, index_of, region, clients, args.k, args.rounds_8),
+            }
             plans[case] = explain_search(postgres.dsn, queries[0], args.k, region)
             sql[case]["plan"] = plan_summary(plans[case])
             for name, api in apis.items():
@@ -379,7 +510,8 @@ def main() -> None:
                     api.start(api_key)
                 print(f"API {case} ({name}) ...", file=sys.stderr)
                 api_results.setdefault(case, {})[name] = api_latency(  # type: ignore[union-attr]
-                    api.base_url, api_key, region, clients, args.api_requests_1, args.api_requests_8, args.k)
+                    api.base_url, api_key, region, clients, args.api_requests_1, args.api_requests_8, args.k
+                )
         with connect(postgres.dsn) as conn:
             set_phase(conn, ids, u, "A")  # leave the database as loaded, so a rerun measures the same thing
         results["sql"] = sql
@@ -397,27 +529,53 @@ def main() -> None:
     name = args.name or f"search_at_scale_{args.n}"
     emit(name, results)
     print()
-    headers = ["case", "visible", "recall@10", "short", "SQL p50/p95/p99 1c (ms)", "SQL p50/p95/p99 8c (ms)",
-               "SQL qps 8c"]
+    headers = [
+        "case",
+        "visible",
+        "recall@10",
+        "short",
+        "SQL p50/p95/p99 1c (ms)",
+        "SQL p50/p95/p99 8c (ms)",
+        "SQL qps 8c",
+    ]
     rows = []
     for case, figures in sql.items():
-        rows.append([case, f"{figures['visible_share']:.1%}", figures["recall_at_10"], figures["queries_short_of_k"],
-                     _pcts(figures.get("clients_1")), _pcts(figures.get("clients_8")),
-                     figures.get("clients_8", {}).get("throughput_qps", "-")])
+        rows.append(
+            [
+                case,
+                f"{figures['visible_share']:.1%}",
+                figures["recall_at_10"],
+                figures["queries_short_of_k"],
+                _pcts(figures.get("clients_1")),
+                _pcts(figures.get("clients_8")),
+                figures.get("clients_8", {}).get("throughput_qps", "-"),
+            ]
+        )
     print_table(headers, rows)
     if api_results:
         print()
         rows = []
         for case, per_server in api_results.items():
             for name, figures in per_server.items():  # type: ignore[union-attr]
-                rows.append([case, name, _pcts(figures.get("clients_1")), _pcts(figures.get("clients_8")),
-                             figures.get("clients_8", {}).get("throughput_qps", "-"),
-                             figures["clients_1"].get("failures", 0) + figures.get("clients_8", {}).get("failures", 0)])
-        print_table(["case", "API process", "API p50/p95/p99 1c (ms)", "API p50/p95/p99 8c (ms)", "API qps 8c",
-                     "failures"], rows)
+                rows.append(
+                    [
+                        case,
+                        name,
+                        _pcts(figures.get("clients_1")),
+                        _pcts(figures.get("clients_8")),
+                        figures.get("clients_8", {}).get("throughput_qps", "-"),
+                        figures["clients_1"].get("failures", 0) + figures.get("clients_8", {}).get("failures", 0),
+                    ]
+                )
+        print_table(
+            ["case", "API process", "API p50/p95/p99 1c (ms)", "API p50/p95/p99 8c (ms)", "API qps 8c", "failures"],
+            rows,
+        )
     index = results["index"]
-    print(f"\nindex: {index['build_s']}s build, {index['index_size_mb']} MB, peak backend RSS "
-          f"{index['peak_backend_rss_mb']} MB ({index['parallel_workers']} parallel workers + leader)")
+    print(
+        f"\nindex: {index['build_s']}s build, {index['index_size_mb']} MB, peak backend RSS "
+        f"{index['peak_backend_rss_mb']} MB ({index['parallel_workers']} parallel workers + leader)"
+    )
 
 
 def _pcts(stats: dict[str, float] | None) -> str:

@@ -106,8 +106,9 @@ def data_stats(corpus: np.ndarray, queries: np.ndarray) -> dict[str, float]:
     }
 
 
-def exact_top_k(corpus: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int,
-                chunk: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
+def exact_top_k(
+    corpus: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int, chunk: int = 131_072
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k (indices, scores) among rows where `mask` is true, computed in the
     halfvec-rounded values Postgres stores, so the only difference from SQL is the index."""
     q = queries.astype(np.float32)
@@ -136,9 +137,13 @@ def recall_at_k(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> di
         want_set = {int(i) for i in want[:k] if i >= 0}
         recalls.append(len(want_set.intersection(got[:k])) / max(1, len(want_set)))
         short += len(got) < len(want_set)
-    return {"recall_at_10": round(float(np.mean(recalls)), 4), "min_recall": round(float(np.min(recalls)), 2),
-            # Queries the index all but missed (greedy search stuck in the wrong region of the graph).
-            "queries_below_half": int(np.sum(np.asarray(recalls) < 0.5)), "queries_short_of_k": int(short)}
+    return {
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "min_recall": round(float(np.min(recalls)), 2),
+        # Queries the index all but missed (greedy search stuck in the wrong region of the graph).
+        "queries_below_half": int(np.sum(np.asarray(recalls) < 0.5)),
+        "queries_short_of_k": int(short),
+    }
 
 
 # Loading -------------------------------------------------------------------------------------
@@ -184,11 +189,15 @@ def create_model_row(conn: psycopg.Connection, dim: int) -> int:
     bulk load, and inserting 1M rows into a live HNSW index is far slower than building it afterwards."""
     row = conn.execute(
         "INSERT INTO embedding_models (name, revision, dimension, active) VALUES ('bench-synthetic', 'v1', %s, true) "
-        "ON CONFLICT (name, revision) DO UPDATE SET active = true RETURNING id", (dim,)
+        "ON CONFLICT (name, revision) DO UPDATE SET active = true RETURNING id",
+        (dim,),
     ).fetchone()
     assert row is not None
-    conn.execute("INSERT INTO region_rules (region, minors_restricted, note) VALUES (%s, false, 'bench') "
-                 "ON CONFLICT (region) DO NOTHING", (UNRESTRICTED_REGION,))
+    conn.execute(
+        "INSERT INTO region_rules (region, minors_restricted, note) VALUES (%s, false, 'bench') "
+        "ON CONFLICT (region) DO NOTHING",
+        (UNRESTRICTED_REGION,),
+    )
     return int(row[0])
 
 
@@ -196,10 +205,36 @@ def load_photos(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarra
     """COPY the photo rows (binary format) with flags from the buckets; returns seconds."""
     started = time.perf_counter()
     now = datetime.now(UTC)
-    columns = ("id", "sha256", "storage_key", "format", "width", "height", "bytes", "status", "visibility",
-               "moderation_status", "depicts_minor", "parental_consent", "indexed_at")
-    types = ["uuid", "varchar", "text", "text", "int4", "int4", "int8", "text", "text", "text", "bool", "bool",
-             "timestamptz"]
+    columns = (
+        "id",
+        "sha256",
+        "storage_key",
+        "format",
+        "width",
+        "height",
+        "bytes",
+        "status",
+        "visibility",
+        "moderation_status",
+        "depicts_minor",
+        "parental_consent",
+        "indexed_at",
+    )
+    types = [
+        "uuid",
+        "varchar",
+        "text",
+        "text",
+        "int4",
+        "int4",
+        "int8",
+        "text",
+        "text",
+        "text",
+        "bool",
+        "bool",
+        "timestamptz",
+    ]
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy(f"COPY photos ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(types)
@@ -214,15 +249,33 @@ def load_photos(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarra
                     else:
                         visibility = "private"
                 minor = bool(0.10 <= value < 0.985)
-                copy.write_row((
-                    photo_id, hashlib.sha256(photo_id.bytes).hexdigest(), f"bench/{photo_id}.jpg", "JPEG",
-                    4000, 3000, 3_500_000, "indexed", visibility, moderation, minor, False, now,
-                ))
+                copy.write_row(
+                    (
+                        photo_id,
+                        hashlib.sha256(photo_id.bytes).hexdigest(),
+                        f"bench/{photo_id}.jpg",
+                        "JPEG",
+                        4000,
+                        3000,
+                        3_500_000,
+                        "indexed",
+                        visibility,
+                        moderation,
+                        minor,
+                        False,
+                        now,
+                    )
+                )
     return time.perf_counter() - started
 
 
-def load_embeddings(conn: psycopg.Connection, model_id: int, ids: Sequence[uuid.UUID], vectors: np.ndarray,
-                    progress: Callable[[int], None] | None = None) -> float:
+def load_embeddings(
+    conn: psycopg.Connection,
+    model_id: int,
+    ids: Sequence[uuid.UUID],
+    vectors: np.ndarray,
+    progress: Callable[[int], None] | None = None,
+) -> float:
     """COPY the embeddings in binary format through pgvector's halfvec dumper; returns seconds.
 
     The table's check trigger (dimension, norm) and foreign key run for every row, as in production.
@@ -244,8 +297,10 @@ def set_phase(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarray,
     started = time.perf_counter()
     subset = [ids[i] for i in np.flatnonzero((u >= 0.01) & (u < 0.10))]
     status = "approved" if phase == "A" else "pending_review"
-    conn.execute("UPDATE photos SET moderation_status = %s WHERE id = ANY(%s) AND moderation_status <> %s",
-                 (status, subset, status))
+    conn.execute(
+        "UPDATE photos SET moderation_status = %s WHERE id = ANY(%s) AND moderation_status <> %s",
+        (status, subset, status),
+    )
     conn.execute("VACUUM (ANALYZE) photos")
     return time.perf_counter() - started
 
@@ -278,9 +333,18 @@ def backend_rss_bytes(postmaster_pid: int) -> tuple[int, int]:
 MIGRATED_M, MIGRATED_EF_CONSTRUCTION = 16, 128
 
 
-def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int, m: int = MIGRATED_M,
-                ef_construction: int = MIGRATED_EF_CONSTRUCTION, workers: int = 1, maintenance_work_mem: str = "4GB",
-                use_function: bool = True, opclass: str = "halfvec") -> dict[str, object]:
+def build_index(
+    conn: psycopg.Connection,
+    model_id: int,
+    *,
+    postmaster_pid: int,
+    m: int = MIGRATED_M,
+    ef_construction: int = MIGRATED_EF_CONSTRUCTION,
+    workers: int = 1,
+    maintenance_work_mem: str = "4GB",
+    use_function: bool = True,
+    opclass: str = "halfvec",
+) -> dict[str, object]:
     """Build the model's partial HNSW index and report time, size, peak backend memory and notices.
 
     With `use_function` and the default m/ef_construction this is exactly ensure_embedding_index();
@@ -313,12 +377,14 @@ def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int,
         elif opclass == "halfvec":
             conn.execute(
                 f"CREATE INDEX {name} ON photo_embeddings USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) "
-                f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE model_id = {model_id}")
+                f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE model_id = {model_id}"
+            )
         else:
             name = f"{name}_vector"
             conn.execute(
                 f"CREATE INDEX {name} ON photo_embeddings USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
-                f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE model_id = {model_id}")
+                f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE model_id = {model_id}"
+            )
         seconds = time.perf_counter() - started
     finally:
         done.set()
@@ -327,18 +393,32 @@ def build_index(conn: psycopg.Connection, model_id: int, *, postmaster_pid: int,
     conn.execute("RESET maintenance_work_mem")
     conn.execute("RESET max_parallel_maintenance_workers")
     return {
-        "index": name, "opclass": opclass, "m": m, "ef_construction": ef_construction, "parallel_workers": workers,
-        "maintenance_work_mem": maintenance_work_mem, "build_s": round(seconds, 1),
-        "index_size_mb": round(size / 2**20, 1), "peak_backend_rss_mb": round(peak[0] / 2**20),
-        "peak_server_pss_mb": round(peak[1] / 2**20), "notices": notices[-5:],
+        "index": name,
+        "opclass": opclass,
+        "m": m,
+        "ef_construction": ef_construction,
+        "parallel_workers": workers,
+        "maintenance_work_mem": maintenance_work_mem,
+        "build_s": round(seconds, 1),
+        "index_size_mb": round(size / 2**20, 1),
+        "peak_backend_rss_mb": round(peak[0] / 2**20),
+        "peak_server_pss_mb": round(peak[1] / 2**20),
+        "notices": notices[-5:],
     }
 
 
 def prewarm(conn: psycopg.Connection, model_id: int) -> None:
     """Load the index and tables into shared buffers / the OS cache: a serving database is warm."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-    for relation in (f"ix_photo_embeddings_hnsw_model_{model_id}", "photo_embeddings", "photos", "photos_pkey",
-                     "pk_photos", "photo_embeddings_pkey", "pk_photo_embeddings"):
+    for relation in (
+        f"ix_photo_embeddings_hnsw_model_{model_id}",
+        "photo_embeddings",
+        "photos",
+        "photos_pkey",
+        "pk_photos",
+        "photo_embeddings_pkey",
+        "pk_photo_embeddings",
+    ):
         exists = conn.execute("SELECT to_regclass(%s)", (relation,)).fetchone()[0]
         if exists:
             conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
@@ -349,8 +429,16 @@ def prewarm(conn: psycopg.Connection, model_id: int) -> None:
 SEARCH_SQL = "SELECT photo_id FROM search_photos(%s, %s, %s)"
 
 
-def run_clients(dsn: str, sql: str, params: Sequence[tuple[object, ...]], clients: int, *,
-                rounds: int = 1, setup: Sequence[str] = (), prepare: bool = True) -> tuple[dict[str, float], list[list[object]]]:
+def run_clients(
+    dsn: str,
+    sql: str,
+    params: Sequence[tuple[object, ...]],
+    clients: int,
+    *,
+    rounds: int = 1,
+    setup: Sequence[str] = (),
+    prepare: bool = True,
+) -> tuple[dict[str, float], list[list[object]]]:
     """Run `params` through `sql` from `clients` concurrent connections, each going through the whole list
     `rounds` times from its own starting offset. Returns latency stats (all calls) and client 0's first
     round of results (for recall). Every connection runs each query once untimed first (warm caches)."""
@@ -407,9 +495,14 @@ def explain_search(dsn: str, query: np.ndarray, k: int, region: str | None) -> s
     with connect(dsn) as conn:
         conn.add_notice_handler(lambda diag: messages.append(str(diag.message_primary)))
         conn.execute("LOAD 'auto_explain'")
-        for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                        "auto_explain.log_analyze = on", "auto_explain.log_buffers = on",
-                        "auto_explain.log_timing = off", "client_min_messages = log"):
+        for setting in (
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_nested_statements = on",
+            "auto_explain.log_analyze = on",
+            "auto_explain.log_buffers = on",
+            "auto_explain.log_timing = off",
+            "client_min_messages = log",
+        ):
             conn.execute(f"SET {setting}")
         conn.execute(SEARCH_SQL, (Vector(query.astype(np.float32)), k, region)).fetchall()
     plans = [m for m in messages if "photo_embeddings" in m and "Limit" in m]

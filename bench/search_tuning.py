@@ -26,13 +26,27 @@ import numpy as np
 from pgvector import Vector
 
 from bench.common import emit, machine_info, print_table, short_tmp_dir, warn_if_busy
-from cli.local_services import LocalPostgres  # noqa: E402 - after bench.common puts the root on sys.path
 from bench.search_at_scale import CASES, prepare_database, server_settings
 from bench.search_data import (
-    MIGRATED_EF_CONSTRUCTION, MIGRATED_M, SEARCH_SQL, VectorSource, VectorSpec, build_index, connect, exact_top_k, explain_raw, photo_ids, plan_summary,
-    prewarm, recall_at_k,
-    run_clients, set_phase, vector_params, visible_mask,
+    MIGRATED_EF_CONSTRUCTION,
+    MIGRATED_M,
+    SEARCH_SQL,
+    VectorSource,
+    VectorSpec,
+    build_index,
+    connect,
+    exact_top_k,
+    explain_raw,
+    photo_ids,
+    plan_summary,
+    prewarm,
+    recall_at_k,
+    run_clients,
+    set_phase,
+    vector_params,
+    visible_mask,
 )
+from cli.local_services import LocalPostgres
 
 FUNCTION = "search_photos(vector, integer, text)"
 # What migration 0003 sets on the function; restored after each experiment.
@@ -51,10 +65,25 @@ def set_function(dsn: str, **settings: str) -> None:
 class Bench:
     """The loaded database, queries and exact answers for each filter case."""
 
-    def __init__(self, dsn: str, model_id: int, corpus: np.ndarray, queries: np.ndarray, u: np.ndarray,
-                 index_of: dict[object, int], k: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        model_id: int,
+        corpus: np.ndarray,
+        queries: np.ndarray,
+        u: np.ndarray,
+        index_of: dict[object, int],
+        k: int,
+    ) -> None:
         self.dsn, self.model_id, self.corpus, self.queries, self.u, self.index_of, self.k = (
-            dsn, model_id, corpus, queries, u, index_of, k)
+            dsn,
+            model_id,
+            corpus,
+            queries,
+            u,
+            index_of,
+            k,
+        )
         self.truth: dict[str, np.ndarray] = {}
         self.phase = "A"
 
@@ -71,14 +100,25 @@ class Bench:
                 set_phase(conn, ids, self.u, phase)
             self.phase = phase
 
-    def measure(self, case: str, *, sql: str = SEARCH_SQL, params: list[tuple[object, ...]] | None = None,
-                setup: tuple[str, ...] = ()) -> dict[str, object]:
+    def measure(
+        self,
+        case: str,
+        *,
+        sql: str = SEARCH_SQL,
+        params: list[tuple[object, ...]] | None = None,
+        setup: tuple[str, ...] = (),
+    ) -> dict[str, object]:
         region = CASES[case][1]
-        stats, results = run_clients(self.dsn, sql, params or vector_params(self.queries, self.k, region), 1,
-                                     setup=setup)
+        stats, results = run_clients(
+            self.dsn, sql, params or vector_params(self.queries, self.k, region), 1, setup=setup
+        )
         found = [[self.index_of[photo_id] for photo_id in row] for row in results]
-        return {**recall_at_k(found, self.truth_for(case), self.k), "p50_ms": stats["p50_ms"],
-                "p95_ms": stats["p95_ms"], "mean_rows": round(float(np.mean([len(f) for f in found])), 2)}
+        return {
+            **recall_at_k(found, self.truth_for(case), self.k),
+            "p50_ms": stats["p50_ms"],
+            "p95_ms": stats["p95_ms"],
+            "mean_rows": round(float(np.mean([len(f) for f in found])), 2),
+        }
 
 
 def raw_sql(model_id: int, dim: int, kind: str, minors_allowed: bool) -> str:
@@ -127,8 +167,13 @@ def main() -> None:
 
         def rebuild(**kwargs: object) -> dict[str, object]:
             with connect(postgres.dsn) as conn:
-                built = build_index(conn, model_id, postmaster_pid=postgres.process.pid,
-                                    maintenance_work_mem=args.maintenance_work_mem, **kwargs)  # type: ignore[arg-type]
+                built = build_index(
+                    conn,
+                    model_id,
+                    postmaster_pid=postgres.process.pid,
+                    maintenance_work_mem=args.maintenance_work_mem,
+                    **kwargs,
+                )  # type: ignore[arg-type]
                 prewarm(conn, model_id)
             return built
 
@@ -143,8 +188,13 @@ def main() -> None:
                     rows.append([ef, case, r["recall_at_10"], r["p50_ms"], r["p95_ms"], r["queries_short_of_k"]])
             bench.enter_phase("none", ids)
             out["ef_search"] = figures
-            tables.append(("ef_search (relaxed_order)", ["ef_search", "filter", "recall@10", "p50 ms", "p95 ms",
-                                                         "short of k"], rows))
+            tables.append(
+                (
+                    "ef_search (relaxed_order)",
+                    ["ef_search", "filter", "recall@10", "p50 ms", "p95 ms", "short of k"],
+                    rows,
+                )
+            )
 
         if "iterative" in only:
             print("experiment: iterative ...", file=sys.stderr, flush=True)
@@ -154,12 +204,26 @@ def main() -> None:
                 for case in ("10pct", "1pct"):
                     bench.enter_phase(case, ids)
                     figures[f"{case}_{mode}"] = r = bench.measure(case)
-                    rows.append([mode, case, r["recall_at_10"], r["mean_rows"], r["queries_short_of_k"],
-                                 r["p50_ms"], r["p95_ms"]])
+                    rows.append(
+                        [
+                            mode,
+                            case,
+                            r["recall_at_10"],
+                            r["mean_rows"],
+                            r["queries_short_of_k"],
+                            r["p50_ms"],
+                            r["p95_ms"],
+                        ]
+                    )
             bench.enter_phase("none", ids)
             out["iterative_scan"] = figures
-            tables.append(("iterative scan (ef_search 200)", ["mode", "filter", "recall@10", "mean rows",
-                                                              "short of k", "p50 ms", "p95 ms"], rows))
+            tables.append(
+                (
+                    "iterative scan (ef_search 200)",
+                    ["mode", "filter", "recall@10", "mean rows", "short of k", "p50 ms", "p95 ms"],
+                    rows,
+                )
+            )
 
         if "max_scan_tuples" in only:
             print("experiment: max_scan_tuples ...", file=sys.stderr, flush=True)
@@ -171,8 +235,13 @@ def main() -> None:
                 rows.append([tuples, r["recall_at_10"], r["queries_short_of_k"], r["p50_ms"], r["p95_ms"]])
             bench.enter_phase("none", ids)
             out["max_scan_tuples"] = figures
-            tables.append(("hnsw.max_scan_tuples, 1% filter", ["max_scan_tuples", "recall@10", "short of k",
-                                                               "p50 ms", "p95 ms"], rows))
+            tables.append(
+                (
+                    "hnsw.max_scan_tuples, 1% filter",
+                    ["max_scan_tuples", "recall@10", "short of k", "p50 ms", "p95 ms"],
+                    rows,
+                )
+            )
         set_function(postgres.dsn)
 
         if "build_workers" in only:
@@ -183,39 +252,81 @@ def main() -> None:
                 figures[f"workers_{workers}"] = built
                 rows.append([workers, built["build_s"], built["index_size_mb"], built["peak_server_pss_mb"]])
             out["build_workers"] = figures
-            tables.append((f"HNSW build parallelism (m={MIGRATED_M}, ef_construction={MIGRATED_EF_CONSTRUCTION})",
-                           ["parallel workers", "build s", "size MB", "peak server PSS MB"], rows))
+            tables.append(
+                (
+                    f"HNSW build parallelism (m={MIGRATED_M}, ef_construction={MIGRATED_EF_CONSTRUCTION})",
+                    ["parallel workers", "build s", "size MB", "peak server PSS MB"],
+                    rows,
+                )
+            )
 
         if "build_params" in only:
             print("experiment: build_params ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
             for m, efc in ((16, 64), (16, 128), (24, 128), (32, 200)):
-                built = rebuild(m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (MIGRATED_M, MIGRATED_EF_CONSTRUCTION))
+                built = rebuild(
+                    m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (MIGRATED_M, MIGRATED_EF_CONSTRUCTION)
+                )
                 entry: dict[str, object] = {"build": built}
                 for ef in (40, 200):
                     set_function(postgres.dsn, hnsw__ef_search=str(ef))
                     for case in ("none", "1pct"):
                         bench.enter_phase(case, ids)
                         entry[f"{case}_ef{ef}"] = r = bench.measure(case)
-                        rows.append([m, efc, built["build_s"], built["index_size_mb"], ef, case, r["recall_at_10"],
-                                     r["p50_ms"], r["p95_ms"]])
+                        rows.append(
+                            [
+                                m,
+                                efc,
+                                built["build_s"],
+                                built["index_size_mb"],
+                                ef,
+                                case,
+                                r["recall_at_10"],
+                                r["p50_ms"],
+                                r["p95_ms"],
+                            ]
+                        )
                     bench.enter_phase("none", ids)
                 figures[f"m{m}_efc{efc}"] = entry
             set_function(postgres.dsn)
             rebuild(workers=1)  # back to the migrated index
             out["build_params"] = figures
-            tables.append(("index parameters", ["m", "ef_construction", "build s", "size MB", "ef_search", "filter",
-                                                "recall@10", "p50 ms", "p95 ms"], rows))
+            tables.append(
+                (
+                    "index parameters",
+                    [
+                        "m",
+                        "ef_construction",
+                        "build s",
+                        "size MB",
+                        "ef_search",
+                        "filter",
+                        "recall@10",
+                        "p50 ms",
+                        "p95 ms",
+                    ],
+                    rows,
+                )
+            )
 
         if "halfvec_vs_vector" in only:
             print("experiment: halfvec_vs_vector ...", file=sys.stderr, flush=True)
             rows, figures = [], {}
-            setup = ("SET hnsw.ef_search = 200", "SET hnsw.iterative_scan = relaxed_order",
-                     "SET hnsw.max_scan_tuples = 50000")
+            setup = (
+                "SET hnsw.ef_search = 200",
+                "SET hnsw.iterative_scan = relaxed_order",
+                "SET hnsw.max_scan_tuples = 50000",
+            )
             builds = {"halfvec": rebuild(workers=1)}
             with connect(postgres.dsn) as conn:
-                builds["vector"] = build_index(conn, model_id, postmaster_pid=postgres.process.pid, workers=1,
-                                               maintenance_work_mem=args.maintenance_work_mem, opclass="vector")
+                builds["vector"] = build_index(
+                    conn,
+                    model_id,
+                    postmaster_pid=postgres.process.pid,
+                    workers=1,
+                    maintenance_work_mem=args.maintenance_work_mem,
+                    opclass="vector",
+                )
                 # build_index drops the other index first: put the halfvec one back so both exist.
                 conn.execute("SELECT ensure_embedding_index(%s)", (model_id,))
                 prewarm(conn, model_id)
@@ -228,14 +339,29 @@ def main() -> None:
                     params = [(Vector(q.astype(np.float32)), args.k) for q in queries]
                     figures[f"{kind}_{case}"] = r = bench.measure(case, sql=sql, params=params, setup=setup)
                     r["plan"] = plan_summary(explain_raw(postgres.dsn, sql, params[0], setup))
-                    rows.append([kind, builds[kind]["build_s"], builds[kind]["index_size_mb"], case,
-                                 r["recall_at_10"], r["p50_ms"], r["p95_ms"], r["plan"][:60]])
+                    rows.append(
+                        [
+                            kind,
+                            builds[kind]["build_s"],
+                            builds[kind]["index_size_mb"],
+                            case,
+                            r["recall_at_10"],
+                            r["p50_ms"],
+                            r["p95_ms"],
+                            r["plan"][:60],
+                        ]
+                    )
                 bench.enter_phase("none", ids)
             with connect(postgres.dsn) as conn:
                 conn.execute(f"DROP INDEX IF EXISTS ix_photo_embeddings_hnsw_model_{model_id}_vector")
             out["halfvec_vs_vector"] = {"builds": builds, **figures}
-            tables.append(("halfvec vs vector index (same raw query, ef_search 200, relaxed)",
-                           ["type", "build s", "size MB", "filter", "recall@10", "p50 ms", "p95 ms", "plan"], rows))
+            tables.append(
+                (
+                    "halfvec vs vector index (same raw query, ef_search 200, relaxed)",
+                    ["type", "build s", "size MB", "filter", "recall@10", "p50 ms", "p95 ms", "plan"],
+                    rows,
+                )
+            )
     finally:
         postgres.stop()
         if args.data_dir is None:

@@ -8,12 +8,12 @@ fault tests) need to stop, kill and restart servers on a known port with product
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +120,9 @@ class LocalPostgres(_ServerProcess):
 
         ensure_folder_permissions(self.bin_dir, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
         ensure_folder_permissions(self.bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-        ensure_folder_permissions(self.bin_dir.parent / "share", stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
+        ensure_folder_permissions(
+            self.bin_dir.parent / "share", stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH
+        )
         return POSTGRES_SYSTEM_USER
 
     @property
@@ -153,9 +155,19 @@ class LocalPostgres(_ServerProcess):
             ensure_prefix_permissions(self.data_dir)
             self._chown(self.data_dir)
         subprocess.run(
-            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True, user=self._run_as,
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._run_as,
         )
 
     def start(self, timeout: float = 30.0) -> None:
@@ -176,8 +188,9 @@ class LocalPostgres(_ServerProcess):
         for key, value in options.items():
             args += ["-c", f"{key}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open for its lifetime
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, user=self._run_as,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, user=self._run_as, start_new_session=True
+        )
         log.close()
         _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)
         deadline = time.monotonic() + timeout
@@ -237,11 +250,30 @@ class LocalRedis(_ServerProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                str(self.binary), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.log_path), "--protected-mode", "yes",
+                str(self.binary),
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory",
+                self.maxmemory,
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.log_path),
+                "--protected-mode",
+                "yes",
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         _wait_for_port(self.host, self.port, timeout, self.process, self.log_path)

@@ -110,10 +110,16 @@ def ingest(
     photographer: Annotated[str | None, typer.Option(help="photographer recorded on every photo")] = None,
     wait: Annotated[bool, typer.Option(help="wait until every photo is indexed or failed")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600.0,
-    depicts_minor: Annotated[bool | None, typer.Option(
-        "--depicts-minor/--no-minor", help="the photographer's declaration for every photo: shows a child (or not)")] = None,
-    parental_consent: Annotated[bool | None, typer.Option(
-        "--parental-consent/--no-parental-consent", help="the parents consented to publication")] = None,
+    depicts_minor: Annotated[
+        bool | None,
+        typer.Option(
+            "--depicts-minor/--no-minor", help="the photographer's declaration for every photo: shows a child (or not)"
+        ),
+    ] = None,
+    parental_consent: Annotated[
+        bool | None,
+        typer.Option("--parental-consent/--no-parental-consent", help="the parents consented to publication"),
+    ] = None,
 ) -> None:
     """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
     from core.images import ImageRejected
@@ -134,8 +140,9 @@ def ingest(
         try:
             enqueue_ingest_batch(batch)
         except QueueUnavailable as exc:
-            typer.echo(f"error: {exc}; {len(batch)} registered photos stay pending (the reconciler will queue them)",
-                       err=True)
+            typer.echo(
+                f"error: {exc}; {len(batch)} registered photos stay pending (the reconciler will queue them)", err=True
+            )
             raise typer.Exit(1) from exc
         batch.clear()
 
@@ -149,10 +156,18 @@ def ingest(
             try:
                 shutil.copyfile(path, tmp)
                 data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
-                result = register_photo(settings, tmp, sha256=data_hash, size=tmp.stat().st_size,
-                                        original_name=path.name, photographer=photographer, enqueue=False,
-                                        depicts_minor=depicts_minor, parental_consent=parental_consent,
-                                        actor="cli:ingest")
+                result = register_photo(
+                    settings,
+                    tmp,
+                    sha256=data_hash,
+                    size=tmp.stat().st_size,
+                    original_name=path.name,
+                    photographer=photographer,
+                    enqueue=False,
+                    depicts_minor=depicts_minor,
+                    parental_consent=parental_consent,
+                    actor="cli:ingest",
+                )
             except ImageRejected as exc:
                 counts["rejected"] += 1
                 tqdm.write(f"skipped {path}: {exc.reason}")
@@ -185,8 +200,11 @@ def _wait_for_indexing(photo_ids: list[uuid.UUID], timeout: float) -> None:
     with tqdm(total=len(photo_ids), desc="indexing", unit="photo") as bar:
         while True:
             with session_scope() as session:
-                rows = dict(session.execute(
-                    select(Photo.status, func.count()).where(Photo.id.in_(photo_ids)).group_by(Photo.status)).all())
+                rows = dict(
+                    session.execute(
+                        select(Photo.status, func.count()).where(Photo.id.in_(photo_ids)).group_by(Photo.status)
+                    ).all()
+                )
             done = rows.get("indexed", 0) + rows.get("failed", 0)
             bar.update(done - bar.n)
             bar.set_postfix(indexed=rows.get("indexed", 0), failed=rows.get("failed", 0))
@@ -279,7 +297,9 @@ def status() -> None:
     with session_scope() as session:
         counts = photo_sql.status_counts(session)
         models = photo_sql.model_coverage(session)
-    typer.echo("photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed")))
+    typer.echo(
+        "photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed"))
+    )
     _print_models(models)
 
 
@@ -291,8 +311,9 @@ def _print_models(models) -> None:  # type: ignore[no-untyped-def]
         typer.echo(f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos")
 
 
-models_app = typer.Typer(help="Embedding models: which one serves search, and switching to a new one.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Embedding models: which one serves search, and switching to a new one.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 
@@ -324,17 +345,23 @@ def models_activate(
         except photo_sql.ModelNotRegistered as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        coverage = next(m for m in photo_sql.model_coverage(session) if (m.name, m.revision) == (model.name, model.revision))
+        coverage = next(
+            m for m in photo_sql.model_coverage(session) if (m.name, m.revision) == (model.name, model.revision)
+        )
         if coverage.missing and not force:
-            typer.echo(f"error: {coverage.missing} of {coverage.indexed} indexed photos have no vector from "
-                       f"{model.name}@{model.revision}; they would vanish from search. Run `withsense reindex` with a "
-                       "worker on this model until `withsense models list` shows full coverage, or pass --force.",
-                       err=True)
+            typer.echo(
+                f"error: {coverage.missing} of {coverage.indexed} indexed photos have no vector from "
+                f"{model.name}@{model.revision}; they would vanish from search. Run `withsense reindex` with a "
+                "worker on this model until `withsense models list` shows full coverage, or pass --force.",
+                err=True,
+            )
             raise typer.Exit(1)
         photo_sql.activate_model(session, model)
         label = f"{model.name}@{model.revision}"
-    typer.echo(f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
-               "then restart them: an API on another model answers search with 503 until then.")
+    typer.echo(
+        f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
+        "then restart them: an API on another model answers search with 503 until then."
+    )
 
 
 @app.command()
@@ -368,8 +395,10 @@ def reindex(
             queued += len(page)
             after = page[-1]
             bar.update(len(page))
-    typer.echo(f"{queued} indexed photos queued on `reindex`; a worker started with `-Q reindex` and the new "
-               "WITHSENSE_MODEL embeds them. Watch `withsense models list`, then `withsense models activate`.")
+    typer.echo(
+        f"{queued} indexed photos queued on `reindex`; a worker started with `-Q reindex` and the new "
+        "WITHSENSE_MODEL embeds them. Watch `withsense models list`, then `withsense models activate`."
+    )
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -465,7 +494,9 @@ def _register_eval() -> None:
     # Imported lazily inside the command so `withsense --help` stays fast.
     from evaluation.cli import eval_command
 
-    app.command("eval", help="Evaluate models on a dataset in the seed format (or --demo) and write a report.")(eval_command)
+    app.command("eval", help="Evaluate models on a dataset in the seed format (or --demo) and write a report.")(
+        eval_command
+    )
 
 
 _register_eval()

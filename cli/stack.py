@@ -56,16 +56,69 @@ class LocalStack:
         self.admin_key = self._first_admin_key(home, env, echo)
 
         python = sys.executable
-        self._spawn("worker", [python, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
-                               "-c", str(self.worker_concurrency), "--loglevel", "INFO", "-n", "worker@%h"])
+        self._spawn(
+            "worker",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "photos,maintenance",
+                "-c",
+                str(self.worker_concurrency),
+                "--loglevel",
+                "INFO",
+                "-n",
+                "worker@%h",
+            ],
+        )
         if self.with_beat:
-            self._spawn("beat", [python, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
-                                 "-s", str(home / "celerybeat-schedule")])
-        self._spawn("api", [python, "-m", "uvicorn", "api.app:app", "--host", self.settings.api_host,
-                            "--port", str(self.settings.api_port), "--no-access-log"])
+            self._spawn(
+                "beat",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "-s",
+                    str(home / "celerybeat-schedule"),
+                ],
+            )
+        self._spawn(
+            "api",
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "api.app:app",
+                "--host",
+                self.settings.api_host,
+                "--port",
+                str(self.settings.api_port),
+                "--no-access-log",
+            ],
+        )
         if self.with_flower:
-            self._spawn("flower", [python, "-m", "celery", "-A", "workers.celery_app", "flower",
-                                   f"--address={self.settings.api_host}", f"--port={self.settings.flower_port}"])
+            self._spawn(
+                "flower",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "flower",
+                    f"--address={self.settings.api_host}",
+                    f"--port={self.settings.flower_port}",
+                ],
+            )
         self._wait_for_api()
 
     def _first_admin_key(self, home: Path, env: dict[str, str], echo) -> str | None:  # type: ignore[no-untyped-def]
@@ -73,8 +126,13 @@ class LocalStack:
         key_file = home / "admin.key"
         if key_file.exists():
             return key_file.read_text().strip()
-        result = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--scope", "admin", "--name", "local-admin"],
-                                env=env, check=True, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "keys", "create", "--scope", "admin", "--name", "local-admin"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         secret = result.stdout.strip().splitlines()[-1]
         key_file.touch(mode=0o600)
         key_file.write_text(secret + "\n")

@@ -72,13 +72,13 @@ def _unavailable(name: str, setting: str, cause: BaseException | str) -> ModelUn
     if _looks_like_path(name) or Path(name).expanduser().exists():
         return ModelUnavailableError(
             f"Could not load the model folder {name!r} ({_first_line(cause)}). Set {setting} to a folder "
-            f"saved with `SentenceTransformer(\"clip-ViT-B-32\").save(\"/path/to/folder\")` or downloaded with "
+            f'saved with `SentenceTransformer("clip-ViT-B-32").save("/path/to/folder")` or downloaded with '
             f"`huggingface-cli download sentence-transformers/clip-ViT-B-32 --local-dir /path/to/folder`."
         )
     repo_id = _hub_repo_id(name)
     return ModelUnavailableError(
         f"Could not load {name} from the Hugging Face hub (offline?). Download it on a machine with "
-        f"internet access, with `SentenceTransformer(\"{name}\").save(\"/path/to/folder\")` or "
+        f'internet access, with `SentenceTransformer("{name}").save("/path/to/folder")` or '
         f"`huggingface-cli download {repo_id} --local-dir /path/to/folder` (`hf download` in newer "
         f"huggingface_hub), copy the folder here and set {setting}=/path/to/folder. "
         f"Cause: {_first_line(cause)}"
@@ -244,8 +244,14 @@ class ClipEmbedder:
             self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
-            logger.info("loaded %s (revision %s, %d-d) on %s; image encoder %s", self._name, self._revision,
-                        dimension, device, self._encoder_name())
+            logger.info(
+                "loaded %s (revision %s, %d-d) on %s; image encoder %s",
+                self._name,
+                self._revision,
+                dimension,
+                device,
+                self._encoder_name(),
+            )
 
     @staticmethod
     def _clip_parts(model: SentenceTransformer) -> tuple[torch.nn.Module | None, object | None]:
@@ -263,20 +269,28 @@ class ClipEmbedder:
         if self._requested_image_encoder == "torch":
             return None
         if device != "cpu":
-            logger.warning("WITHSENSE_IMAGE_ENCODER=%s is a CPU path; on %s images are embedded by torch fp16",
-                           self._requested_image_encoder, device)
+            logger.warning(
+                "WITHSENSE_IMAGE_ENCODER=%s is a CPU path; on %s images are embedded by torch fp16",
+                self._requested_image_encoder,
+                device,
+            )
             return None
         try:
             from core.onnx_encoder import OnnxExportError, OnnxImageEncoder
         except ImportError as exc:
             raise ModelUnavailableError(
                 f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder} needs ONNX Runtime: "
-                f"pip install 'withsense-search[onnx]' ({_first_line(exc)})") from exc
+                f"pip install 'withsense-search[onnx]' ({_first_line(exc)})"
+            ) from exc
         assert self._revision is not None and self._onnx_cache_dir is not None
         try:
             return OnnxImageEncoder.from_sentence_transformer(
-                model, self._revision, self._onnx_cache_dir, quantize=self._requested_image_encoder == "onnx-int8",
-                batch_size=self.image_batch_size)
+                model,
+                self._revision,
+                self._onnx_cache_dir,
+                quantize=self._requested_image_encoder == "onnx-int8",
+                batch_size=self.image_batch_size,
+            )
         except OnnxExportError as exc:
             # The export computes something else than the model: refuse to index with it.
             raise ModelUnavailableError(f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder}: {exc}") from exc
@@ -393,11 +407,17 @@ class ClipEmbedder:
         processor = self._image_processor
         size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
         edge = getattr(size, "shortest_edge", None) if size is not None else None
-        height, width = (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else (None, None)
+        height, width = (
+            (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else (None, None)
+        )
         standard = (
-            getattr(processor, "do_resize", False) and getattr(processor, "do_center_crop", False)
-            and getattr(processor, "do_rescale", False) and getattr(processor, "do_normalize", False)
-            and not getattr(processor, "do_pad", False) and isinstance(edge, int) and edge == height == width
+            getattr(processor, "do_resize", False)
+            and getattr(processor, "do_center_crop", False)
+            and getattr(processor, "do_rescale", False)
+            and getattr(processor, "do_normalize", False)
+            and not getattr(processor, "do_pad", False)
+            and isinstance(edge, int)
+            and edge == height == width
         )
         if not standard:
             return
@@ -459,7 +479,7 @@ def clip_image_features(clip_model: torch.nn.Module, pixels: np.ndarray, batch_s
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(pixels), step):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + step]))
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + step]))
             features = clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
             features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
             # Normalise in float32: fp16 norms of 512 components lose precision.

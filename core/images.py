@@ -181,9 +181,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
         return Image.fromarray(scaled.astype("uint8"), mode="L").convert("RGB")
-    has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -108,8 +108,9 @@ class ZeroShotModerator:
             logits -= logits.max()
             probabilities = np.exp(logits) / np.exp(logits).sum()
             score = float(np.clip(probabilities[:positives].sum(), 0.0, 1.0))
-            decision: Decision = "flagged" if score >= category.flag_at else (
-                "uncertain" if score >= category.review_at else "clear")
+            decision: Decision = (
+                "flagged" if score >= category.flag_at else ("uncertain" if score >= category.review_at else "clear")
+            )
             results.append(CategoryScore(name, score, decision, category.effect))
         return ModerationVerdict(self.rules.version, tuple(results))
 

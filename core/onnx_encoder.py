@@ -82,20 +82,28 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def export_key(revision: str, clip_config: object) -> str:
     """Cache key: the model's revision, its vision config, the recipe and the exporter versions."""
     vision = getattr(clip_config, "vision_config", None)
-    payload = json.dumps({
-        "revision": revision,
-        "vision": vision.to_dict() if hasattr(vision, "to_dict") else str(vision),
-        "projection_dim": getattr(clip_config, "projection_dim", None),
-        "export_version": EXPORT_VERSION,
-        "opset": OPSET,
-        **_versions(),
-    }, sort_keys=True, default=str)
+    payload = json.dumps(
+        {
+            "revision": revision,
+            "vision": vision.to_dict() if hasattr(vision, "to_dict") else str(vision),
+            "projection_dim": getattr(clip_config, "projection_dim", None),
+            "export_version": EXPORT_VERSION,
+            "opset": OPSET,
+            **_versions(),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -146,12 +154,22 @@ def export_vision_model(clip_model: torch.nn.Module, out_dir: Path, *, quantize:
         # which is what the processor always produces.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            tower, (example,), str(raw), input_names=["pixel_values"], output_names=["image_embeds"],
+            tower,
+            (example,),
+            str(raw),
+            input_names=["pixel_values"],
+            output_names=["image_embeds"],
             dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
-    optimized = optimize_model(str(raw), model_type="clip", num_heads=int(vision_config.num_attention_heads),
-                               hidden_size=int(vision_config.hidden_size), opt_level=0)
+    optimized = optimize_model(
+        str(raw),
+        model_type="clip",
+        num_heads=int(vision_config.num_attention_heads),
+        hidden_size=int(vision_config.hidden_size),
+        opt_level=0,
+    )
     fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
     optimized.save_model_to_file(str(out_dir / FP32_FILE))
     raw.unlink()
@@ -159,7 +177,10 @@ def export_vision_model(clip_model: torch.nn.Module, out_dir: Path, *, quantize:
     if quantize:
         # Per-tensor int8 weights: per-channel measured no faster and no closer to torch here.
         quantize_dynamic(
-            str(out_dir / FP32_FILE), str(out_dir / INT8_FILE), weight_type=QuantType.QInt8, per_channel=False,
+            str(out_dir / FP32_FILE),
+            str(out_dir / INT8_FILE),
+            weight_type=QuantType.QInt8,
+            per_channel=False,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops lack inferred types
         )
     meta["files_mb"] = {path.name: round(path.stat().st_size / 2**20, 1) for path in out_dir.glob("*.onnx")}
@@ -216,8 +237,15 @@ def session_options(threads: int | None, *, spin: bool) -> onnxruntime.SessionOp
 class OnnxImageEncoder:
     """CLIP image embeddings on ONNX Runtime: float32, L2-normalised, shape (n, dimension)."""
 
-    def __init__(self, model_path: Path, image_processor: object, *, threads: int | None = None,
-                 spin: bool = False, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        image_processor: object,
+        *,
+        threads: int | None = None,
+        spin: bool = False,
+        batch_size: int = 32,
+    ) -> None:
         import onnxruntime
 
         self.model_path = Path(model_path)
@@ -225,13 +253,22 @@ class OnnxImageEncoder:
         self.batch_size = batch_size
         self.quantized = self.model_path.name == INT8_FILE
         self.session = onnxruntime.InferenceSession(
-            str(self.model_path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"])
+            str(self.model_path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"]
+        )
         self._input = self.session.get_inputs()[0].name
 
     @classmethod
     def from_sentence_transformer(
-        cls, model: SentenceTransformer, revision: str, cache_dir: Path, *, quantize: bool = True,
-        threads: int | None = None, spin: bool = False, batch_size: int = 32, check_parity: bool = True,
+        cls,
+        model: SentenceTransformer,
+        revision: str,
+        cache_dir: Path,
+        *,
+        quantize: bool = True,
+        threads: int | None = None,
+        spin: bool = False,
+        batch_size: int = 32,
+        check_parity: bool = True,
     ) -> OnnxImageEncoder:
         """Export (or reuse the cached export of) `model`'s vision tower and open it.
 
@@ -240,27 +277,48 @@ class OnnxImageEncoder:
         """
         folder = ensure_export(model, revision, cache_dir, quantize=quantize)
         _, processor = _clip_parts(model)
-        encoder = cls(folder / (INT8_FILE if quantize else FP32_FILE), _image_processor(processor),
-                      threads=threads, spin=spin, batch_size=batch_size)
+        encoder = cls(
+            folder / (INT8_FILE if quantize else FP32_FILE),
+            _image_processor(processor),
+            threads=threads,
+            spin=spin,
+            batch_size=batch_size,
+        )
         if check_parity:
             worst = float(parity_cosines(model, encoder, probe_images()).min())
             if worst < PARITY_MIN_COSINE:
                 raise OnnxExportError(
                     f"the ONNX export of the image encoder disagrees with torch (cosine {worst:.4f} < "
-                    f"{PARITY_MIN_COSINE}); use the torch encoder")
+                    f"{PARITY_MIN_COSINE}); use the torch encoder"
+                )
             logger.info("ONNX image encoder %s: parity with torch %.5f", encoder.model_path.name, worst)
         return encoder
 
     @classmethod
-    def from_embedder(cls, embedder: ClipEmbedder, cache_dir: Path, *, quantize: bool = True,
-                      threads: int | None = None, spin: bool = False, check_parity: bool = True) -> OnnxImageEncoder:
+    def from_embedder(
+        cls,
+        embedder: ClipEmbedder,
+        cache_dir: Path,
+        *,
+        quantize: bool = True,
+        threads: int | None = None,
+        spin: bool = False,
+        check_parity: bool = True,
+    ) -> OnnxImageEncoder:
         """The ONNX encoder for a ClipEmbedder's loaded model (loads it), with its image batch size."""
         embedder.load()
-        model = embedder._model  # noqa: SLF001 - the wrapper owns the model; this is its CPU fast path
+        model = embedder._model
         assert model is not None
-        return cls.from_sentence_transformer(model, embedder.revision, cache_dir, quantize=quantize, threads=threads,
-                                             spin=spin, batch_size=embedder.image_batch_size,
-                                             check_parity=check_parity)
+        return cls.from_sentence_transformer(
+            model,
+            embedder.revision,
+            cache_dir,
+            quantize=quantize,
+            threads=threads,
+            spin=spin,
+            batch_size=embedder.image_batch_size,
+            check_parity=check_parity,
+        )
 
     def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The model's own preprocessing (resize, centre crop, normalise): float32 (n, 3, H, W)."""
@@ -273,8 +331,9 @@ class OnnxImageEncoder:
             dim = self.session.get_outputs()[0].shape[-1]
             return np.zeros((0, int(dim) if isinstance(dim, int) else 0), dtype=np.float32)
         chunks = [
-            self.session.run(None, {self._input: np.ascontiguousarray(pixel_values[i : i + self.batch_size],
-                                                                      dtype=np.float32)})[0]
+            self.session.run(
+                None, {self._input: np.ascontiguousarray(pixel_values[i : i + self.batch_size], dtype=np.float32)}
+            )[0]
             for i in range(0, len(pixel_values), self.batch_size)
         ]
         embeddings = np.concatenate(chunks).astype(np.float32, copy=False)
@@ -296,8 +355,7 @@ def torch_embed_pixel_values(model: SentenceTransformer, pixel_values: np.ndarra
     return clip_image_features(clip_model, pixel_values)
 
 
-def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images: Sequence[Image.Image]
-                   ) -> np.ndarray:
+def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images: Sequence[Image.Image]) -> np.ndarray:
     """Per-image cosine between the torch and the ONNX embeddings of the same preprocessed images."""
     pixels = encoder.pixel_values(images)
     reference = torch_embed_pixel_values(model, pixels)

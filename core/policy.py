@@ -149,28 +149,123 @@ class _Rules(_Strict):
 
 # Look-alike letters, both ways. Only applied inside a word that mixes scripts: a whole
 # Russian word must stay Russian ("тот" would otherwise read as the English "tot").
-_LATIN_TO_CYRILLIC: Final[Mapping[str, str]] = MappingProxyType({
-    "a": "а", "b": "ь", "c": "с", "e": "е", "h": "һ", "i": "і", "j": "ј", "k": "к", "o": "о",
-    "p": "р", "s": "ѕ", "x": "х", "y": "у",
-    "A": "А", "B": "В", "C": "С", "E": "Е", "H": "Н", "I": "І", "J": "Ј", "K": "К", "M": "М",
-    "O": "О", "P": "Р", "S": "Ѕ", "T": "Т", "X": "Х", "Y": "У",
-    # Greek letters that look like Cyrillic ones.
-    "α": "а", "ο": "о", "ε": "е", "ρ": "р", "κ": "к", "χ": "х",
-    "Α": "А", "Β": "В", "Ε": "Е", "Η": "Н", "Κ": "К", "Μ": "М", "Ο": "О", "Ρ": "Р", "Τ": "Т",
-    "Χ": "Х",
-})
-_CYRILLIC_TO_LATIN: Final[Mapping[str, str]] = MappingProxyType({
-    "а": "a", "в": "b", "г": "r", "е": "e", "ё": "e", "һ": "h", "і": "i", "ј": "j", "к": "k",
-    "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "т": "t", "ѕ": "s", "у": "y",
-    "х": "x", "ь": "b", "ԁ": "d", "ԛ": "q", "ԝ": "w",
-    "А": "A", "В": "B", "Е": "E", "Н": "H", "І": "I", "Ј": "J", "К": "K", "М": "M", "О": "O",
-    "Р": "P", "С": "C", "Т": "T", "Ѕ": "S", "У": "Y", "Х": "X",
-    # Greek letters that look like Latin ones.
-    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
-    "υ": "u", "χ": "x",
-    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
-    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
-})
+_LATIN_TO_CYRILLIC: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "a": "а",
+        "b": "ь",
+        "c": "с",
+        "e": "е",
+        "h": "һ",
+        "i": "і",
+        "j": "ј",
+        "k": "к",
+        "o": "о",
+        "p": "р",
+        "s": "ѕ",
+        "x": "х",
+        "y": "у",
+        "A": "А",
+        "B": "В",
+        "C": "С",
+        "E": "Е",
+        "H": "Н",
+        "I": "І",
+        "J": "Ј",
+        "K": "К",
+        "M": "М",
+        "O": "О",
+        "P": "Р",
+        "S": "Ѕ",
+        "T": "Т",
+        "X": "Х",
+        "Y": "У",
+        # Greek letters that look like Cyrillic ones.
+        "α": "а",
+        "ο": "о",
+        "ε": "е",
+        "ρ": "р",
+        "κ": "к",
+        "χ": "х",
+        "Α": "А",
+        "Β": "В",
+        "Ε": "Е",
+        "Η": "Н",
+        "Κ": "К",
+        "Μ": "М",
+        "Ο": "О",
+        "Ρ": "Р",
+        "Τ": "Т",
+        "Χ": "Х",
+    }
+)
+_CYRILLIC_TO_LATIN: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "а": "a",
+        "в": "b",
+        "г": "r",
+        "е": "e",
+        "ё": "e",
+        "һ": "h",
+        "і": "i",
+        "ј": "j",
+        "к": "k",
+        "м": "m",
+        "н": "h",
+        "о": "o",
+        "п": "n",
+        "р": "p",
+        "с": "c",
+        "т": "t",
+        "ѕ": "s",
+        "у": "y",
+        "х": "x",
+        "ь": "b",
+        "ԁ": "d",
+        "ԛ": "q",
+        "ԝ": "w",
+        "А": "A",
+        "В": "B",
+        "Е": "E",
+        "Н": "H",
+        "І": "I",
+        "Ј": "J",
+        "К": "K",
+        "М": "M",
+        "О": "O",
+        "Р": "P",
+        "С": "C",
+        "Т": "T",
+        "Ѕ": "S",
+        "У": "Y",
+        "Х": "X",
+        # Greek letters that look like Latin ones.
+        "α": "a",
+        "β": "b",
+        "ε": "e",
+        "ι": "i",
+        "κ": "k",
+        "ν": "v",
+        "ο": "o",
+        "ρ": "p",
+        "τ": "t",
+        "υ": "u",
+        "χ": "x",
+        "Α": "A",
+        "Β": "B",
+        "Ε": "E",
+        "Ζ": "Z",
+        "Η": "H",
+        "Ι": "I",
+        "Κ": "K",
+        "Μ": "M",
+        "Ν": "N",
+        "Ο": "O",
+        "Ρ": "P",
+        "Τ": "T",
+        "Υ": "Y",
+        "Χ": "X",
+    }
+)
 # Digits and signs written for letters ("k1ds", "b@by", "t33n"); only tried on words that
 # mix letters with them, so plain numbers stay numbers.
 _LATIN_LEET: Final[Mapping[str, str]] = MappingProxyType(
@@ -181,21 +276,47 @@ _LATIN_LEET_ALT: Final[Mapping[str, str]] = MappingProxyType({**_LATIN_LEET, "1"
 _CYRILLIC_LEET: Final[Mapping[str, str]] = MappingProxyType({"0": "о", "3": "з", "6": "б", "@": "а"})
 
 # Russian to Latin as people type it: every usual spelling of each letter is tried.
-_TRANSLIT: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
-    "а": ("a",), "б": ("b",), "в": ("v",), "г": ("g",), "д": ("d",), "е": ("e",),
-    "ё": ("e", "yo", "jo", "io"), "ж": ("zh", "j"), "з": ("z",), "и": ("i",),
-    "й": ("y", "i", "j", ""), "к": ("k",), "л": ("l",), "м": ("m",), "н": ("n",), "о": ("o",),
-    "п": ("p",), "р": ("r",), "с": ("s",), "т": ("t",), "у": ("u",), "ф": ("f",),
-    "х": ("kh", "h", "x"), "ц": ("ts", "c", "tz"), "ч": ("ch",), "ш": ("sh",),
-    "щ": ("shch", "sch", "sh"), "ъ": ("",), "ы": ("y", "i"), "ь": ("",), "э": ("e",),
-    "ю": ("yu", "ju", "iu"), "я": ("ya", "ja", "ia"),
-})
+_TRANSLIT: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "а": ("a",),
+        "б": ("b",),
+        "в": ("v",),
+        "г": ("g",),
+        "д": ("d",),
+        "е": ("e",),
+        "ё": ("e", "yo", "jo", "io"),
+        "ж": ("zh", "j"),
+        "з": ("z",),
+        "и": ("i",),
+        "й": ("y", "i", "j", ""),
+        "к": ("k",),
+        "л": ("l",),
+        "м": ("m",),
+        "н": ("n",),
+        "о": ("o",),
+        "п": ("p",),
+        "р": ("r",),
+        "с": ("s",),
+        "т": ("t",),
+        "у": ("u",),
+        "ф": ("f",),
+        "х": ("kh", "h", "x"),
+        "ц": ("ts", "c", "tz"),
+        "ч": ("ch",),
+        "ш": ("sh",),
+        "щ": ("shch", "sch", "sh"),
+        "ъ": ("",),
+        "ы": ("y", "i"),
+        "ь": ("",),
+        "э": ("e",),
+        "ю": ("yu", "ju", "iu"),
+        "я": ("ya", "ja", "ia"),
+    }
+)
 
 _DASHES: Final[str] = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _APOSTROPHES: Final[str] = "\u2019\u2018\u02bc\u02b9\u0060\u00b4\u2032\uff07"
-_DASH_TABLE: Final[dict[int, str]] = {ord(ch): "-" for ch in _DASHES} | {
-    ord(ch): "'" for ch in _APOSTROPHES
-}
+_DASH_TABLE: Final[dict[int, str]] = {ord(ch): "-" for ch in _DASHES} | {ord(ch): "'" for ch in _APOSTROPHES}
 _BREVE: Final[str] = "\u0306"
 # A word: letters/digits, joined by hyphens, apostrophes or leet signs inside it.
 # Currency signs are words of their own, so that "under $15" is a price, not an age.
@@ -466,7 +587,7 @@ class QueryPolicy:
         try:
             # The C loader when PyYAML has it: the file is a few thousand nodes.
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            raw = yaml.load(rules_path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
+            raw = yaml.load(rules_path.read_text(encoding="utf-8"), Loader=loader)
         except OSError as error:
             raise PolicyRulesError(f"cannot read policy rules {rules_path}: {error}") from error
         except yaml.YAMLError as error:
@@ -531,7 +652,6 @@ class QueryPolicy:
                         f"{source}: {language}.animal_modifiers names {lemma!r}, which is not a term"
                     )
                 modifiers.add(f"{language}:{lemma}")
-
 
         numbers = {_fold(word): value for word, value in rules.number_words.items()}
         ordinals = {_fold(word): value for word, value in rules.ordinal_words.items()}
@@ -657,8 +777,10 @@ class QueryPolicy:
                     first = _token_at(starts, match.start())
                     last = _token_at(starts, max(match.start(), match.end() - 1))
                     # "12 year old whisky", "годовалый щенок": the age is not a person's.
-                    if any(heads.at(tokens, first - 1) or heads.at(tokens, last + 1)
-                           for heads in (self._animal_heads, self._thing_heads)):
+                    if any(
+                        heads.at(tokens, first - 1) or heads.at(tokens, last + 1)
+                        for heads in (self._animal_heads, self._thing_heads)
+                    ):
                         continue
                     # "через 5 лет", "5 лет назад", "twenty five years old": a span of time or
                     # part of a larger number, not a child's age.

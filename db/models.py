@@ -79,7 +79,9 @@ class EmbeddingModel(Base):
 class Photo(Base):
     __tablename__ = "photos"
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
     photographer: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str | None] = mapped_column(Text)
     # The client's file name, for display only: it never reaches a filesystem path.
@@ -126,7 +128,9 @@ class PhotoEmbedding(Base):
     photo_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True
     )
-    model_id: Mapped[int] = mapped_column(Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True
+    )
     embedding: Mapped[object] = mapped_column(HALFVEC())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -136,7 +140,9 @@ class PhotoEmbedding(Base):
 class ModerationScore(Base):
     __tablename__ = "moderation_scores"
 
-    photo_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    photo_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True
+    )
     classifier_version: Mapped[str] = mapped_column(Text, primary_key=True)
     category: Mapped[str] = mapped_column(Text, primary_key=True)
     score: Mapped[float] = mapped_column(Float)

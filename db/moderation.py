@@ -14,19 +14,30 @@ from db.models import ModerationAudit, ModerationScore, ModerationStatus, Photo,
 CLASSIFIER_ACTOR = "classifier"
 
 
-def audit(session: Session, photo_id: uuid.UUID, actor: str, action: str, changes: dict[str, object],
-          reason: str | None = None) -> None:
-    session.execute(insert(ModerationAudit).values(photo_id=photo_id, actor=actor, action=action,
-                                                   changes=changes, reason=reason))
+def audit(
+    session: Session,
+    photo_id: uuid.UUID,
+    actor: str,
+    action: str,
+    changes: dict[str, object],
+    reason: str | None = None,
+) -> None:
+    session.execute(
+        insert(ModerationAudit).values(photo_id=photo_id, actor=actor, action=action, changes=changes, reason=reason)
+    )
 
 
 def _diff(photo: Photo, values: dict[str, object]) -> dict[str, object]:
-    return {name: {"from": getattr(photo, name), "to": value} for name, value in values.items()
-            if getattr(photo, name) != value}
+    return {
+        name: {"from": getattr(photo, name), "to": value}
+        for name, value in values.items()
+        if getattr(photo, name) != value
+    }
 
 
-def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | None, parental_consent: bool | None,
-                       actor: str) -> None:
+def record_declaration(
+    session: Session, photo: Photo, *, depicts_minor: bool | None, parental_consent: bool | None, actor: str
+) -> None:
     """What the photographer declared: a minor is shown, and whether the parents consented.
 
     A declaration about a photo that the classifier or a moderator has already decided on (the uploader
@@ -51,8 +62,9 @@ def record_declaration(session: Session, photo: Photo, *, depicts_minor: bool | 
     audit(session, photo.id, actor, "declared", changes, "declared by the uploader")
 
 
-def record_text_flag(session: Session, photo: Photo, field: str, matched_terms: tuple[str, ...], rules_version: str,
-                     actor: str) -> None:
+def record_text_flag(
+    session: Session, photo: Photo, field: str, matched_terms: tuple[str, ...], rules_version: str, actor: str
+) -> None:
     """The photo's own words (its title) describe a child: treated as showing a minor until a moderator says not.
 
     Hidden in restricted regions like a declared minor (unless there is parental consent). At upload, a
@@ -65,8 +77,14 @@ def record_text_flag(session: Session, photo: Photo, field: str, matched_terms: 
     changes = _diff(photo, values)
     for name, value in values.items():
         setattr(photo, name, value)
-    audit(session, photo.id, actor, "screened", changes,
-          f"the {field} describes a minor ({', '.join(matched_terms)}; query policy {rules_version})")
+    audit(
+        session,
+        photo.id,
+        actor,
+        "screened",
+        changes,
+        f"the {field} describes a minor ({', '.join(matched_terms)}; query policy {rules_version})",
+    )
 
 
 @dataclass(frozen=True)
@@ -92,8 +110,16 @@ def apply_classifier(session: Session, outcomes: dict[uuid.UUID, ClassifierOutco
     audit_rows: list[dict[str, object]] = []
     for photo in photos:
         outcome = outcomes[photo.id]
-        score_rows.extend({"photo_id": photo.id, "classifier_version": outcome.version, "category": category,
-                           "score": score, "decision": decision} for category, score, decision in outcome.scores)
+        score_rows.extend(
+            {
+                "photo_id": photo.id,
+                "classifier_version": outcome.version,
+                "category": category,
+                "score": score,
+                "decision": decision,
+            }
+            for category, score, decision in outcome.scores
+        )
         values: dict[str, object] = {"classifier_version": outcome.version}
         if outcome.depicts_minor:
             values["depicts_minor"] = True
@@ -110,13 +136,23 @@ def apply_classifier(session: Session, outcomes: dict[uuid.UUID, ClassifierOutco
         for name, value in values.items():
             setattr(photo, name, value)
         changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}
-        audit_rows.append({"photo_id": photo.id, "actor": CLASSIFIER_ACTOR, "action": "classified",
-                           "changes": changes, "reason": f"classifier {outcome.version}"})
+        audit_rows.append(
+            {
+                "photo_id": photo.id,
+                "actor": CLASSIFIER_ACTOR,
+                "action": "classified",
+                "changes": changes,
+                "reason": f"classifier {outcome.version}",
+            }
+        )
     if score_rows:
         upsert = pg_insert(ModerationScore).values(score_rows)
-        session.execute(upsert.on_conflict_do_update(
-            index_elements=["photo_id", "classifier_version", "category"],
-            set_={"score": upsert.excluded.score, "decision": upsert.excluded.decision}))
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["photo_id", "classifier_version", "category"],
+                set_={"score": upsert.excluded.score, "decision": upsert.excluded.decision},
+            )
+        )
     if audit_rows:
         session.execute(insert(ModerationAudit).values(audit_rows))
 
@@ -130,7 +166,9 @@ class ModeratorDecision:
     reason: str = ""
 
 
-def apply_moderator_decision(session: Session, photo_id: uuid.UUID, decision: ModeratorDecision, actor: str) -> Photo | None:
+def apply_moderator_decision(
+    session: Session, photo_id: uuid.UUID, decision: ModeratorDecision, actor: str
+) -> Photo | None:
     """A moderator's change; takes effect for every search when the transaction commits."""
     photo = session.get(Photo, photo_id, with_for_update=True)
     if photo is None:
@@ -157,29 +195,44 @@ def apply_moderator_decision(session: Session, photo_id: uuid.UUID, decision: Mo
 
 def review_queue(session: Session, limit: int, offset: int = 0) -> list[tuple[Photo, dict[str, float]]]:
     """Indexed photos waiting for a person, oldest first, with their latest classifier scores."""
-    photos = list(session.scalars(
-        select(Photo)
-        .where(Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)
-        .order_by(Photo.created_at, Photo.id)
-        .limit(limit).offset(offset)
-    ))
+    photos = list(
+        session.scalars(
+            select(Photo)
+            .where(Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)
+            .order_by(Photo.created_at, Photo.id)
+            .limit(limit)
+            .offset(offset)
+        )
+    )
     scores: dict[uuid.UUID, dict[str, float]] = {p.id: {} for p in photos}
     if photos:
-        for row in session.scalars(select(ModerationScore).where(
-                ModerationScore.photo_id.in_(scores), ModerationScore.classifier_version.in_(
-                    {p.classifier_version for p in photos if p.classifier_version}))):
+        for row in session.scalars(
+            select(ModerationScore).where(
+                ModerationScore.photo_id.in_(scores),
+                ModerationScore.classifier_version.in_({p.classifier_version for p in photos if p.classifier_version}),
+            )
+        ):
             scores[row.photo_id][row.category] = row.score
     return [(p, scores[p.id]) for p in photos]
 
 
 def queue_size(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(Photo).where(
-        Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)) or 0)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Photo)
+            .where(Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)
+        )
+        or 0
+    )
 
 
 def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
-    return list(session.scalars(select(ModerationAudit).where(ModerationAudit.photo_id == photo_id)
-                                .order_by(ModerationAudit.id)))
+    return list(
+        session.scalars(
+            select(ModerationAudit).where(ModerationAudit.photo_id == photo_id).order_by(ModerationAudit.id)
+        )
+    )
 
 
 def photo_visibility(session: Session, photo_id: uuid.UUID, region: str | None) -> str:

@@ -104,16 +104,27 @@ def claim_for_indexing(session: Session, photo_ids: list[uuid.UUID], max_attempt
     claimed = {row.id: Claim(row.storage_key, row.attempts + 1) for row in open_rows if row.attempts < max_attempts}
     if exhausted:
         session.execute(
-            update(Photo).where(Photo.id.in_(exhausted))
-            .values(status=PhotoStatus.FAILED, updated_at=func.now(),
-                    error=func.concat("gave up after ", Photo.attempts, " attempts", case(
+            update(Photo)
+            .where(Photo.id.in_(exhausted))
+            .values(
+                status=PhotoStatus.FAILED,
+                updated_at=func.now(),
+                error=func.concat(
+                    "gave up after ",
+                    Photo.attempts,
+                    " attempts",
+                    case(
                         (Photo.error.is_(None), " (the worker crashed or timed out on this image each time)"),
-                        else_=func.concat("; last error: ", Photo.error))))
+                        else_=func.concat("; last error: ", Photo.error),
+                    ),
+                ),
+            )
             .execution_options(synchronize_session=False)
         )
     if claimed:
         session.execute(
-            update(Photo).where(Photo.id.in_(list(claimed)))
+            update(Photo)
+            .where(Photo.id.in_(list(claimed)))
             .values(status=PhotoStatus.PROCESSING, attempts=Photo.attempts + 1, updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
@@ -151,7 +162,8 @@ def store_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid
     if not stored:
         return []
     session.execute(
-        update(Photo).where(Photo.id.in_(stored))
+        update(Photo)
+        .where(Photo.id.in_(stored))
         .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
         .execution_options(synchronize_session=False)
     )
@@ -177,14 +189,17 @@ def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: st
     if photo_ids:
         session.execute(
             update(Photo)
-            .where(Photo.id.in_(photo_ids), Photo.status == (PhotoStatus.PROCESSING if claimed else PhotoStatus.PENDING))
+            .where(
+                Photo.id.in_(photo_ids), Photo.status == (PhotoStatus.PROCESSING if claimed else PhotoStatus.PENDING)
+            )
             .values(status=PhotoStatus.PENDING, error=reason[:2000], updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
 
 
-def list_photos(session: Session, *, uploaded_by_key: int | None, status: str | None, before: uuid.UUID | None,
-                limit: int) -> list[Photo]:
+def list_photos(
+    session: Session, *, uploaded_by_key: int | None, status: str | None, before: uuid.UUID | None, limit: int
+) -> list[Photo]:
     """Photos newest first, a page at a time (keyset: those older than `before`); only one key's when given."""
     mine = [Photo.uploaded_by_key == uploaded_by_key] if uploaded_by_key is not None else []
     query = select(Photo).where(*mine)
@@ -341,7 +356,9 @@ def find_model(session: Session, name: str, revision: str | None = None) -> Embe
     model = session.scalars(query.order_by(EmbeddingModel.created_at.desc()).limit(1)).one_or_none()
     if model is None:
         known = ", ".join(f"{m.name}@{m.revision}" for m in session.scalars(select(EmbeddingModel))) or "none"
-        raise ModelNotRegistered(f"no registered model {name}{'@' + revision if revision else ''} (registered: {known})")
+        raise ModelNotRegistered(
+            f"no registered model {name}{'@' + revision if revision else ''} (registered: {known})"
+        )
     return model
 
 
@@ -361,14 +378,22 @@ def indexed_photo_ids(session: Session, after: uuid.UUID | None, limit: int) -> 
     return list(session.scalars(query.order_by(Photo.id).limit(limit)))
 
 
-def photos_missing_embedding(session: Session, model: EmbeddingModel, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+def photos_missing_embedding(
+    session: Session, model: EmbeddingModel, photo_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, str]:
     """Of these photos, the indexed ones that have no vector from `model` yet, with their storage keys."""
     if not photo_ids:
         return {}
-    has_vector = select(PhotoEmbedding.photo_id).where(
-        PhotoEmbedding.model_id == model.id, PhotoEmbedding.photo_id == Photo.id).exists()
+    has_vector = (
+        select(PhotoEmbedding.photo_id)
+        .where(PhotoEmbedding.model_id == model.id, PhotoEmbedding.photo_id == Photo.id)
+        .exists()
+    )
     rows = session.execute(
-        select(Photo.id, Photo.storage_key).where(Photo.id.in_(photo_ids), Photo.status == PhotoStatus.INDEXED, ~has_vector))
+        select(Photo.id, Photo.storage_key).where(
+            Photo.id.in_(photo_ids), Photo.status == PhotoStatus.INDEXED, ~has_vector
+        )
+    )
     return {photo_id: storage_key for photo_id, storage_key in rows}
 
 
@@ -382,10 +407,15 @@ def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.U
     if not normalised:
         return []
     present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
-    rows = [{"photo_id": p, "model_id": model.id, "embedding": HalfVector(v)} for p, v in normalised.items() if p in present]
+    rows = [
+        {"photo_id": p, "model_id": model.id, "embedding": HalfVector(v)} for p, v in normalised.items() if p in present
+    ]
     if rows:
-        session.execute(insert(PhotoEmbedding).values(rows)
-                        .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id]))
+        session.execute(
+            insert(PhotoEmbedding)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
+        )
     return [row["photo_id"] for row in rows]
 
 
@@ -400,7 +430,8 @@ def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None
     if photo_ids is not None:
         condition.append(Photo.id.in_(photo_ids))
     rows = session.execute(
-        update(Photo).where(*condition)
+        update(Photo)
+        .where(*condition)
         .values(status=PhotoStatus.PENDING, attempts=0, error=None, updated_at=func.now())
         .returning(Photo.id)
     )

@@ -31,5 +31,7 @@ def delete_region_rule(session: Session, region: str) -> bool:
 
 
 def region_rules(session: Session) -> list[tuple[str, bool, str | None]]:
-    rows = session.execute(text("SELECT region, minors_restricted, note FROM region_rules ORDER BY region = '*' DESC, region"))
+    rows = session.execute(
+        text("SELECT region, minors_restricted, note FROM region_rules ORDER BY region = '*' DESC, region")
+    )
     return [(r[0], bool(r[1]), r[2]) for r in rows]

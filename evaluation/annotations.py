@@ -86,7 +86,11 @@ def expert_crowd_agreement(pairs: pd.DataFrame, threshold: float = 0.5) -> Exper
     eb, cb = e >= threshold, c >= threshold
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        kappa = float(cohen_kappa_score(eb, cb)) if len(both) and (eb.any() or cb.any()) and not (eb.all() and cb.all()) else float("nan")
+        kappa = (
+            float(cohen_kappa_score(eb, cb))
+            if len(both) and (eb.any() or cb.any()) and not (eb.all() and cb.all())
+            else float("nan")
+        )
     return ExpertCrowdAgreement(
         n_pairs=len(both),
         spearman=rho,
@@ -108,7 +112,9 @@ def score_distributions(expert: pd.DataFrame, crowd: pd.DataFrame) -> dict[str, 
     return out
 
 
-def disagreement_cases(pairs: pd.DataFrame, query_texts: dict[str, str], limit: int | None = None) -> dict[str, pd.DataFrame]:
+def disagreement_cases(
+    pairs: pd.DataFrame, query_texts: dict[str, str], limit: int | None = None
+) -> dict[str, pd.DataFrame]:
     """The worst disagreements, for a person to look at.
 
     ``experts``: pairs where experts are 2+ points apart. ``expert_vs_crowd``: pairs with both
@@ -135,8 +141,12 @@ def disagreement_cases(pairs: pd.DataFrame, query_texts: dict[str, str], limit: 
 def coverage(train: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, int]:
     """How many pairs each side judged, and how many rows of train_dataset.csv have a judgement."""
     keys = set(zip(pairs["image"], pairs["query_id"], strict=True))
-    expert_keys = set(zip(pairs.loc[pairs["has_expert"], "image"], pairs.loc[pairs["has_expert"], "query_id"], strict=True))
-    crowd_keys = set(zip(pairs.loc[pairs["has_crowd"], "image"], pairs.loc[pairs["has_crowd"], "query_id"], strict=True))
+    expert_keys = set(
+        zip(pairs.loc[pairs["has_expert"], "image"], pairs.loc[pairs["has_expert"], "query_id"], strict=True)
+    )
+    crowd_keys = set(
+        zip(pairs.loc[pairs["has_crowd"], "image"], pairs.loc[pairs["has_crowd"], "query_id"], strict=True)
+    )
     train_keys = set(zip(train["image"], train["query_id"], strict=True))
     return {
         "judged_pairs": len(keys),

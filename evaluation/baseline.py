@@ -115,7 +115,11 @@ class FrozenTextEncoder:
         chunks: list[np.ndarray] = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -202,7 +206,9 @@ class PocBaseline:
     def new_head(self) -> ProjectionHead:
         return ProjectionHead(self.spec.head, seed=self.seed)
 
-    def fit(self, text_x: np.ndarray, image_y: np.ndarray, weight: np.ndarray, *, image_reference: np.ndarray | None = None) -> None:
+    def fit(
+        self, text_x: np.ndarray, image_y: np.ndarray, weight: np.ndarray, *, image_reference: np.ndarray | None = None
+    ) -> None:
         self.head = self.new_head().fit(text_x, image_y, weight, image_reference=image_reference)
 
     def similarity(self, text_features: np.ndarray, image_features: np.ndarray) -> np.ndarray:

@@ -59,7 +59,9 @@ def resolve_clip(value: str) -> ModelSpec:
         if not (folder / "modules.json").is_file():
             save_random_clip(folder, tiny_clip_config())
         return ModelSpec.clip(str(folder), name="tiny CLIP (random weights)")
-    raise typer.BadParameter(f"unknown built-in model {value!r}; choose from {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CLIPS)}")
+    raise typer.BadParameter(
+        f"unknown built-in model {value!r}; choose from {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CLIPS)}"
+    )
 
 
 def resolve_encoder(value: str, side: Literal["image", "text"]) -> str:
@@ -74,7 +76,9 @@ def resolve_encoder(value: str, side: Literal["image", "text"]) -> str:
     if side == "text" and name in BUILTIN_BASELINE_TEXT:
         return str(build_tiny_text_encoder(_models_dir() / "tiny-bert"))
     choices = BUILTIN_BASELINE_IMAGE if side == "image" else BUILTIN_BASELINE_TEXT
-    raise typer.BadParameter(f"unknown built-in {side} encoder {value!r}; choose {', '.join(BUILTIN_PREFIX + c for c in choices)}")
+    raise typer.BadParameter(
+        f"unknown built-in {side} encoder {value!r}; choose {', '.join(BUILTIN_PREFIX + c for c in choices)}"
+    )
 
 
 def eval_command(
@@ -88,7 +92,8 @@ def eval_command(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            "--model", "-m",
+            "--model",
+            "-m",
             help="sentence-transformers CLIP name or folder, or IMAGE+TEXT for a CLIP with a separate text "
             "model in its space; repeat to compare. Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL).",
         ),
@@ -135,7 +140,11 @@ def eval_command(
         raise typer.BadParameter(f"dataset folder {dataset_dir} does not exist")
 
     settings = get_settings()
-    specs = [resolve_clip(m) for m in model or []] if model else [ModelSpec.clip(settings.model, text_path=settings.text_model, revision=settings.model_revision)]
+    specs = (
+        [resolve_clip(m) for m in model or []]
+        if model
+        else [ModelSpec.clip(settings.model, text_path=settings.text_model, revision=settings.model_revision)]
+    )
     if baseline_image is not None and baseline_text is not None:
         specs.append(
             ModelSpec.baseline(

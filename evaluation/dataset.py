@@ -197,7 +197,12 @@ class _Stripper:
 
     def report(self, report: ValidationReport, file: str) -> None:
         if self.changed:
-            report.add(file, self.first_line, "whitespace", f"{self.changed} field(s) had leading/trailing whitespace (stripped)")
+            report.add(
+                file,
+                self.first_line,
+                "whitespace",
+                f"{self.changed} field(s) had leading/trailing whitespace (stripped)",
+            )
 
 
 def _parse_float(value: str) -> float | None:
@@ -301,7 +306,12 @@ def _check_query_text_consistency(frame: pd.DataFrame, report: ValidationReport,
     texts = frame.groupby("query_id")["query_text"].nunique()
     for query_id in texts[texts > 1].index:
         rows = frame.loc[frame["query_id"] == query_id, "line"].tolist()
-        report.add(file, int(rows[0]), "inconsistent_text", f"query_id {query_id} has {int(texts[query_id])} different texts (lines {rows[:5]})")
+        report.add(
+            file,
+            int(rows[0]),
+            "inconsistent_text",
+            f"query_id {query_id} has {int(texts[query_id])} different texts (lines {rows[:5]})",
+        )
 
 
 def read_crowd(path: Path, report: ValidationReport) -> pd.DataFrame:
@@ -334,7 +344,12 @@ def read_crowd(path: Path, report: ValidationReport) -> pd.DataFrame:
             from_votes = yes / (yes + no)
             if math.isnan(share) or abs(from_votes - share) > 0.011:
                 # The votes are the raw data; the share is derived from them.
-                report.add(name, line, "inconsistent_share", f"share {share_s} but votes {yes_s}/{no_s}; share recomputed from votes")
+                report.add(
+                    name,
+                    line,
+                    "inconsistent_share",
+                    f"share {share_s} but votes {yes_s}/{no_s}; share recomputed from votes",
+                )
                 share = from_votes
         elif math.isnan(share):
             report.add(name, line, "bad_value", "no share and no votes (dropped)")
@@ -382,7 +397,9 @@ def read_expert(path: Path, report: ValidationReport) -> pd.DataFrame:
             report.add(name, line, "bad_row", f"expected 5 fields, found {len(fields)} (dropped)")
             continue
         if len(fields) < 5:
-            report.add(name, line, "missing_value", f"only {len(fields) - 2} expert score(s); the rest treated as missing")
+            report.add(
+                name, line, "missing_value", f"only {len(fields) - 2} expert score(s); the rest treated as missing"
+            )
             fields = fields + [""] * (5 - len(fields))
         image, query_id = fields[0], fields[1]
         if not image or not query_id:
@@ -391,14 +408,18 @@ def read_expert(path: Path, report: ValidationReport) -> pd.DataFrame:
         scores: list[float] = []
         for column, value in zip(EXPERT_COLUMNS, fields[2:], strict=True):
             score = _parse_float(value)
-            if score is None or (not math.isnan(score) and (score != int(score) or not EXPERT_MIN <= score <= EXPERT_MAX)):
+            if score is None or (
+                not math.isnan(score) and (score != int(score) or not EXPERT_MIN <= score <= EXPERT_MAX)
+            ):
                 report.add(name, line, "bad_value", f"{column} = {value!r} is not an integer 1..4 (treated as missing)")
                 score = math.nan
             scores.append(score)
         if all(math.isnan(s) for s in scores):
             report.add(name, line, "bad_row", "no valid expert score (dropped)")
             continue
-        records.append({"image": image, "query_id": query_id, **dict(zip(EXPERT_COLUMNS, scores, strict=True)), "line": line})
+        records.append(
+            {"image": image, "query_id": query_id, **dict(zip(EXPERT_COLUMNS, scores, strict=True)), "line": line}
+        )
     strip.report(report, name)
     records = _deduplicate(records, ("image", "query_id"), EXPERT_COLUMNS, report, name)
     return pd.DataFrame(records, columns=columns)
@@ -497,15 +518,25 @@ def load_dataset(root: Path | str) -> SeedDataset:
     test_images = list_images(root / TEST_IMAGES_DIR, report)
 
     if train_images:
-        _check_references(zip(train["image"], train["line"], strict=True), train_images, report, TRAIN_FILE, TRAIN_IMAGES_DIR)
-        sources = [(query_source_image(q) or "", line) for q, line in zip(train["query_id"], train["line"], strict=True)]
+        _check_references(
+            zip(train["image"], train["line"], strict=True), train_images, report, TRAIN_FILE, TRAIN_IMAGES_DIR
+        )
+        sources = [
+            (query_source_image(q) or "", line) for q, line in zip(train["query_id"], train["line"], strict=True)
+        ]
         _check_references(
             ((s, line) for s, line in sources if s), train_images, report, TRAIN_FILE + " (query_id)", TRAIN_IMAGES_DIR
         )
-        _check_references(zip(crowd["image"], crowd["line"], strict=True), train_images, report, CROWD_FILE, TRAIN_IMAGES_DIR)
-        _check_references(zip(expert["image"], expert["line"], strict=True), train_images, report, EXPERT_FILE, TRAIN_IMAGES_DIR)
+        _check_references(
+            zip(crowd["image"], crowd["line"], strict=True), train_images, report, CROWD_FILE, TRAIN_IMAGES_DIR
+        )
+        _check_references(
+            zip(expert["image"], expert["line"], strict=True), train_images, report, EXPERT_FILE, TRAIN_IMAGES_DIR
+        )
     if test_images:
-        _check_references(zip(test["image"], test["line"], strict=True), test_images, report, TEST_FILE, TEST_IMAGES_DIR)
+        _check_references(
+            zip(test["image"], test["line"], strict=True), test_images, report, TEST_FILE, TEST_IMAGES_DIR
+        )
 
     known_queries = set(train["query_id"])
     for frame, file in ((crowd, CROWD_FILE), (expert, EXPERT_FILE)):

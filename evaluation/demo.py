@@ -71,7 +71,9 @@ def _flickrise(caption: str, rng: np.random.Generator) -> str:
     return caption + " ." if rng.random() < 0.5 else caption
 
 
-def build_demo_dataset(out_dir: Path = DEMO_DIR, *, seed: int = DEFAULT_SEED, n_train: int = 60, n_test: int = 40) -> Path:
+def build_demo_dataset(
+    out_dir: Path = DEMO_DIR, *, seed: int = DEFAULT_SEED, n_train: int = 60, n_test: int = 40
+) -> Path:
     """Write the demo dataset into ``out_dir`` (replacing what is there) and return it."""
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -122,7 +124,13 @@ def build_demo_dataset(out_dir: Path = DEMO_DIR, *, seed: int = DEFAULT_SEED, n_
     # ---- judged pairs: each of 45 queries against 4 images (one close match when there is one).
     query_ids = sorted(captions)
     chosen = [query_ids[i] for i in sorted(rng.choice(len(query_ids), size=45, replace=False))]
-    for must in (f"{train[3].name}#1", f"{train[17].name}#1", f"{first.name}#0", f"{second.name}#0", f"{second.name}#1"):
+    for must in (
+        f"{train[3].name}#1",
+        f"{train[17].name}#1",
+        f"{first.name}#0",
+        f"{second.name}#0",
+        f"{second.name}#1",
+    ):
         if must not in chosen:
             chosen.append(must)
     rows: list[tuple[str, str, str, int]] = []  # image, query_id, text, true relevance

@@ -151,10 +151,14 @@ def _candidate_features(known: np.ndarray, similarity: np.ndarray | None) -> dic
 def _imputer(seed: int) -> object:
     # Degree-2 terms let the model bend (crowd shares saturate at 0 and 1); ridge keeps it stable
     # on the few hundred pairs that have both sides.
-    return make_pipeline(PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1.0, random_state=seed))
+    return make_pipeline(
+        PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1.0, random_state=seed)
+    )
 
 
-def _cross_validated(features: np.ndarray | None, known: np.ndarray, y: np.ndarray, folds: KFold, seed: int) -> np.ndarray:
+def _cross_validated(
+    features: np.ndarray | None, known: np.ndarray, y: np.ndarray, folds: KFold, seed: int
+) -> np.ndarray:
     if features is None:
         return np.clip(known, 0.0, 1.0)
     predictions = np.empty_like(y)
@@ -188,7 +192,7 @@ def _fit_direction(
         predictions[to_fill] = known[to_fill]
         as_is_mae = float(np.mean(np.abs(known_both - y))) if len(y) else float("nan")
         return predictions, ImputationQuality(
-            target=target_col, method=AS_IS, n_training_pairs=int(len(y)), n_imputed=int(to_fill.sum()), folds=0,
+            target=target_col, method=AS_IS, n_training_pairs=len(y), n_imputed=int(to_fill.sum()), folds=0,
             mae=as_is_mae, rmse=float(np.sqrt(np.mean((known_both - y) ** 2))) if len(y) else float("nan"),
             spearman=float("nan"), mae_predict_mean=float(np.mean(np.abs(y - y.mean()))) if len(y) else float("nan"),
             candidates={AS_IS: as_is_mae},
@@ -221,7 +225,7 @@ def _fit_direction(
     return predictions, ImputationQuality(
         target=target_col,
         method=method,
-        n_training_pairs=int(len(y)),
+        n_training_pairs=len(y),
         n_imputed=int(to_fill.sum()),
         folds=n_folds,
         mae=mae[method],
@@ -259,13 +263,21 @@ def build_relevance_labels(
             sim = None
     pairs["similarity"] = sim if sim is not None else np.nan
 
-    crowd_pred, crowd_quality = _fit_direction(pairs, "expert_unit", "crowd_share", pairs["has_expert"], sim, folds, seed)
-    expert_pred, expert_quality = _fit_direction(pairs, "crowd_share", "expert_unit", pairs["has_crowd"], sim, folds, seed)
+    crowd_pred, crowd_quality = _fit_direction(
+        pairs, "expert_unit", "crowd_share", pairs["has_expert"], sim, folds, seed
+    )
+    expert_pred, expert_quality = _fit_direction(
+        pairs, "crowd_share", "expert_unit", pairs["has_crowd"], sim, folds, seed
+    )
 
     pairs["crowd_imputed"] = pairs["has_expert"] & ~pairs["has_crowd"]
     pairs["expert_imputed"] = pairs["has_crowd"] & ~pairs["has_expert"]
     pairs["crowd_share_filled"] = pairs["crowd_share"].where(~pairs["crowd_imputed"], crowd_pred)
     pairs["expert_unit_filled"] = pairs["expert_unit"].where(~pairs["expert_imputed"], expert_pred)
-    pairs["relevance"] = blend(pairs["expert_unit_filled"].to_numpy(), pairs["crowd_share_filled"].to_numpy(), expert_weight)
+    pairs["relevance"] = blend(
+        pairs["expert_unit_filled"].to_numpy(), pairs["crowd_share_filled"].to_numpy(), expert_weight
+    )
     pairs["relevant"] = pairs["relevance"] >= threshold
-    return RelevanceLabels(pairs=pairs, expert_weight=expert_weight, threshold=threshold, imputation=[crowd_quality, expert_quality])
+    return RelevanceLabels(
+        pairs=pairs, expert_weight=expert_weight, threshold=threshold, imputation=[crowd_quality, expert_quality]
+    )

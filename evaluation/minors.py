@@ -126,7 +126,11 @@ class TestPolicyReport:
     @property
     def recall(self) -> float:
         """Share of child-target queries that get the disclaimer."""
-        return (self.target_depicts_child - self.missed) / self.target_depicts_child if self.target_depicts_child else float("nan")
+        return (
+            (self.target_depicts_child - self.missed) / self.target_depicts_child
+            if self.target_depicts_child
+            else float("nan")
+        )
 
     def summary(self) -> dict[str, float | int | str]:
         return {
@@ -155,9 +159,7 @@ def apply_test_policy(
     frame["policy_category"] = [v.category or "" for v in verdicts]
     frame["policy_terms"] = [", ".join(v.matched_terms) for v in verdicts]
     kids = {
-        image
-        for image, text in zip(frame["image"], frame["query_text"], strict=True)
-        if describes_minor(str(text))
+        image for image, text in zip(frame["image"], frame["query_text"], strict=True) if describes_minor(str(text))
     }
     frame["target_depicts_child"] = frame["image"].isin(kids)
     frame["policy_correct"] = frame["blocked"] == frame["target_depicts_child"]

@@ -56,7 +56,9 @@ class ModelSpec:
     revision: str | None = None
 
     @staticmethod
-    def clip(path: str, *, text_path: str | None = None, name: str | None = None, revision: str | None = None) -> ModelSpec:
+    def clip(
+        path: str, *, text_path: str | None = None, name: str | None = None, revision: str | None = None
+    ) -> ModelSpec:
         label = name or _short_name(path) + (f" + {_short_name(text_path)}" if text_path else "")
         return ModelSpec(name=label, kind="clip", path=path, text_path=text_path, revision=revision)
 

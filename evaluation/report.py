@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from evaluation.dataset import EXPERT_COLUMNS  # noqa: E402
-from evaluation.metrics import RECALL_KS  # noqa: E402
+from evaluation.dataset import EXPERT_COLUMNS
+from evaluation.metrics import RECALL_KS
 
 if TYPE_CHECKING:
     from evaluation.runner import EvaluationResult, ModelResult
@@ -311,9 +311,30 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
             if notes:
                 blocks.append(Block("list", text=model.name, items=tuple(notes)))
         if _scored(result):
-            blocks.append(Block("figure", "Recall@k per model; dashed: chance.", figure="recall_at_k.png", png=_fig_recall_curves(result)))
-            blocks.append(Block("figure", "Rank of the target image per query.", figure="rank_distribution.png", png=_fig_rank_distribution(result)))
-            blocks.append(Block("figure", "A model that separates the two distributions ranks well.", figure="score_histograms.png", png=_fig_score_histograms(result)))
+            blocks.append(
+                Block(
+                    "figure",
+                    "Recall@k per model; dashed: chance.",
+                    figure="recall_at_k.png",
+                    png=_fig_recall_curves(result),
+                )
+            )
+            blocks.append(
+                Block(
+                    "figure",
+                    "Rank of the target image per query.",
+                    figure="rank_distribution.png",
+                    png=_fig_rank_distribution(result),
+                )
+            )
+            blocks.append(
+                Block(
+                    "figure",
+                    "A model that separates the two distributions ranks well.",
+                    figure="score_histograms.png",
+                    png=_fig_score_histograms(result),
+                )
+            )
     else:
         blocks.append(Block("p", "No model was evaluated: pass --model (and/or the baseline options)."))
 
@@ -325,15 +346,34 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
             "table",
             table=pd.DataFrame(
                 {
-                    "table": ["train_dataset.csv", "CrowdAnnotations.tsv", "ExpertAnnotations.tsv", "test_queries.csv", "train_images/", "test_images/"],
-                    "rows / files kept": [len(ds.train), len(ds.crowd), len(ds.expert), len(ds.test_queries), len(ds.train_image_files), len(ds.test_image_files)],
+                    "table": [
+                        "train_dataset.csv",
+                        "CrowdAnnotations.tsv",
+                        "ExpertAnnotations.tsv",
+                        "test_queries.csv",
+                        "train_images/",
+                        "test_images/",
+                    ],
+                    "rows / files kept": [
+                        len(ds.train),
+                        len(ds.crowd),
+                        len(ds.expert),
+                        len(ds.test_queries),
+                        len(ds.train_image_files),
+                        len(ds.test_image_files),
+                    ],
                 }
             ),
         )
     )
     summary = result.validation.summary()
     if len(summary):
-        blocks.append(Block("p", "Problems found (each repaired, kept or dropped as its message says; all are in validation_issues.csv):"))
+        blocks.append(
+            Block(
+                "p",
+                "Problems found (each repaired, kept or dropped as its message says; all are in validation_issues.csv):",
+            )
+        )
         blocks.append(Block("table", table=summary))
     else:
         blocks.append(Block("p", "No problems found in the files."))
@@ -342,7 +382,9 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
     blocks.append(Block("h2", "3. Annotations"))
     blocks.append(Block("h3", "Coverage"))
     blocks.append(Block("table", table=_dict_table(result.coverage, "pairs", "count")))
-    blocks.append(Block("figure", "Score distributions.", figure="score_distributions.png", png=_fig_expert_scores(result)))
+    blocks.append(
+        Block("figure", "Score distributions.", figure="score_distributions.png", png=_fig_expert_scores(result))
+    )
     blocks.append(Block("h3", "Agreement"))
     ea, ec = result.expert_agreement, result.expert_crowd
     agreement_rows = {
@@ -359,10 +401,15 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
     }
     blocks.append(Block("table", table=_dict_table(agreement_rows, "measure", "value")))
     blocks.append(
-        Block("p", "Alpha reads as: 1 perfect agreement, 0 no better than chance; 0.8+ is reliable, 0.667-0.8 tentative.")
+        Block(
+            "p", "Alpha reads as: 1 perfect agreement, 0 no better than chance; 0.8+ is reliable, 0.667-0.8 tentative."
+        )
     )
     blocks.append(Block("figure", "Agreement.", figure="agreement.png", png=_fig_agreement(result)))
-    for key, title in (("experts", "experts 2+ points apart"), ("expert_vs_crowd", "experts and crowd 0.5+ apart (0..1 scale)")):
+    for key, title in (
+        ("experts", "experts 2+ points apart"),
+        ("expert_vs_crowd", "experts and crowd 0.5+ apart (0..1 scale)"),
+    ):
         frame = result.disagreements[key]
         shown = f"{len(frame)} pairs" + (", the 10 largest shown" if len(frame) > 10 else "")
         blocks.append(Block("h3", f"Disagreements: {title} ({shown})"))
@@ -383,7 +430,11 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
             f"{labels.threshold:g}. A pair judged by one side only gets the other side from the imputer with the "
             "lowest cross-validated error on the pairs judged by both: the known side as is, a ridge model on "
             "the known side, or one that also uses "
-            + (f"{result.labels_similarity_model}'s image-text similarity" if result.labels_similarity_model else "a model's similarity (no model given)")
+            + (
+                f"{result.labels_similarity_model}'s image-text similarity"
+                if result.labels_similarity_model
+                else "a model's similarity (no model given)"
+            )
             + ". Every candidate's held-out error is below.",
         )
     )
@@ -445,7 +496,10 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
         )
     )
     minors = pd.DataFrame(
-        {"train_dataset.csv rows": result.minors_train_rows.summary(), "judged pairs": result.minors_judged_pairs.summary()}
+        {
+            "train_dataset.csv rows": result.minors_train_rows.summary(),
+            "judged pairs": result.minors_judged_pairs.summary(),
+        }
     )
     minors.index = [str(name).replace("_", " ") for name in minors.index]
     blocks.append(Block("table", table=minors.reset_index(names="")))
@@ -509,7 +563,9 @@ def _inline(text: str) -> str:
 
 
 def render_html(blocks: list[Block], title: str) -> str:
-    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    out = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+    ]
     for block in blocks:
         if block.kind in ("h1", "h2", "h3"):
             out.append(f"<{block.kind}>{_inline(block.text)}</{block.kind}>")
@@ -533,7 +589,8 @@ def render_html(blocks: list[Block], title: str) -> str:
 def _html_table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 

@@ -183,7 +183,9 @@ class ImageStore:
         return [self._images[(split, name)] for name in names]
 
 
-def _encode_images(model: RetrievalModel, images: list[Image.Image], desc: str, progress: bool, batch: int = 64) -> np.ndarray:
+def _encode_images(
+    model: RetrievalModel, images: list[Image.Image], desc: str, progress: bool, batch: int = 64
+) -> np.ndarray:
     chunks = [
         model.encode_images(images[start : start + batch])
         for start in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress or not images)
@@ -314,9 +316,7 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
     # Expert-judged pairs for nDCG: allowed by the minors rule, with text and a readable image.
     judged = pairs[pairs["has_expert"]].copy()
     judged = judged[
-        _pair_mask(judged, allowed_keys)
-        & judged["image"].isin(train_image_row)
-        & judged["query_id"].isin(text_row)
+        _pair_mask(judged, allowed_keys) & judged["image"].isin(train_image_row) & judged["query_id"].isin(text_row)
     ].reset_index(drop=True)
     judged["gain"] = judged["expert_score"] - 1.0
     chance_ndcg = _chance_ndcg(judged, config.ndcg_k, config.seed)
@@ -345,8 +345,12 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
             result.error = f"{type(exc).__name__}: {exc}"
             continue
         try:
-            image_feats = _encode_images(model, store.get("train", train_images), f"{spec.name}: train images", progress)
-            text_feats = _encode_texts(model, [query_texts[q] for q in train_query_ids], f"{spec.name}: train queries", progress)
+            image_feats = _encode_images(
+                model, store.get("train", train_images), f"{spec.name}: train images", progress
+            )
+            text_feats = _encode_texts(
+                model, [query_texts[q] for q in train_query_ids], f"{spec.name}: train queries", progress
+            )
             gallery_feats = _encode_images(model, store.get("test", gallery), f"{spec.name}: test images", progress)
             query_feats = _encode_texts(model, list(evaluated["query_text"]), f"{spec.name}: test queries", progress)
             sims = _pair_scores(model, text_feats, image_feats, pair_text_rows, pair_image_rows)
@@ -394,7 +398,9 @@ def run_evaluation(config: EvaluationConfig) -> EvaluationResult:
             result.error = f"{type(exc).__name__}: {exc}"
             continue
         try:
-            image_feats = _encode_images(baseline, store.get("train", train_images), f"{spec.name}: train images", progress)
+            image_feats = _encode_images(
+                baseline, store.get("train", train_images), f"{spec.name}: train images", progress
+            )
             text_feats = _encode_texts(
                 baseline, [query_texts[q] for q in train_query_ids], f"{spec.name}: train queries", progress
             )
@@ -626,7 +632,12 @@ def metrics_summary(result: EvaluationResult) -> dict[str, object]:
     """The headline numbers as plain JSON-able values (also written to metrics.json)."""
     models: list[dict[str, object]] = []
     for m in result.models:
-        entry: dict[str, object] = {"name": m.name, "kind": m.spec.kind, "error": m.error, "seconds": round(m.seconds, 1)}
+        entry: dict[str, object] = {
+            "name": m.name,
+            "kind": m.spec.kind,
+            "error": m.error,
+            "seconds": round(m.seconds, 1),
+        }
         if m.retrieval is not None:
             r = m.retrieval
             for k, est in r.recall.items():
@@ -679,4 +690,3 @@ def _est(estimate: Estimate) -> dict[str, float | None]:
 
 def write_metrics_json(result: EvaluationResult, path: Path) -> None:
     path.write_text(json.dumps(metrics_summary(result), indent=2, ensure_ascii=False))
-

@@ -38,13 +38,10 @@ class Services:
 
 def reset_cached_state() -> None:
     """Settings, engine and Celery app are process-wide caches: rebuild them after changing the environment."""
+    import core.embedding
+    import core.moderation
     from core.settings import get_settings
     from db.engine import dispose_engine, get_engine, get_sessionmaker
-
-    import core.embedding
-
-    import core.moderation
-
     from db.photos import forget_active_model
 
     forget_active_model()  # the process's cached answer to "which model is active"
@@ -77,18 +74,20 @@ def services(tiny_clip_path: Path) -> Iterator[Services]:
     postgres.start()
     redis.start()
     saved = {k: v for k, v in os.environ.items() if k.startswith("WITHSENSE_")}
-    os.environ.update({
-        "WITHSENSE_HOME": str(home / "data"),
-        "WITHSENSE_DATABASE_URL": postgres.url,
-        "WITHSENSE_BROKER_URL": redis.url,
-        "WITHSENSE_MODEL": str(tiny_clip_path),
-        "WITHSENSE_DEVICE": "cpu",
-        "WITHSENSE_RECONCILE_AFTER_S": "3600",
-        # Tests upload faster than a person; the rate-limit test sets its own limits.
-        "WITHSENSE_RATE_LIMIT_UPLOAD": "100000/second",
-        "WITHSENSE_RATE_LIMIT_SEARCH": "100000/second",
-        "WITHSENSE_MODERATION_PROMPTS": str(Path(__file__).with_name("moderation_prompts.yaml")),
-    })
+    os.environ.update(
+        {
+            "WITHSENSE_HOME": str(home / "data"),
+            "WITHSENSE_DATABASE_URL": postgres.url,
+            "WITHSENSE_BROKER_URL": redis.url,
+            "WITHSENSE_MODEL": str(tiny_clip_path),
+            "WITHSENSE_DEVICE": "cpu",
+            "WITHSENSE_RECONCILE_AFTER_S": "3600",
+            # Tests upload faster than a person; the rate-limit test sets its own limits.
+            "WITHSENSE_RATE_LIMIT_UPLOAD": "100000/second",
+            "WITHSENSE_RATE_LIMIT_SEARCH": "100000/second",
+            "WITHSENSE_MODERATION_PROMPTS": str(Path(__file__).with_name("moderation_prompts.yaml")),
+        }
+    )
     reset_cached_state()
     upgrade(postgres.url)
     try:
@@ -109,8 +108,13 @@ def services(tiny_clip_path: Path) -> Iterator[Services]:
 class WorkerProcess:
     """A real `celery worker` child process consuming from the test Redis."""
 
-    def __init__(self, home: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None,
-                 queues: str = "photos,maintenance") -> None:
+    def __init__(
+        self,
+        home: Path,
+        concurrency: int = 1,
+        extra_env: dict[str, str] | None = None,
+        queues: str = "photos,maintenance",
+    ) -> None:
         self.home = home
         self.concurrency = concurrency
         self.queues = queues
@@ -123,10 +127,29 @@ class WorkerProcess:
         env["PYTHONPATH"] = str(ROOT)
         log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
-             "-c", str(self.concurrency), "--loglevel", "INFO", "-n", f"test{time.monotonic_ns()}@%h",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                self.queues,
+                "-c",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"test{time.monotonic_ns()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -202,9 +225,8 @@ def clean_db(services: Services) -> Iterator[None]:
     """Start each test with no photos (the worker is a separate process, so rollback isolation can't apply)."""
     from sqlalchemy import text
 
-    from db.engine import session_scope
-
     from core.settings import get_settings
+    from db.engine import session_scope
 
     with session_scope() as session:
         session.execute(text("TRUNCATE photos CASCADE"))

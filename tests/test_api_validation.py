@@ -99,8 +99,11 @@ def _assert_nothing_stored(services) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("threads", [2, 1])
-def test_the_api_process_runs_torch_with_the_configured_threads(services, threads: int,  # type: ignore[no-untyped-def]
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_process_runs_torch_with_the_configured_threads(
+    services,
+    threads: int,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import torch
     from fastapi.testclient import TestClient
 

@@ -150,7 +150,11 @@ def test_random_vit_b32_is_saved_the_same_way(tmp_path: Path) -> None:
 
     # The default config is ViT-B/32 (512-d); a narrow twin keeps the test fast.
     default = CLIPConfig()
-    assert (default.projection_dim, default.vision_config.patch_size, default.vision_config.image_size) == (512, 32, 224)
+    assert (default.projection_dim, default.vision_config.patch_size, default.vision_config.image_size) == (
+        512,
+        32,
+        224,
+    )
     narrow = CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
@@ -206,21 +210,24 @@ def test_images_already_at_the_model_input_size_skip_only_no_op_steps(tiny: Clip
     from core.images import make_derivative
 
     tiny.load()
-    side = tiny._identity_size  # noqa: SLF001 - the shortcut's trigger, read from the model's processor
+    side = tiny._identity_size
     assert side is not None and side[0] == side[1]
     derivatives = [make_derivative(item.image, side[0]) for item in synthetic.generate(6, seed=8, size=(640, 480))]
-    processor = tiny._image_processor  # noqa: SLF001
+    processor = tiny._image_processor
     expected = processor(images=derivatives, return_tensors="np")["pixel_values"]  # type: ignore[operator]
     shortcut = np.stack([tiny.prepare_image(image) for image in derivatives])
     np.testing.assert_allclose(shortcut, expected, atol=1e-5)
 
 
-def test_prepared_path_works_for_the_legacy_layout_too(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+def test_prepared_path_works_for_the_legacy_layout_too(
+    tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path
+) -> None:
     legacy = _legacy_layout(tiny_clip_path, tmp_path)
     old = ClipEmbedder(str(legacy), device="cpu")
     pictures = [item.image for item in synthetic.generate(3, seed=5)]
-    np.testing.assert_allclose(old.embed_prepared([old.prepare_image(p) for p in pictures]),
-                               tiny.embed_images(pictures), atol=1e-5)
+    np.testing.assert_allclose(
+        old.embed_prepared([old.prepare_image(p) for p in pictures]), tiny.embed_images(pictures), atol=1e-5
+    )
 
 
 def test_odd_inputs(tiny: ClipEmbedder) -> None:

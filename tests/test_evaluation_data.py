@@ -62,7 +62,7 @@ def test_train_with_bom_spaces_duplicates_and_unquoted_commas(tmp_path: Path) ->
         "a.jpg,b.jpg#0,A dog runs .\n"
         " c.jpg ,b.jpg#0,A dog runs .\n"  # stray spaces
         "a.jpg,b.jpg#0,A dog runs .\n"  # exact duplicate of line 2
-        "a.jpg,d.jpg#1,\"A man, a dog\"\n"  # quoted comma: fine
+        'a.jpg,d.jpg#1,"A man, a dog"\n'  # quoted comma: fine
         "c.jpg,d.jpg#1,A man, a dog\n"  # unquoted comma: joined back
         "e.jpg,not-an-id,Some text\n"
         "f.jpg,g.jpg#0\n"  # a field short
@@ -105,7 +105,8 @@ def test_train_in_cp1252_is_read_and_reported(tmp_path: Path) -> None:
 def test_inconsistent_texts_for_one_query_id_are_reported(tmp_path: Path) -> None:
     report = ValidationReport()
     read_train(
-        write(tmp_path / "train_dataset.csv", "image,query_id,query_text\na.jpg,b.jpg#0,A dog\nc.jpg,b.jpg#0,A cat\n"), report
+        write(tmp_path / "train_dataset.csv", "image,query_id,query_text\na.jpg,b.jpg#0,A dog\nc.jpg,b.jpg#0,A cat\n"),
+        report,
     )
     assert kinds(report) == {"inconsistent_text": 1}
 
@@ -340,10 +341,14 @@ def _annotation_frames(
         score = int(rng.integers(1, 5))
         image, query = f"i{i}.jpg", f"q{i}.jpg#0"
         if i < n_both + n_expert_only:
-            expert_rows.append({"image": image, "query_id": query, "expert_1": score, "expert_2": score, "expert_3": score})
+            expert_rows.append(
+                {"image": image, "query_id": query, "expert_1": score, "expert_2": score, "expert_3": score}
+            )
         if i < n_both or i >= n_both + n_expert_only:
             share = ((score - 1) / 3) ** power
-            crowd_rows.append({"image": image, "query_id": query, "crowd_share": share, "crowd_yes": np.nan, "crowd_no": np.nan})
+            crowd_rows.append(
+                {"image": image, "query_id": query, "crowd_share": share, "crowd_yes": np.nan, "crowd_no": np.nan}
+            )
     return pd.DataFrame(expert_rows), pd.DataFrame(crowd_rows)
 
 
@@ -365,7 +370,9 @@ def test_imputation_recovers_a_learnable_side_and_reports_held_out_quality() -> 
     # Known sides are never overwritten, and relevance is the blend of the filled sides.
     both = pairs[pairs["has_expert"] & pairs["has_crowd"]]
     assert (both["crowd_share_filled"] == both["crowd_share"]).all()
-    np.testing.assert_allclose(pairs["relevance"], 0.6 * pairs["expert_unit_filled"] + 0.4 * pairs["crowd_share_filled"])
+    np.testing.assert_allclose(
+        pairs["relevance"], 0.6 * pairs["expert_unit_filled"] + 0.4 * pairs["crowd_share_filled"]
+    )
     assert (pairs["relevant"] == (pairs["relevance"] >= 0.5)).all()
 
 
@@ -397,7 +404,11 @@ def test_similarity_feature_is_used_when_given() -> None:
     index = pd.MultiIndex.from_arrays([expert["image"], expert["query_id"]])
     similarity = pd.Series(np.linspace(0, 1, len(expert)), index=index)
     labels = build_relevance_labels(expert, crowd, similarity=similarity)
-    assert set(labels.imputation[0].candidates) == {"known side as is", "ridge on the known side", "ridge on the known side + similarity"}
+    assert set(labels.imputation[0].candidates) == {
+        "known side as is",
+        "ridge on the known side",
+        "ridge on the known side + similarity",
+    }
     assert labels.pairs["similarity"].notna().sum() == len(expert)
 
 
@@ -437,7 +448,15 @@ def test_expert_agreement_and_disagreements() -> None:
     assert agreement.spread_two_or_more_share == pytest.approx(1 / 4)
     assert agreement.pairwise_alpha["expert_1 vs expert_3"] == pytest.approx(1.0)
     assert agreement.alpha_ordinal < 1.0
-    crowd = pd.DataFrame({"image": ["a", "b", "c", "e"], "query_id": ["q#0"] * 4, "crowd_share": [0.0, 1.0, 1.0, 0.5], "crowd_yes": 0, "crowd_no": 0})
+    crowd = pd.DataFrame(
+        {
+            "image": ["a", "b", "c", "e"],
+            "query_id": ["q#0"] * 4,
+            "crowd_share": [0.0, 1.0, 1.0, 0.5],
+            "crowd_yes": 0,
+            "crowd_no": 0,
+        }
+    )
     pairs = merge_annotations(expert, crowd)
     cases = ann.disagreement_cases(pairs, {"q#0": "a query"})
     assert cases["experts"]["image"].tolist() == ["d"]

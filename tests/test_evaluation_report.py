@@ -50,7 +50,10 @@ def baseline_encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 
 @pytest.fixture(scope="module")
 def demo_run(
-    tiny_clip_path: Path, random_clip: Path, baseline_encoders: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+    tiny_clip_path: Path,
+    random_clip: Path,
+    baseline_encoders: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[object, Path]:
     out = tmp_path_factory.mktemp("eval") / "report"
     image_encoder, text_encoder = baseline_encoders
@@ -129,7 +132,9 @@ def test_recall_agrees_with_an_independent_computation(demo_run: tuple[object, P
     expected = pd.Series(ranks, index=queries["query_id"])
     # Ranks can differ by one where two images score within float error of each other.
     assert (mine.loc[expected.index, "rank"].to_numpy() - expected.to_numpy()).__abs__().max() <= 1
-    assert mine["hit_at_5"].mean() == pytest.approx(_model(_metrics(out), tiny_clip_path)["recall@5"]["value"], abs=1e-6)
+    assert mine["hit_at_5"].mean() == pytest.approx(
+        _model(_metrics(out), tiny_clip_path)["recall@5"]["value"], abs=1e-6
+    )
     assert abs(np.mean(ranks <= 5) - mine["hit_at_5"].mean()) <= 2 / len(ranks)
 
 
@@ -186,7 +191,14 @@ def test_report_is_self_contained_and_complete(demo_run: tuple[object, Path], ti
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6
     assert not re.search(r"""(src|href)=['"]https?:""", html), "the report must open offline"
-    for heading in ("Model comparison", "Data checks", "Annotations", "Relevance labels", "Query text cleaning", "The minors rule"):
+    for heading in (
+        "Model comparison",
+        "Data checks",
+        "Annotations",
+        "Relevance labels",
+        "Query text cleaning",
+        "The minors rule",
+    ):
         assert heading in html
     for text in (tiny_clip_path.name, "chance (random ranking)", "Krippendorff", "bom", "missing_image", "nDCG@10"):
         assert text in html, text
@@ -231,7 +243,20 @@ def test_a_broken_dataset_still_gives_a_report(tiny_clip_path: Path, tmp_path: P
 
 def test_an_unloadable_model_is_reported_and_the_command_fails(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", "--demo", "--model", str(tmp_path / "no-such-model"), "--out", str(out), "--quiet", "--bootstrap", "10"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--demo",
+            "--model",
+            str(tmp_path / "no-such-model"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--bootstrap",
+            "10",
+        ],
+    )
     assert result.exit_code == 1
     assert "no-such-model" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -256,12 +281,27 @@ def test_usage_errors(args: list[str], message: str) -> None:
     assert message in result.output
 
 
-def test_a_clip_with_a_separate_text_model_is_evaluated_as_one_model(tiny_clip_path: Path, random_clip: Path,
-                                                                     tmp_path: Path) -> None:
+def test_a_clip_with_a_separate_text_model_is_evaluated_as_one_model(
+    tiny_clip_path: Path, random_clip: Path, tmp_path: Path
+) -> None:
     """`--model IMAGE+TEXT`: the image tower of one model, queries embedded by the other."""
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", "--demo", "--model", str(tiny_clip_path), "--model",
-                                      f"{tiny_clip_path}+{random_clip}", "--out", str(out), "--quiet", "--bootstrap", "10"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--demo",
+            "--model",
+            str(tiny_clip_path),
+            "--model",
+            f"{tiny_clip_path}+{random_clip}",
+            "--out",
+            str(out),
+            "--quiet",
+            "--bootstrap",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     models = {m["name"]: m for m in json.loads((out / "metrics.json").read_text())["models"]}
     paired = f"{tiny_clip_path.name} + {random_clip.name}"

@@ -47,9 +47,10 @@ def _counts(photo_ids: list[str]) -> dict[str, int]:
     from db.engine import session_scope
 
     with session_scope() as session:
-        rows = session.execute(text(
-            "SELECT p.status, count(*) FROM photos p WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.status"),
-            {"ids": photo_ids}).all()
+        rows = session.execute(
+            text("SELECT p.status, count(*) FROM photos p WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.status"),
+            {"ids": photo_ids},
+        ).all()
     return dict(rows)
 
 
@@ -57,9 +58,13 @@ def _embedding_rows(photo_ids: list[str]) -> dict[str, int]:
     from db.engine import session_scope
 
     with session_scope() as session:
-        rows = session.execute(text(
-            "SELECT photo_id::text, count(*) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[])) "
-            "GROUP BY photo_id"), {"ids": photo_ids}).all()
+        rows = session.execute(
+            text(
+                "SELECT photo_id::text, count(*) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[])) "
+                "GROUP BY photo_id"
+            ),
+            {"ids": photo_ids},
+        ).all()
     return dict(rows)
 
 
@@ -221,7 +226,9 @@ def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, 
     from workers.tasks import reconcile_stale_photos
 
     rng = np.random.default_rng(14)
-    images = [jpeg_bytes(Image.new("RGB", (48, 32), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(1000)]
+    images = [
+        jpeg_bytes(Image.new("RGB", (48, 32), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(1000)
+    ]
     images = list(dict.fromkeys(images))  # distinct bytes only
     ids = _register(api, images)
     client = redis.Redis.from_url(own_broker.url)
@@ -355,7 +362,9 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
                             "WITH p AS (INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, "
                             "moderation_status) VALUES (%s, %s, 'JPEG', 1, 1, 1, 'indexed', 'approved') RETURNING id) "
                             "INSERT INTO photo_embeddings (photo_id, model_id, embedding) "
-                            "SELECT id, 1, '[0.5,0.5,0.5,0.5]'::halfvec FROM p RETURNING photo_id", (sha, sha)).fetchone()
+                            "SELECT id, 1, '[0.5,0.5,0.5,0.5]'::halfvec FROM p RETURNING photo_id",
+                            (sha, sha),
+                        ).fetchone()
                         committed.append(str(row[0]))
             except psycopg.OperationalError:
                 return  # the crash
@@ -381,8 +390,11 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
 
         # An open transaction whose rows must never be seen.
         uncommitted = psycopg.connect(dsn)
-        uncommitted.execute("INSERT INTO photos (storage_key, sha256, format, width, height, bytes) "
-                            "VALUES ('ghost', %s, 'JPEG', 1, 1, 1)", ("f" * 64,))
+        uncommitted.execute(
+            "INSERT INTO photos (storage_key, sha256, format, width, height, bytes) "
+            "VALUES ('ghost', %s, 'JPEG', 1, 1, 1)",
+            ("f" * 64,),
+        )
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
         threads += [threading.Thread(target=searcher), threading.Thread(target=vacuumer)]
         for thread in threads:
@@ -402,8 +414,9 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
             present = {str(r[0]) for r in conn.execute("SELECT id FROM photos")}
             embedded = {str(r[0]) for r in conn.execute("SELECT photo_id FROM photo_embeddings")}
             assert conn.execute("SELECT count(*) FROM photos WHERE storage_key = 'ghost'").fetchone()[0] == 0
-            assert conn.execute("SELECT count(*) FROM search_photos('[0.5,0.5,0.5,0.5]'::vector, 1000, NULL)").fetchone()[0] \
-                == min(1000, len(embedded))
+            assert conn.execute(
+                "SELECT count(*) FROM search_photos('[0.5,0.5,0.5,0.5]'::vector, 1000, NULL)"
+            ).fetchone()[0] == min(1000, len(embedded))
         assert len(committed) > 50
         assert set(committed) <= present and set(committed) <= embedded
     finally:
@@ -444,15 +457,18 @@ def _route_request_kwargs(method: str, path: str) -> dict[str, object]:
 
 
 def test_postgres_down_under_load_every_v1_route_is_503_and_queued_uploads_index_once(  # type: ignore[no-untyped-def]
-        api, services, own_broker, workers) -> None:
+    api, services, own_broker, workers
+) -> None:
     from api.app import create_app
     from tests.test_hostile_input import _v1_routes
 
     # Accepted before the outage, still queued (no worker on this broker yet).
     ids = _register(api, [_large_jpeg(700 + seed, (640, 480)) for seed in range(6)])
     assert _counts(ids) == {"pending": len(ids)}
-    routes = [(method, path.replace("00000000-0000-0000-0000-000000000001", ids[0]))
-              for method, path in _v1_routes(create_app())]
+    routes = [
+        (method, path.replace("00000000-0000-0000-0000-000000000001", ids[0]))
+        for method, path in _v1_routes(create_app())
+    ]
     assert len(routes) >= 12
 
     seen: list[int] = []
@@ -503,8 +519,11 @@ def test_soak_uploads_searches_and_worker_restarts(api, services, own_broker, wo
     from workers.tasks import reconcile_stale_photos
 
     rng = np.random.default_rng(99)
-    images = list(dict.fromkeys(
-        jpeg_bytes(Image.new("RGB", (96, 64), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(300)))
+    images = list(
+        dict.fromkeys(
+            jpeg_bytes(Image.new("RGB", (96, 64), tuple(int(c) for c in rng.integers(0, 255, 3)))) for _ in range(300)
+        )
+    )
     worker = _start_worker(services, workers)
     search_errors: list[int] = []
     stop = threading.Event()

@@ -27,15 +27,27 @@ def many_vectors(services):  # type: ignore[no-untyped-def]
     approved = np.zeros(N, dtype=bool)
     approved[rng.choice(N, size=N // 100, replace=False)] = True
     with session_scope() as session:
-        rows = session.execute(text(
-            "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status) "
-            "SELECT 'bench/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 1, 1, 1, 'indexed', "
-            "CASE WHEN g = ANY(:approved) THEN 'approved' ELSE 'pending_review' END "
-            "FROM generate_series(0, :n - 1) g ORDER BY g RETURNING id"),
-            {"approved": [int(i) for i in np.flatnonzero(approved)], "n": N}).scalars().all()
+        rows = (
+            session.execute(
+                text(
+                    "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status) "
+                    "SELECT 'bench/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 1, 1, 1, 'indexed', "
+                    "CASE WHEN g = ANY(:approved) THEN 'approved' ELSE 'pending_review' END "
+                    "FROM generate_series(0, :n - 1) g ORDER BY g RETURNING id"
+                ),
+                {"approved": [int(i) for i in np.flatnonzero(approved)], "n": N},
+            )
+            .scalars()
+            .all()
+        )
         session.execute(
-            text("INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (:photo_id, :model_id, :embedding)"),
-            [{"photo_id": pid, "model_id": model.id, "embedding": HalfVector(v.tolist())} for pid, v in zip(rows, vectors)],
+            text(
+                "INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (:photo_id, :model_id, :embedding)"
+            ),
+            [
+                {"photo_id": pid, "model_id": model.id, "embedding": HalfVector(v.tolist())}
+                for pid, v in zip(rows, vectors)
+            ],
         )
         session.execute(text("ANALYZE photos; ANALYZE photo_embeddings"))
     return model, rows, vectors, approved
@@ -57,10 +69,18 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors)
             # this test exercises the iterative index scan a production-sized table gets.
             session.execute(text("SET LOCAL enable_seqscan = off"))
             hits = search_by_vector(session, query, K, "RU")
-            exact = session.execute(text(
-                f"SELECT e.photo_id FROM photo_embeddings e JOIN searchable_photos p ON p.id = e.photo_id "
-                f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) <=> CAST(:q AS vector({model.dimension})) "
-                f"LIMIT :k"), {"m": model.id, "q": Vector(query.tolist()), "k": K}).scalars().all()
+            exact = (
+                session.execute(
+                    text(
+                        f"SELECT e.photo_id FROM photo_embeddings e JOIN searchable_photos p ON p.id = e.photo_id "
+                        f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) <=> CAST(:q AS vector({model.dimension})) "
+                        f"LIMIT :k"
+                    ),
+                    {"m": model.id, "q": Vector(query.tolist()), "k": K},
+                )
+                .scalars()
+                .all()
+            )
         got = [str(h.photo_id) for h in hits]
         assert len(got) == K, "the filtered search came back short"
         assert set(got) <= set(eligible)
@@ -79,10 +99,14 @@ def test_the_search_uses_the_models_hnsw_index(many_vectors) -> None:  # type: i
         session.execute(text("SET LOCAL enable_seqscan = off"))
         session.execute(text("SET LOCAL enable_sort = off"))
         # The shape of search_photos' inner query: the model's partial expression index must match it.
-        plan = "\n".join(session.execute(text(
-            f"EXPLAIN SELECT e.photo_id FROM photo_embeddings e WHERE e.model_id = {model.id} "
-            f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) LIMIT 10"
-        )).scalars())
+        plan = "\n".join(
+            session.execute(
+                text(
+                    f"EXPLAIN SELECT e.photo_id FROM photo_embeddings e WHERE e.model_id = {model.id} "
+                    f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) LIMIT 10"
+                )
+            ).scalars()
+        )
     assert f"ix_photo_embeddings_hnsw_model_{model.id}" in plan, plan
 
 
@@ -104,8 +128,10 @@ def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:
             validate_embedding(vector, model.dimension)
         literal = "[" + ",".join("NaN" if np.isnan(x) else str(float(x)) for x in vector) + "]"
         with pytest.raises(DBAPIError), session_scope() as session:  # the database refuses them too
-            session.execute(text("UPDATE photo_embeddings SET embedding = CAST(:v AS halfvec) WHERE photo_id = :id"),
-                            {"v": literal, "id": ids[0]})
+            session.execute(
+                text("UPDATE photo_embeddings SET embedding = CAST(:v AS halfvec) WHERE photo_id = :id"),
+                {"v": literal, "id": ids[0]},
+            )
     with pytest.raises(DimensionMismatch, match="dimensions"), session_scope() as session:
         search_by_vector(session, np.ones(model.dimension + 3, dtype=np.float32), 5)
     with pytest.raises(DBAPIError, match="NULL"), session_scope() as session:

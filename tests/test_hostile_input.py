@@ -47,8 +47,14 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
     big = jpeg_bytes(Image.effect_noise((900, 900), 120).convert("RGB"), quality=100)
     assert len(big) > 100_000
     boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + big
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     with _small_cap_client(max_upload_bytes=100_000) as client:
         honest = client.post("/v1/photos", content=body, headers=headers)
@@ -56,7 +62,7 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
 
         def chunks():  # type: ignore[no-untyped-def]
             for start in range(0, len(body), 8192):
-                yield body[start:start + 8192]
+                yield body[start : start + 8192]
 
         chunked = client.post("/v1/photos", content=chunks(), headers=headers)
         assert honest.status_code == 413 and "larger than" in honest.json()["detail"]
@@ -65,7 +71,9 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
         assert chunked.status_code == 413 and "larger than" in chunked.json()["detail"]
         _nothing_stored()
         assert queue.llen("photos") == 0  # no task was queued for the refused uploads
-        small = client.post("/v1/photos", files={"file": ("ok.jpg", jpeg_bytes(solid((3, 4, 5), (64, 48))), "image/jpeg")})
+        small = client.post(
+            "/v1/photos", files={"file": ("ok.jpg", jpeg_bytes(solid((3, 4, 5), (64, 48))), "image/jpeg")}
+        )
         assert small.status_code == 202, small.text
         assert queue.llen("photos") == 1  # ... while an accepted one is: the queue inspected is the real one
 
@@ -73,9 +81,11 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
 # 2. Thousands of empty parts; a huge text field.
 def test_thousands_of_parts_and_huge_fields_are_refused(api) -> None:  # type: ignore[no-untyped-def]
     boundary = "xx"
-    parts = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"p{i}\"\r\n\r\n\r\n" for i in range(5000))
+    parts = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="p{i}"\r\n\r\n\r\n' for i in range(5000))
     body = (parts + f"--{boundary}--\r\n").encode()
-    response = api.post("/v1/photos", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = api.post(
+        "/v1/photos", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert response.status_code == 400 and "too many parts" in response.json()["detail"]
     huge_title = upload(api, solid((1, 2, 3)), title="x" * 100_000)
     assert huge_title.status_code == 413 and "title" in huge_title.json()["detail"]
@@ -93,7 +103,9 @@ def test_polyglot_with_jpeg_magic_but_no_image_is_refused_from_the_bytes(api) ->
 
 
 # 4. Hostile file names never reach a path.
-@pytest.mark.parametrize("name", ["../../x.jpg", "a" * 300 + ".jpg", "evil\x00.jpg", "..\\..\\windows.jpg", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "name", ["../../x.jpg", "a" * 300 + ".jpg", "evil\x00.jpg", "..\\..\\windows.jpg", "/etc/passwd"]
+)
 def test_client_file_names_never_reach_a_path(api, name: str) -> None:  # type: ignore[no-untyped-def]
     image = Image.new("RGB", (64, 48), tuple(int(x) for x in np.random.default_rng(len(name)).integers(0, 255, 3)))
     response = api.post("/v1/photos", files={"file": (name, jpeg_bytes(image), "image/jpeg")})
@@ -134,13 +146,16 @@ def _ico() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("payload", [
-    _ico(),
-    b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8" + b" " * 2800,
-    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
-    b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n",
-    b"gd2\x00\x00\x02" + b"\x00" * 64,
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _ico(),
+        b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8" + b" " * 2800,
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n",
+        b"gd2\x00\x00\x02" + b"\x00" * 64,
+    ],
+)
 def test_formats_outside_the_allow_list_are_415(api, payload: bytes) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnsupportedFormat):
         inspect_image(payload)
@@ -219,10 +234,17 @@ def test_exif_rotated_uploads_get_an_upright_thumbnail(api) -> None:  # type: ig
         pixels = np.asarray(Image.open(io.BytesIO(thumbnail.content)).convert("RGB"), dtype=np.float32)
         assert pixels.shape == (224, 224, 3)
         # The centre crop of the upright 120x80 marker: the red quadrant is the crop's top-left quarter.
-        corners = {"top-left": pixels[10:90, 10:90], "top-right": pixels[10:90, 134:214],
-                   "bottom-left": pixels[134:214, 10:90], "bottom-right": pixels[134:214, 134:214]}
+        corners = {
+            "top-left": pixels[10:90, 10:90],
+            "top-right": pixels[10:90, 134:214],
+            "bottom-left": pixels[134:214, 10:90],
+            "bottom-right": pixels[134:214, 134:214],
+        }
         red = {name: bool(patch[..., 0].mean() > 200 and patch[..., 2].mean() < 60) for name, patch in corners.items()}
-        assert red == {"top-left": True, "top-right": False, "bottom-left": False, "bottom-right": False}, (orientation, red)
+        assert red == {"top-left": True, "top-right": False, "bottom-left": False, "bottom-right": False}, (
+            orientation,
+            red,
+        )
 
 
 def test_malformed_exif_does_not_lose_the_photo() -> None:
@@ -239,10 +261,17 @@ def _modes() -> dict[str, Image.Image]:
     rgba.putalpha(128)
     palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
     palette.info["transparency"] = 0
-    i16 = Image.fromarray((np.arange(120 * 80, dtype=np.uint16).reshape(80, 120) * 7))
+    i16 = Image.fromarray(np.arange(120 * 80, dtype=np.uint16).reshape(80, 120) * 7)
     assert i16.mode == "I;16"
-    return {"CMYK": base.convert("CMYK"), "P": palette, "LA": base.convert("LA"), "I;16": i16,
-            "1": base.convert("1"), "RGBA": rgba, "L": base.convert("L")}
+    return {
+        "CMYK": base.convert("CMYK"),
+        "P": palette,
+        "LA": base.convert("LA"),
+        "I;16": i16,
+        "1": base.convert("1"),
+        "RGBA": rgba,
+        "L": base.convert("L"),
+    }
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "P", "LA", "I;16", "1", "RGBA", "L"])
@@ -270,14 +299,22 @@ def test_odd_modes_index_to_finite_vectors(api, services) -> None:  # type: igno
         fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG")
         buffer = io.BytesIO()
         image.save(buffer, format=fmt)
-        response = api.post("/v1/photos", files={"file": (f"x.{fmt.lower()}", buffer.getvalue(), "application/octet-stream")})
+        response = api.post(
+            "/v1/photos", files={"file": (f"x.{fmt.lower()}", buffer.getvalue(), "application/octet-stream")}
+        )
         assert response.status_code == 202, (mode, response.text)
         ids.append(response.json()["id"])
     final = wait_for_status(api, ids)
     assert {b["status"] for b in final.values()} == {"indexed"}, [b["error"] for b in final.values()]
     with session_scope() as session:
-        norms = session.execute(text("SELECT l2_norm(embedding) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[]))"),
-                                {"ids": ids}).scalars().all()
+        norms = (
+            session.execute(
+                text("SELECT l2_norm(embedding) FROM photo_embeddings WHERE photo_id = ANY(CAST(:ids AS uuid[]))"),
+                {"ids": ids},
+            )
+            .scalars()
+            .all()
+        )
     assert len(norms) == len(ids) and all(abs(n - 1) < 0.01 for n in norms)
 
 
@@ -388,8 +425,10 @@ def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(servi
     app.dependency_overrides[get_settings] = lambda: Settings(rate_limit_upload="2/minute")
     images = [jpeg_bytes(solid((40 * n, 7, 200 - 40 * n), (64, 48))) for n in range(5)]
     with TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"}) as client:
-        responses = [client.post("/v1/photos", files={"file": (f"{n}.jpg", data, "image/jpeg")})
-                     for n, data in enumerate(images[:4])]
+        responses = [
+            client.post("/v1/photos", files={"file": (f"{n}.jpg", data, "image/jpeg")})
+            for n, data in enumerate(images[:4])
+        ]
         assert [r.status_code for r in responses] == [202, 202, 429, 429]
         limited = responses[2]
         assert "rate limit" in limited.json()["detail"] and "upload" in limited.json()["detail"]
@@ -412,7 +451,9 @@ def test_callers_without_a_key_are_rate_limited_per_client_address(services) -> 
     from api.app import create_app
 
     app = create_app()
-    app.dependency_overrides[get_settings] = lambda: Settings(rate_limit_search="2/minute", anonymous_scopes=("search",))
+    app.dependency_overrides[get_settings] = lambda: Settings(
+        rate_limit_search="2/minute", anonymous_scopes=("search",)
+    )
     with TestClient(app, client=("203.0.113.7", 50000)) as busy:
         assert [busy.get("/v1/search", params={"q": "a red circle"}).status_code for _ in range(3)] == [200, 200, 429]
     with TestClient(app, client=("203.0.113.8", 50000)) as other:

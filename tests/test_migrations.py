@@ -28,10 +28,14 @@ def _objects(dsn: str) -> dict[str, set[str]]:
     with psycopg.connect(dsn) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         views = {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
-        functions = {r[0] for r in conn.execute(
-            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
-            "WHERE n.nspname = 'public' AND d.objid IS NULL")}
+        functions = {
+            r[0]
+            for r in conn.execute(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
+                "WHERE n.nspname = 'public' AND d.objid IS NULL"
+            )
+        }
         extensions = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
     return {"tables": tables, "views": views, "functions": functions, "extensions": extensions}
 
@@ -65,9 +69,13 @@ def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgre
 
 def _hnsw_options(dsn: str) -> dict[str, list[str]]:
     with psycopg.connect(dsn) as conn:
-        return {name: sorted(options or []) for name, options in conn.execute(
-            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
-            "WHERE a.amname = 'hnsw' AND c.relname LIKE 'ix_photo_embeddings_hnsw_model_%'")}
+        return {
+            name: sorted(options or [])
+            for name, options in conn.execute(
+                "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+                "WHERE a.amname = 'hnsw' AND c.relname LIKE 'ix_photo_embeddings_hnsw_model_%'"
+            )
+        }
 
 
 def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: LocalPostgres) -> None:
@@ -76,19 +84,23 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url, "0004")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        old = conn.execute("INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) "
-                           "RETURNING id").fetchone()[0]
+        old = conn.execute(
+            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
+        ).fetchone()[0]
         conn.execute("SELECT ensure_embedding_index(%s)", (old,))
     assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=64", "m=16"]}
 
     upgrade(empty_postgres.url)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        new = conn.execute("INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) "
-                           "RETURNING id").fetchone()[0]
+        new = conn.execute(
+            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
+        ).fetchone()[0]
         conn.execute("SELECT ensure_embedding_index(%s)", (new,))
         conn.execute(f"REINDEX INDEX ix_photo_embeddings_hnsw_model_{int(old)}")  # what the operator runs
-    assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=128", "m=16"],
-                                  f"ix_photo_embeddings_hnsw_model_{new}": ["ef_construction=128", "m=16"]}
+    assert _hnsw_options(dsn) == {
+        f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=128", "m=16"],
+        f"ix_photo_embeddings_hnsw_model_{new}": ["ef_construction=128", "m=16"],
+    }
 
     downgrade(empty_postgres.url, "0004")
     after = _hnsw_options(dsn)

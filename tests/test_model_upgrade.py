@@ -75,7 +75,8 @@ def restore_active_model(services) -> Iterator[None]:  # type: ignore[no-untyped
 
 
 def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
-        api, services, own_broker, tiny_clip_path: Path, tmp_path: Path, restore_active_model) -> None:  # type: ignore[no-untyped-def]
+    api, services, own_broker, tiny_clip_path: Path, tmp_path: Path, restore_active_model
+) -> None:  # type: ignore[no-untyped-def]
     old_model = os.environ["WITHSENSE_MODEL"]
     new_model = str(_another_model(tiny_clip_path, tmp_path / "clip-v2"))
     workers = [WorkerProcess(services.home)]  # the running worker, on the current model

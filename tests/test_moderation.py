@@ -83,9 +83,12 @@ def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(ap
     image_search = search_client.post("/v1/search/image", files={"file": ("q.jpg", probe, "image/jpeg")})
     assert image_search.json() == {**image_search.json(), "blocked": True, "disclaimer": DISCLAIMER, "results": []}
     blue_probe = jpeg_bytes(sample_of("blue", "circle", seed=4).image)
-    assert child_id not in _ids(search_client.post("/v1/search/image", files={"file": ("q.jpg", blue_probe, "image/jpeg")}))
-    allowed = search_client.post("/v1/search/image", params={"region": free_region},
-                                 files={"file": ("q.jpg", probe, "image/jpeg")})
+    assert child_id not in _ids(
+        search_client.post("/v1/search/image", files={"file": ("q.jpg", blue_probe, "image/jpeg")})
+    )
+    allowed = search_client.post(
+        "/v1/search/image", params={"region": free_region}, files={"file": ("q.jpg", probe, "image/jpeg")}
+    )
     assert child_id in _ids(allowed)
 
     assert child_id not in _ids(search_client.get(f"/v1/photos/{other_id}/similar"))
@@ -101,7 +104,9 @@ def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(ap
 
 
 def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_client) -> None:  # type: ignore[no-untyped-def]
-    (child_id, other_id), final = _index(api, sample_of(MINOR_COLOUR, "circle", seed=5), sample_of("blue", "circle", seed=15))
+    (child_id, other_id), final = _index(
+        api, sample_of(MINOR_COLOUR, "circle", seed=5), sample_of("blue", "circle", seed=15)
+    )
     assert final[child_id]["depicts_minor"] is True and final[other_id]["depicts_minor"] is False
     # A probe that is not itself a minor, so image search is not blocked by the query; k covers every photo.
     probe = {"file": ("q.jpg", jpeg_bytes(sample_of("green", "circle", seed=16).image), "image/jpeg")}
@@ -117,8 +122,9 @@ def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_cl
     assert child_id not in _ids(search_client.get(f"/v1/photos/{other_id}/similar"))
     assert search_client.get(f"/v1/photos/{child_id}/similar").json()["blocked"] is True
 
-    response = api.post(f"/v1/photos/{child_id}/moderation",
-                        json={"parental_consent": True, "reason": "signed consent form #123"})
+    response = api.post(
+        f"/v1/photos/{child_id}/moderation", json={"parental_consent": True, "reason": "signed consent form #123"}
+    )
     assert response.status_code == 200 and response.json()["parental_consent"] is True
     assert child_id in _ids(search_client.get("/v1/search", params={"q": "a yellow circle"}))
     assert search_client.get(f"/v1/photos/{child_id}/thumbnail").status_code == 200
@@ -138,7 +144,9 @@ def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_cl
 
 
 def test_unsafe_photo_waits_in_the_queue_until_a_moderator_decides(api, search_client) -> None:  # type: ignore[no-untyped-def]
-    (unsafe_id, plain_id), final = _index(api, sample_of(UNSAFE_COLOUR, "square", seed=6), sample_of("green", "square", seed=7))
+    (unsafe_id, plain_id), final = _index(
+        api, sample_of(UNSAFE_COLOUR, "square", seed=6), sample_of("green", "square", seed=7)
+    )
     assert final[unsafe_id]["moderation_status"] == "pending_review" and final[unsafe_id]["unsafe"] is True
     assert final[plain_id]["moderation_status"] == "approved"
     queue = api.get("/v1/moderation/queue").json()
@@ -147,16 +155,22 @@ def test_unsafe_photo_waits_in_the_queue_until_a_moderator_decides(api, search_c
     assert unsafe_id not in _ids(search_client.get("/v1/search", params={"q": "a brown square", "region": "XF"}))
     assert search_client.get(f"/v1/photos/{unsafe_id}/thumbnail").status_code == 404
 
-    decided = api.post(f"/v1/photos/{unsafe_id}/moderation",
-                       json={"status": "approved", "unsafe": False, "reason": "brown paint, not gore"})
+    decided = api.post(
+        f"/v1/photos/{unsafe_id}/moderation",
+        json={"status": "approved", "unsafe": False, "reason": "brown paint, not gore"},
+    )
     assert decided.json()["moderation_status"] == "approved"
     assert unsafe_id in _ids(search_client.get("/v1/search", params={"q": "a brown square"}))
     assert api.get("/v1/moderation/queue").json()["total"] == 0
 
-    api.post(f"/v1/photos/{unsafe_id}/moderation", json={"status": "rejected", "reason": "photographer withdrew consent"})
+    api.post(
+        f"/v1/photos/{unsafe_id}/moderation", json={"status": "rejected", "reason": "photographer withdrew consent"}
+    )
     assert unsafe_id not in _ids(search_client.get("/v1/search", params={"q": "a brown square"}))
-    actions = [(e["actor"] == "classifier", e["changes"].get("moderation_status", {}).get("to"))
-               for e in api.get(f"/v1/photos/{unsafe_id}/moderation").json()]
+    actions = [
+        (e["actor"] == "classifier", e["changes"].get("moderation_status", {}).get("to"))
+        for e in api.get(f"/v1/photos/{unsafe_id}/moderation").json()
+    ]
     assert actions == [(True, "pending_review"), (False, "approved"), (False, "rejected")]
 
 
@@ -175,11 +189,18 @@ def test_declared_minor_at_upload_is_hidden_and_audited(api, search_client) -> N
 def test_moderation_needs_the_moderate_scope_and_a_reason(api, search_client) -> None:  # type: ignore[no-untyped-def]
     (photo_id,), _ = _index(api, sample_of("blue", "cross", seed=10))
     assert search_client.get("/v1/moderation/queue").status_code == 403
-    assert search_client.post(f"/v1/photos/{photo_id}/moderation",
-                              json={"status": "rejected", "reason": "nope"}).status_code == 403
+    assert (
+        search_client.post(
+            f"/v1/photos/{photo_id}/moderation", json={"status": "rejected", "reason": "nope"}
+        ).status_code
+        == 403
+    )
     assert api.post(f"/v1/photos/{photo_id}/moderation", json={"status": "rejected"}).status_code == 422
     assert api.post(f"/v1/photos/{photo_id}/moderation", json={"reason": "nothing to change"}).status_code == 422
-    assert api.post(f"/v1/photos/{uuid.uuid4()}/moderation", json={"status": "rejected", "reason": "gone"}).status_code == 404
+    assert (
+        api.post(f"/v1/photos/{uuid.uuid4()}/moderation", json={"status": "rejected", "reason": "gone"}).status_code
+        == 404
+    )
 
 
 def test_audit_log_is_append_only_and_outlives_the_photo(api, services) -> None:  # type: ignore[no-untyped-def]
@@ -195,8 +216,11 @@ def test_audit_log_is_append_only_and_outlives_the_photo(api, services) -> None:
 
 
 def test_read_only_role_sees_only_what_moderation_allows(api, search_client, services, free_region) -> None:  # type: ignore[no-untyped-def]
-    child, plain, unsafe = (sample_of(MINOR_COLOUR, "square", seed=12), sample_of("purple", "square", seed=13),
-                            sample_of(UNSAFE_COLOUR, "triangle", seed=14))
+    child, plain, unsafe = (
+        sample_of(MINOR_COLOUR, "square", seed=12),
+        sample_of("purple", "square", seed=13),
+        sample_of(UNSAFE_COLOUR, "triangle", seed=14),
+    )
     (child_id, plain_id, unsafe_id), _ = _index(api, child, plain, unsafe)
 
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
@@ -216,20 +240,26 @@ def test_read_only_role_sees_only_what_moderation_allows(api, search_client, ser
 
             vector = api.post("/v1/embeddings/text", json={"texts": ["a yellow square"]}).json()["data"][0]["embedding"]
             literal = "[" + ",".join(str(x) for x in vector) + "]"
-            restricted = [str(r[0]) for r in conn.execute(
-                "SELECT photo_id FROM search_photos(%s::vector, 10, 'RU')", (literal,))]
+            restricted = [
+                str(r[0]) for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 10, 'RU')", (literal,))
+            ]
             api_restricted = _ids(search_client.get("/v1/search", params={"q": "a yellow square", "region": "RU"}))
             assert restricted == api_restricted and child_id not in restricted and unsafe_id not in restricted
-            allowed = [str(r[0]) for r in conn.execute(
-                "SELECT photo_id FROM search_photos(%s::vector, 10, %s)", (literal, free_region))]
+            allowed = [
+                str(r[0])
+                for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 10, %s)", (literal, free_region))
+            ]
             assert child_id in allowed and unsafe_id not in allowed
-            assert allowed == _ids(search_client.get("/v1/search", params={"q": "a yellow square", "region": free_region}))
+            assert allowed == _ids(
+                search_client.get("/v1/search", params={"q": "a yellow square", "region": free_region})
+            )
             # Joining with a table of the other service's own, as the README shows.
             conn.execute("CREATE TEMP TABLE favourites (photo_id uuid, buyer text)")
             conn.execute("INSERT INTO favourites VALUES (%s, 'ana')", (plain_id,))
             joined = conn.execute(
                 "SELECT f.buyer, s.score FROM search_photos(%s::vector, 10, 'RU') s JOIN favourites f USING (photo_id)",
-                (literal,)).fetchall()
+                (literal,),
+            ).fetchall()
             assert [row[0] for row in joined] == ["ana"]
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:

@@ -41,10 +41,20 @@ def _rules(version: str = "unit-1", **overrides: Any) -> ModerationRules:
         "version": version,
         "temperature": TEMPERATURE,
         "categories": {
-            "minor": {"effect": "minor", "flag_at": FLAG_AT, "review_at": REVIEW_AT,
-                      "positive": ["a child"], "negative": ["an adult"]},
-            "unsafe": {"effect": "hide", "flag_at": FLAG_AT, "review_at": REVIEW_AT,
-                       "positive": ["something unsafe"], "negative": ["something safe"]},
+            "minor": {
+                "effect": "minor",
+                "flag_at": FLAG_AT,
+                "review_at": REVIEW_AT,
+                "positive": ["a child"],
+                "negative": ["an adult"],
+            },
+            "unsafe": {
+                "effect": "hide",
+                "flag_at": FLAG_AT,
+                "review_at": REVIEW_AT,
+                "positive": ["something unsafe"],
+                "negative": ["something safe"],
+            },
         },
     }
     raw.update(overrides)
@@ -98,8 +108,9 @@ def moderator(axes: AxisEmbedder) -> ZeroShotModerator:
 
 def _minor_image(axes: AxisEmbedder, score: float, unsafe: float = 0.01) -> np.ndarray:
     """An image with the given minor score and (on other axes) the given unsafe score."""
-    return (_part_scoring(axes, "a child", "an adult", score)
-            + _part_scoring(axes, "something unsafe", "something safe", unsafe))
+    return _part_scoring(axes, "a child", "an adult", score) + _part_scoring(
+        axes, "something unsafe", "something safe", unsafe
+    )
 
 
 # ------------------------------------------------------------------------------- thresholds
@@ -139,10 +150,20 @@ def test_a_score_exactly_at_a_threshold_takes_the_stricter_decision(axes: AxisEm
 
 def _categories(minor_flag_at: float, minor_review_at: float) -> dict[str, Any]:
     return {
-        "minor": {"effect": "minor", "flag_at": minor_flag_at, "review_at": minor_review_at,
-                  "positive": ["a child"], "negative": ["an adult"]},
-        "unsafe": {"effect": "hide", "flag_at": FLAG_AT, "review_at": REVIEW_AT,
-                   "positive": ["something unsafe"], "negative": ["something safe"]},
+        "minor": {
+            "effect": "minor",
+            "flag_at": minor_flag_at,
+            "review_at": minor_review_at,
+            "positive": ["a child"],
+            "negative": ["an adult"],
+        },
+        "unsafe": {
+            "effect": "hide",
+            "flag_at": FLAG_AT,
+            "review_at": REVIEW_AT,
+            "positive": ["something unsafe"],
+            "negative": ["something safe"],
+        },
     }
 
 
@@ -183,10 +204,17 @@ def test_a_clear_image_passes(axes: AxisEmbedder, moderator: ZeroShotModerator) 
 
 def test_the_score_is_the_probability_mass_of_the_positive_prompts(axes: AxisEmbedder) -> None:
     """Several prompts per side, checked against the softmax written out by hand."""
-    rules = _rules(categories={"minor": {
-        "effect": "minor", "flag_at": 0.9, "review_at": 0.5,
-        "positive": ["a child", "a baby", "a toddler"], "negative": ["an adult", "a landscape"],
-    }})
+    rules = _rules(
+        categories={
+            "minor": {
+                "effect": "minor",
+                "flag_at": 0.9,
+                "review_at": 0.5,
+                "positive": ["a child", "a baby", "a toddler"],
+                "negative": ["an adult", "a landscape"],
+            }
+        }
+    )
     verdict = ZeroShotModerator(rules, axes).score(axes.axis("a baby"))
     expected = (math.exp(TEMPERATURE) + 2) / (math.exp(TEMPERATURE) + 4)
     assert verdict.scores[0].score == pytest.approx(expected, rel=1e-9)
@@ -203,8 +231,9 @@ def test_the_scale_of_an_embedding_does_not_matter(axes: AxisEmbedder, moderator
     assert [s.score for s in scaled.scores] == pytest.approx([0.6, 0.01], abs=1e-9)
 
 
-@pytest.mark.parametrize("broken", [np.zeros(16), np.full(16, np.nan), np.r_[np.inf, np.zeros(15)]],
-                         ids=["zero", "nan", "inf"])
+@pytest.mark.parametrize(
+    "broken", [np.zeros(16), np.full(16, np.nan), np.r_[np.inf, np.zeros(15)]], ids=["zero", "nan", "inf"]
+)
 def test_a_broken_embedding_is_refused_not_passed_as_clear(moderator: ZeroShotModerator, broken: np.ndarray) -> None:
     # Its scores would be NaN, and NaN compares as "clear": a child's photo would pass unseen.
     with pytest.raises(ValueError, match="zero or not finite"):
@@ -241,7 +270,10 @@ def test_the_prompt_embeddings_are_computed_once_and_left_as_given() -> None:
 
 
 def test_the_verdict_reports_the_classifier_version(axes: AxisEmbedder) -> None:
-    assert ZeroShotModerator(_rules("zeroshot-test-42"), axes).score(np.eye(16)[0]).classifier_version == "zeroshot-test-42"
+    assert (
+        ZeroShotModerator(_rules("zeroshot-test-42"), axes).score(np.eye(16)[0]).classifier_version
+        == "zeroshot-test-42"
+    )
     assert ZeroShotModerator(_rules("other-7"), AxisEmbedder()).score(np.eye(16)[0]).classifier_version == "other-7"
 
 
@@ -279,7 +311,11 @@ def _prompt_file(**changes: Any) -> dict[str, Any]:
 
 
 BAD_PROMPT_FILES: list[tuple[str, Any, str]] = [
-    ("review above flag", _prompt_file(categories__minor__review_at=0.9), r"categories\.minor[\s\S]*review_at must not be above flag_at"),
+    (
+        "review above flag",
+        _prompt_file(categories__minor__review_at=0.9),
+        r"categories\.minor[\s\S]*review_at must not be above flag_at",
+    ),
     ("flag_at above 1", _prompt_file(categories__minor__flag_at=1.5), r"categories\.minor\.flag_at"),
     ("negative threshold", _prompt_file(categories__unsafe__review_at=-0.1), r"categories\.unsafe\.review_at"),
     ("no positive prompts", _prompt_file(categories__minor__positive=[]), r"categories\.minor\.positive"),
@@ -333,8 +369,13 @@ def _embed_shape(embedder: ClipEmbedder, colour: str, shape: str, seed: int) -> 
 
 @pytest.mark.parametrize(
     ("colour", "shape", "minor", "unsafe"),
-    [("yellow", "star", "flagged", "clear"), ("yellow", "circle", "flagged", "clear"),
-     ("brown", "square", "clear", "flagged"), ("blue", "star", "clear", "clear"), ("red", "cross", "clear", "clear")],
+    [
+        ("yellow", "star", "flagged", "clear"),
+        ("yellow", "circle", "flagged", "clear"),
+        ("brown", "square", "clear", "flagged"),
+        ("blue", "star", "clear", "clear"),
+        ("red", "cross", "clear", "clear"),
+    ],
 )
 def test_the_tiny_model_flags_its_stand_ins(
     tiny_embedder: ClipEmbedder, colour: str, shape: str, minor: str, unsafe: str

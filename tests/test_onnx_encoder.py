@@ -12,7 +12,13 @@ from pydantic import ValidationError
 
 from core.embedding import ClipEmbedder
 from core.onnx_encoder import (
-    FP32_FILE, INT8_FILE, PARITY_MIN_COSINE, OnnxExportError, OnnxImageEncoder, _clip_parts, ensure_export,
+    FP32_FILE,
+    INT8_FILE,
+    PARITY_MIN_COSINE,
+    OnnxExportError,
+    OnnxImageEncoder,
+    _clip_parts,
+    ensure_export,
 )
 from core.settings import Settings
 from evaluation.synthetic import generate
@@ -103,8 +109,14 @@ def test_a_model_without_a_vision_tower_is_refused() -> None:
 
 
 @pytest.mark.parametrize("choice", ["onnx", "onnx-int8"])
-def test_the_setting_puts_onnx_behind_embed_images(tiny_clip_path: Path, embedder: ClipEmbedder, cache_dir: Path,
-                                                   images: list, choice: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+def test_the_setting_puts_onnx_behind_embed_images(
+    tiny_clip_path: Path,
+    embedder: ClipEmbedder,
+    cache_dir: Path,
+    images: list,
+    choice: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # type: ignore[type-arg]
     monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", choice)
     monkeypatch.setenv("WITHSENSE_ONNX_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("WITHSENSE_MODEL", str(tiny_clip_path))
@@ -133,8 +145,11 @@ def test_an_unknown_encoder_setting_is_refused_with_the_choices(monkeypatch: pyt
 
 
 @pytest.mark.usefixtures("clean_db")
-def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(api, services, own_broker, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(
+    api, services, own_broker, cache_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     """Upload -> Redis -> a worker with WITHSENSE_IMAGE_ENCODER=onnx-int8 -> Postgres -> /v1/search."""
+
     def one_per_concept(seed: int) -> dict[tuple[str, str], object]:
         chosen: dict[tuple[str, str], object] = {}
         for sample in generate(600, seed, templates="heldout"):
@@ -144,8 +159,9 @@ def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(api, servic
 
     gallery, queries = one_per_concept(4242), one_per_concept(2424)
     # Its own broker (own_broker), so the session's torch worker never takes these uploads.
-    worker = WorkerProcess(services.home, extra_env={"WITHSENSE_IMAGE_ENCODER": "onnx-int8",
-                                                     "WITHSENSE_ONNX_CACHE_DIR": str(cache_dir)})
+    worker = WorkerProcess(
+        services.home, extra_env={"WITHSENSE_IMAGE_ENCODER": "onnx-int8", "WITHSENSE_ONNX_CACHE_DIR": str(cache_dir)}
+    )
     worker.start()
     try:
         ids = {}

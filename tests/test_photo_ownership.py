@@ -90,7 +90,9 @@ def test_an_uploader_lists_its_own_photos_newest_first_page_by_page(api, alice, 
     assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["photos"]} == {"pending"}
 
     assert alice.get("/v1/photos", params={"all_uploaders": "true"}).status_code == 403
-    everyone = _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["photos"]
+    everyone = (
+        _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["photos"]
+    )
     assert {p["id"] for p in everyone} == set(mine) | {theirs}
 
     gone = alice.get("/v1/photos", params={"before": str(uuid.uuid4())})
@@ -116,9 +118,14 @@ def test_the_uploader_edits_its_photo_and_makes_it_private(api, alice, bob) -> N
     assert changed.json()["title"] == "Harbour at dawn, Tallinn" and changed.json()["visibility"] == "private"
     assert changed.json()["depicts_minor"] is False
     with session_scope() as session:  # a private photo is never searchable, whatever its status
-        session.execute(text("UPDATE photos SET status = 'indexed', moderation_status = 'approved' WHERE id = :id"),
-                        {"id": photo_id})
-        assert session.execute(text("SELECT count(*) FROM searchable_photos WHERE id = :id"), {"id": photo_id}).scalar() == 0
+        session.execute(
+            text("UPDATE photos SET status = 'indexed', moderation_status = 'approved' WHERE id = :id"),
+            {"id": photo_id},
+        )
+        assert (
+            session.execute(text("SELECT count(*) FROM searchable_photos WHERE id = :id"), {"id": photo_id}).scalar()
+            == 0
+        )
     assert bob.get(f"/v1/photos/{photo_id}").status_code == 404
     assert alice.get(f"/v1/photos/{photo_id}").json()["visibility"] == "private"
 
@@ -142,8 +149,10 @@ def test_a_declaration_sent_with_a_duplicate_is_recorded(api, alice) -> None:  #
 def test_a_declaration_never_undoes_a_moderators_decision_by_itself(api, alice) -> None:  # type: ignore[no-untyped-def]
     image = _image(41)
     photo_id = upload(alice, image, depicts_minor="true").json()["id"]
-    decided = api.post(f"/v1/photos/{photo_id}/moderation",
-                       json={"status": "approved", "parental_consent": False, "reason": "test: no consent on file"})
+    decided = api.post(
+        f"/v1/photos/{photo_id}/moderation",
+        json={"status": "approved", "parental_consent": False, "reason": "test: no consent on file"},
+    )
     assert decided.status_code == 200 and decided.json()["parental_consent"] is False
 
     again = upload(alice, image, parental_consent="true")  # the same bytes, now "with consent"

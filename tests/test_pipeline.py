@@ -111,8 +111,9 @@ def test_task_delivered_twice_leaves_one_embedding(api, services) -> None:  # ty
         thread.join()
     assert [r["result"] for r in results] == ["skipped", "skipped"]
     with session_scope() as session:
-        count = session.scalar(select(func.count()).select_from(PhotoEmbedding).where(
-            PhotoEmbedding.photo_id == uuid.UUID(photo_id)))
+        count = session.scalar(
+            select(func.count()).select_from(PhotoEmbedding).where(PhotoEmbedding.photo_id == uuid.UUID(photo_id))
+        )
     assert count == 1
     assert api.get(f"/v1/photos/{photo_id}").json()["attempts"] == 1
 
@@ -173,8 +174,9 @@ def test_image_search_and_similar_find_the_same_concept(api) -> None:  # type: i
     probes = _one_per_concept(seed=777, templates="heldout")
     image_hits = similar_hits = 0
     for concept, sample in probes.items():
-        body = api.post("/v1/search/image", params={"k": 5},
-                        files={"file": ("q.jpg", jpeg_bytes(sample.image), "image/jpeg")}).json()
+        body = api.post(
+            "/v1/search/image", params={"k": 5}, files={"file": ("q.jpg", jpeg_bytes(sample.image), "image/jpeg")}
+        ).json()
         image_hits += concept in [ids[r["id"]] for r in body["results"]]
     for photo_id, concept in ids.items():
         results = api.get(f"/v1/photos/{photo_id}/similar", params={"k": 5}).json()["results"]

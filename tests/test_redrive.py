@@ -101,7 +101,10 @@ def test_redrive_needs_an_admin_key(api, anonymous_api, own_broker) -> None:  # 
         assert refused.status_code == 403 and "admin" in refused.json()["detail"], (scope, refused.text)
     # Nothing was reset by the refused calls.
     assert _sql("SELECT status, attempts, error FROM photos WHERE id = :id", id=photo_id)[0] == (
-        "failed", 3, "forced by the test")
+        "failed",
+        3,
+        "forced by the test",
+    )
 
 
 def test_redrive_while_the_queue_is_down_answers_503_and_leaves_the_photo_pending(api, own_broker) -> None:  # type: ignore[no-untyped-def]

@@ -31,13 +31,19 @@ def _stack_env(tiny_clip_path: Path) -> tuple[Path, dict[str, int], dict[str, st
     home = Path(tempfile.mkdtemp(prefix="wsu-", dir="/tmp"))
     ports = {name: free_port() for name in ("api", "flower", "pg", "redis")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("WITHSENSE_")}
-    env.update({
-        "WITHSENSE_HOME": str(home), "WITHSENSE_MODEL": str(tiny_clip_path), "WITHSENSE_DEVICE": "cpu",
-        "WITHSENSE_API_PORT": str(ports["api"]), "WITHSENSE_FLOWER_PORT": str(ports["flower"]),
-        "WITHSENSE_LOCAL_POSTGRES_PORT": str(ports["pg"]), "WITHSENSE_LOCAL_REDIS_PORT": str(ports["redis"]),
-        "WITHSENSE_MODERATION_PROMPTS": str(ROOT / "tests" / "moderation_prompts.yaml"),
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "WITHSENSE_HOME": str(home),
+            "WITHSENSE_MODEL": str(tiny_clip_path),
+            "WITHSENSE_DEVICE": "cpu",
+            "WITHSENSE_API_PORT": str(ports["api"]),
+            "WITHSENSE_FLOWER_PORT": str(ports["flower"]),
+            "WITHSENSE_LOCAL_POSTGRES_PORT": str(ports["pg"]),
+            "WITHSENSE_LOCAL_REDIS_PORT": str(ports["redis"]),
+            "WITHSENSE_MODERATION_PROMPTS": str(ROOT / "tests" / "moderation_prompts.yaml"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return home, ports, env
 
 
@@ -48,7 +54,9 @@ def _processes_of(home: Path) -> list[str]:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if str(home) in " ".join(process.info["cmdline"] or []) or process.environ().get("WITHSENSE_HOME") == str(home):
+            if str(home) in " ".join(process.info["cmdline"] or []) or process.environ().get("WITHSENSE_HOME") == str(
+                home
+            ):
                 found.append(f"{process.info['pid']}: {' '.join(process.info['cmdline'] or [])[:120]}")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -61,8 +69,14 @@ def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str) -> None:
     home, ports, env = _stack_env(tiny_clip_path)
     log_path = home / "up.log"
     with open(log_path, "wb") as log:
-        stack = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--no-flower"], cwd=ROOT, env=env,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up", "--no-flower"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     marker = b"applying migrations" if when == "while starting" else b"Ready."
     try:
         deadline = time.monotonic() + 180
@@ -92,8 +106,14 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
     env["WITHSENSE_RECONCILE_EVERY_S"] = "2"  # beat sends the reconciler often enough to be seen doing it
     log_path = home / "up.log"
     with open(log_path, "wb") as log:
-        stack = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while b"Ready." not in log_path.read_bytes():
@@ -113,35 +133,64 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
         # A folder of JPEGs, ingested twice with the CLI (the second run adds nothing), then searched.
         folder = home / "catalogue"
         folder.mkdir()
-        samples = [s for s in generate(40, 31, templates="heldout") if s.colour not in (MINOR_COLOUR, UNSAFE_COLOUR)][:12]
+        samples = [s for s in generate(40, 31, templates="heldout") if s.colour not in (MINOR_COLOUR, UNSAFE_COLOUR)][
+            :12
+        ]
         for i, sample in enumerate(samples):
-            (folder / f"{i:02d}-{sample.colour}-{sample.shape}.jpg").write_bytes(jpeg_bytes(sample.image.resize((800, 600))))
-        first = subprocess.run([sys.executable, "-m", "cli.main", "ingest", str(folder), "--wait", "--timeout", "180"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+            (folder / f"{i:02d}-{sample.colour}-{sample.shape}.jpg").write_bytes(
+                jpeg_bytes(sample.image.resize((800, 600)))
+            )
+        first = subprocess.run(
+            [sys.executable, "-m", "cli.main", "ingest", str(folder), "--wait", "--timeout", "180"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert first.returncode == 0, first.stderr
         assert f"{len(samples)} queued, 0 already known" in first.stdout
-        second = subprocess.run([sys.executable, "-m", "cli.main", "ingest", str(folder)], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "cli.main", "ingest", str(folder)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert f"0 queued, {len(samples)} already known" in second.stdout
 
         target = samples[0]
-        found = subprocess.run([sys.executable, "-m", "cli.main", "search", f"a {target.colour} {target.shape}", "-k", "5"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        found = subprocess.run(
+            [sys.executable, "-m", "cli.main", "search", f"a {target.colour} {target.shape}", "-k", "5"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert found.returncode == 0, found.stderr
         lines = [line for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
         assert len(lines) == 5
         admin = {"Authorization": f"Bearer {admin_key}"}
-        body = httpx.get(f"{api}/v1/search", params={"q": f"a {target.colour} {target.shape}", "k": 12},
-                         headers=admin).json()
+        body = httpx.get(
+            f"{api}/v1/search", params={"q": f"a {target.colour} {target.shape}", "k": 12}, headers=admin
+        ).json()
         # Every photo the moderation classifier let through is found (the tiny model's stand-in classifier
         # may mistake a bright orange shape for its yellow "child" stand-in: such a photo is rightly hidden).
         catalogue = httpx.get(f"{api}/v1/photos", params={"all_uploaders": "true", "limit": 100}, headers=admin).json()
         assert len(catalogue["photos"]) == len(samples) and {p["status"] for p in catalogue["photos"]} == {"indexed"}
-        allowed = {p["id"] for p in catalogue["photos"] if p["moderation_status"] == "approved" and not p["depicts_minor"]}
+        allowed = {
+            p["id"] for p in catalogue["photos"] if p["moderation_status"] == "approved" and not p["depicts_minor"]
+        }
         assert len(allowed) >= len(samples) - 2, catalogue
         assert {r["id"] for r in body["results"]} == allowed
-        names = [httpx.get(f"{api}/v1/photos/{r['id']}", headers={"Authorization": f"Bearer {admin_key}"}).json()["original_name"]
-                 for r in body["results"][:3]]
+        names = [
+            httpx.get(f"{api}/v1/photos/{r['id']}", headers={"Authorization": f"Bearer {admin_key}"}).json()[
+                "original_name"
+            ]
+            for r in body["results"][:3]
+        ]
         assert any(f"-{target.colour}-{target.shape}" in name for name in names), names
     finally:
         stack.send_signal(signal.SIGINT)
@@ -157,5 +206,7 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
     assert "stopping Postgres" in text and "stopping Redis" in text
     # Celery beat, started by `withsense up`, sent the reconciler and the worker ran it.
     assert "Sending due task reconcile-stale-photos (maintenance.reconcile)" in text
-    assert re.search(r"Task maintenance\.reconcile\[[0-9a-f-]+\] succeeded in [0-9.]+s: \{'requeued': 0\}", text), text[-3000:]
+    assert re.search(r"Task maintenance\.reconcile\[[0-9a-f-]+\] succeeded in [0-9.]+s: \{'requeued': 0\}", text), text[
+        -3000:
+    ]
     assert not (home / "stack.env").exists(), "a stopped stack must not leave its URLs for other shells"

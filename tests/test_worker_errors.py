@@ -48,4 +48,6 @@ def test_a_worker_without_its_model_leaves_the_reason_on_the_photo(api, services
     assert claimed == {}
     body = api.get(f"/v1/photos/{photo_id}").json()
     assert body["status"] == "failed"
-    assert body["error"].startswith("gave up after 1 attempts; last error: indexing attempt failed: ModelUnavailableError")
+    assert body["error"].startswith(
+        "gave up after 1 attempts; last error: indexing attempt failed: ModelUnavailableError"
+    )

@@ -29,8 +29,11 @@ def make_celery() -> Celery:
         task_default_queue="photos",
         # `reindex` is consumed only by workers started for a model upgrade (`-Q reindex`): a worker
         # still on the old model must never take those tasks.
-        task_routes={"photos.*": {"queue": "photos"}, "maintenance.*": {"queue": "maintenance"},
-                     "reindex.*": {"queue": "reindex"}},
+        task_routes={
+            "photos.*": {"queue": "photos"},
+            "maintenance.*": {"queue": "maintenance"},
+            "reindex.*": {"queue": "reindex"},
+        },
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,
         worker_hijack_root_logger=False,

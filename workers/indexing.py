@@ -24,8 +24,8 @@ from core.settings import Settings, get_settings
 from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
-from db.moderation import ClassifierOutcome, apply_classifier
 from db.models import EmbeddingModel
+from db.moderation import ClassifierOutcome, apply_classifier
 
 if TYPE_CHECKING:
     from core.embedding import ClipEmbedder
@@ -57,7 +57,10 @@ def registered_model() -> EmbeddingModel:
                     "this worker's model %s@%s is registered but not active: search uses another model. Photos it "
                     "indexes are found once it is activated; `withsense reindex` embeds the rest of the catalogue "
                     "with it, then `withsense models activate %s` switches search over.",
-                    model.name, model.revision, model.name)
+                    model.name,
+                    model.revision,
+                    model.name,
+                )
         return _registered_model
 
 
@@ -79,7 +82,8 @@ def ensure_model_is_active(model: EmbeddingModel) -> None:
     raise ModelNotActive(
         f"this worker's model {model.name}@{model.revision} is not the active model ({label}), so photos it "
         "indexed would never be found; restart the worker with WITHSENSE_MODEL set to the active model "
-        "(the photos wait as pending, and the reconciler queues them again)")
+        "(the photos wait as pending, and the reconciler queues them again)"
+    )
 
 
 def _lower_priority() -> None:
@@ -102,8 +106,9 @@ def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
     global _decoder
     with _lock:
         if _decoder is None:
-            _decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode",
-                                          initializer=_lower_priority)
+            _decoder = ThreadPoolExecutor(
+                max_workers=settings.decode_threads, thread_name_prefix="decode", initializer=_lower_priority
+            )
         return _decoder
 
 
@@ -120,7 +125,9 @@ def outcome_of(verdict: ModerationVerdict) -> ClassifierOutcome:
     return ClassifierOutcome(
         version=verdict.classifier_version,
         scores=[(s.category, s.score, s.decision) for s in verdict.scores],
-        depicts_minor=verdict.depicts_minor, unsafe=verdict.unsafe, needs_review=verdict.needs_review,
+        depicts_minor=verdict.depicts_minor,
+        unsafe=verdict.unsafe,
+        needs_review=verdict.needs_review,
     )
 
 
@@ -134,8 +141,12 @@ class _Decoded:
 def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
     """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing."""
     try:
-        image = load_rgb(original_path(settings, storage_key), allowed_formats=settings.allowed_formats,
-                         max_pixels=settings.max_image_pixels, draft_size=settings.derivative_size)
+        image = load_rgb(
+            original_path(settings, storage_key),
+            allowed_formats=settings.allowed_formats,
+            max_pixels=settings.max_image_pixels,
+            draft_size=settings.derivative_size,
+        )
         derivative = make_derivative(image, settings.derivative_size)
     except FileNotFoundError:
         return _Decoded(photo_id, failure="the original file is missing from storage")
@@ -152,8 +163,13 @@ class _Written:
     skipped: list[str]
 
 
-def _store_chunk(settings: Settings, model: EmbeddingModel, decoded: list[_Decoded], vectors: dict[uuid.UUID, np.ndarray],
-                 outcomes: dict[uuid.UUID, ClassifierOutcome]) -> _Written:
+def _store_chunk(
+    settings: Settings,
+    model: EmbeddingModel,
+    decoded: list[_Decoded],
+    vectors: dict[uuid.UUID, np.ndarray],
+    outcomes: dict[uuid.UUID, ClassifierOutcome],
+) -> _Written:
     """One transaction: failures, embeddings, moderation flags and `indexed`, visible together or not at all."""
     failed: dict[str, str] = {}
     with session_scope() as session:
@@ -233,16 +249,22 @@ def _record_task_error(photo_ids: list[uuid.UUID], exc: Exception, *, claimed: b
         log.warning("could not record the failure on the photos: %s", write_error)
 
 
-def _index_claimed(settings: Settings, photo_ids: list[uuid.UUID], claimed: dict[uuid.UUID, photo_sql.Claim],
-                   skipped: list[str], started: float) -> BatchResult:
+def _index_claimed(
+    settings: Settings,
+    photo_ids: list[uuid.UUID],
+    claimed: dict[uuid.UUID, photo_sql.Claim],
+    skipped: list[str],
+    started: float,
+) -> BatchResult:
     from core.embedding import get_embedder
 
     embedder = get_embedder()
     model = registered_model()
     moderator = get_moderator()
     pool = _decode_pool(settings)
-    futures: list[Future[_Decoded]] = [pool.submit(_decode, settings, embedder, pid, claim.storage_key)
-                                       for pid, claim in claimed.items()]
+    futures: list[Future[_Decoded]] = [
+        pool.submit(_decode, settings, embedder, pid, claim.storage_key) for pid, claim in claimed.items()
+    ]
 
     writer = _store_pool()
     writes: list[Future[_Written]] = []
@@ -252,7 +274,7 @@ def _index_claimed(settings: Settings, photo_ids: list[uuid.UUID], claimed: dict
     try:
         for start in range(0, len(futures), chunk):
             mark = time.perf_counter()
-            decoded = [f.result() for f in futures[start:start + chunk]]
+            decoded = [f.result() for f in futures[start : start + chunk]]
             ready = [item for item in decoded if item.prepared is not None]
             seconds["decode_wait"] += time.perf_counter() - mark
             mark = time.perf_counter()
@@ -281,9 +303,16 @@ def _index_claimed(settings: Settings, photo_ids: list[uuid.UUID], claimed: dict
     seconds["database"] = time.perf_counter() - mark
     if error is not None:
         raise error
-    log.info("indexed %d, failed %d of %d photos in %.2fs (waiting for decode %.2fs, model %.2fs, database %.2fs)",
-             len(indexed), len(failed), len(photo_ids), time.perf_counter() - started, seconds["decode_wait"],
-             seconds["model"], seconds["database"])
+    log.info(
+        "indexed %d, failed %d of %d photos in %.2fs (waiting for decode %.2fs, model %.2fs, database %.2fs)",
+        len(indexed),
+        len(failed),
+        len(photo_ids),
+        time.perf_counter() - started,
+        seconds["decode_wait"],
+        seconds["model"],
+        seconds["database"],
+    )
     return BatchResult(indexed, failed, skipped, [])
 
 
@@ -317,12 +346,17 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     vectors: dict[uuid.UUID, np.ndarray] = {}
     chunk = max(1, settings.image_batch_size)
     for start in range(0, len(ready), chunk):
-        part = ready[start:start + chunk]
-        vectors.update(zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]),
-                           strict=True))  # type: ignore[misc]
+        part = ready[start : start + chunk]
+        vectors.update(
+            zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]), strict=True)
+        )  # type: ignore[misc]
     with session_scope() as session:
         stored = photo_sql.add_embeddings(session, model, vectors)
     for photo_id, reason in failed.items():
         log.warning("photo %s could not be reindexed with %s: %s", photo_id, model.name, reason)
-    return {"model": f"{model.name}@{model.revision}", "embedded": len(stored), "failed": failed,
-            "skipped": len(photo_ids) - len(todo)}  # already embedded with this model, or no longer indexed
+    return {
+        "model": f"{model.name}@{model.revision}",
+        "embedded": len(stored),
+        "failed": failed,
+        "skipped": len(photo_ids) - len(todo),
+    }  # already embedded with this model, or no longer indexed

@@ -16,8 +16,8 @@ from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
 from db.engine import session_scope
-from db.moderation import record_declaration, record_text_flag
 from db.models import Photo
+from db.moderation import record_declaration, record_text_flag
 from workers.enqueue import enqueue_ingest
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ def screen_words(session: Session, photo: Photo) -> None:
         if words:
             decision = check_query(words)
             if decision.blocked:
-                record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version,
-                                 actor=TEXT_SCREEN_ACTOR)
+                record_text_flag(
+                    session, photo, field, decision.matched_terms, decision.rules_version, actor=TEXT_SCREEN_ACTOR
+                )
                 return
 
 
@@ -84,14 +85,22 @@ def register_photo(
             photo, created = photo_sql.insert_photo(
                 session,
                 photo_sql.NewPhoto(
-                    sha256=sha256, storage_key=storage_key, format=info.format, width=info.width,
-                    height=info.height, bytes=size, original_name=original_name, title=title,
-                    photographer=photographer, uploaded_by_key=uploaded_by_key,
+                    sha256=sha256,
+                    storage_key=storage_key,
+                    format=info.format,
+                    width=info.width,
+                    height=info.height,
+                    bytes=size,
+                    original_name=original_name,
+                    title=title,
+                    photographer=photographer,
+                    uploaded_by_key=uploaded_by_key,
                 ),
             )
             if created:
-                record_declaration(session, photo, depicts_minor=depicts_minor, parental_consent=parental_consent,
-                                   actor=actor)
+                record_declaration(
+                    session, photo, depicts_minor=depicts_minor, parental_consent=parental_consent, actor=actor
+                )
                 screen_words(session, photo)
     except BaseException:
         remove_quietly(destination)

@@ -64,10 +64,17 @@ def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[s
         photo_sql.touch(session, stale)
     batch = get_settings().ingest_batch_size
     for start in range(0, len(stale), batch):
-        enqueue_ingest_batch(stale[start:start + batch])
+        enqueue_ingest_batch(stale[start : start + batch])
     if stale:
         log.info("reconciler re-enqueued %d stale photos", len(stale))
     return {"requeued": len(stale)}
 
 
-__all__ = ["TRANSIENT_ERRORS", "ingest_photo", "ingest_photo_batch", "reconcile_stale_photos", "registered_model", "reindex_photo_batch"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "ingest_photo",
+    "ingest_photo_batch",
+    "reconcile_stale_photos",
+    "registered_model",
+    "reindex_photo_batch",
+]

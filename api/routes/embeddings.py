@@ -39,12 +39,18 @@ async def embed_text(body: TextEmbeddingIn, session: SessionDep, _principal: Sea
     """
     for text in body.texts:
         if not text.strip() or len(text) > 1000:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "every text must be 1 to 1000 characters, not blank")
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "every text must be 1 to 1000 characters, not blank"
+            )
     await run_in_threadpool(ensure_query_model, session)
     embedder = get_embedder()
     vectors = await run_in_threadpool(embedder.embed_texts, body.texts)
     return TextEmbeddingOut(
-        model=embedder.model_name, revision=embedder.revision, dimension=embedder.dimension,
-        data=[TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=check_query(t).blocked)
-              for t, v in zip(body.texts, vectors, strict=True)],
+        model=embedder.model_name,
+        revision=embedder.revision,
+        dimension=embedder.dimension,
+        data=[
+            TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=check_query(t).blocked)
+            for t, v in zip(body.texts, vectors, strict=True)
+        ],
     )

@@ -62,8 +62,10 @@ def readyz() -> JSONResponse:
     checks = {"database": _check_database(), "broker": _check_broker()}
     model_state, model_problem = _check_model(checks["database"] is None)
     problems = [name for name, problem in checks.items() if problem] + (["model"] if model_problem else [])
-    body = {"status": "ready" if not problems else "unavailable",
-            "checks": {name: problem or "ok" for name, problem in checks.items()} | {"model": model_state}}
+    body = {
+        "status": "ready" if not problems else "unavailable",
+        "checks": {name: problem or "ok" for name, problem in checks.items()} | {"model": model_state},
+    }
     return JSONResponse(body, status_code=status.HTTP_200_OK if not problems else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 

@@ -61,18 +61,24 @@ def moderation_queue(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> QueueOut:
     """Indexed photos waiting for a moderator, oldest first, with the classifier's scores."""
-    items = [QueueItem(photo=photo_out(photo, str(request.base_url)), scores=scores)
-             for photo, scores in moderation_sql.review_queue(session, limit, offset)]
+    items = [
+        QueueItem(photo=photo_out(photo, str(request.base_url)), scores=scores)
+        for photo, scores in moderation_sql.review_queue(session, limit, offset)
+    ]
     return QueueOut(total=moderation_sql.queue_size(session), items=items)
 
 
 @router.post("/photos/{photo_id}/moderation", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
-def moderate_photo(photo_id: uuid.UUID, body: ModerationIn, request: Request, session: SessionDep,
-                   principal: ModeratorPrincipal) -> PhotoOut:
+def moderate_photo(
+    photo_id: uuid.UUID, body: ModerationIn, request: Request, session: SessionDep, principal: ModeratorPrincipal
+) -> PhotoOut:
     """Set moderation status, the minor flag, parental consent or the unsafe flag; effective for every search at once."""
     decision = moderation_sql.ModeratorDecision(
-        status=ModerationStatus(body.status) if body.status else None, depicts_minor=body.depicts_minor,
-        parental_consent=body.parental_consent, unsafe=body.unsafe, reason=body.reason,
+        status=ModerationStatus(body.status) if body.status else None,
+        depicts_minor=body.depicts_minor,
+        parental_consent=body.parental_consent,
+        unsafe=body.unsafe,
+        reason=body.reason,
     )
     photo = moderation_sql.apply_moderator_decision(session, photo_id, decision, principal.actor)
     if photo is None:
@@ -83,5 +89,7 @@ def moderate_photo(photo_id: uuid.UUID, body: ModerationIn, request: Request, se
 @router.get("/photos/{photo_id}/moderation", response_model=list[AuditEntry])
 def moderation_history(photo_id: uuid.UUID, session: SessionDep, _principal: ModeratorPrincipal) -> list[AuditEntry]:
     """Every moderation change of a photo, by people and by the classifier, oldest first (kept after deletion)."""
-    return [AuditEntry(id=a.id, actor=a.actor, action=a.action, changes=a.changes, reason=a.reason,
-                       created_at=a.created_at) for a in moderation_sql.audit_trail(session, photo_id)]
+    return [
+        AuditEntry(id=a.id, actor=a.actor, action=a.action, changes=a.changes, reason=a.reason, created_at=a.created_at)
+        for a in moderation_sql.audit_trail(session, photo_id)
+    ]

@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep, ensure_query_model
-from api.regions import RegionHeader, RegionParam, resolve_region
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import thumbnail_url
+from api.regions import RegionHeader, RegionParam, resolve_region
 from api.routes.photos import UPLOAD_BODY
 from api.schemas import ErrorOut, SearchOut, SearchResult
 from api.uploads import parse_image_upload
@@ -35,8 +35,15 @@ KParam = Annotated[int, Query(ge=1, le=100, description="how many results, 1 to 
 
 def _results(hits: list[SearchHit], base_url: str) -> list[SearchResult]:
     return [
-        SearchResult(id=h.photo_id, score=round(h.score, 6), thumbnail_url=thumbnail_url(base_url, h.photo_id),
-                     title=h.title, photographer=h.photographer, width=h.width, height=h.height)
+        SearchResult(
+            id=h.photo_id,
+            score=round(h.score, 6),
+            thumbnail_url=thumbnail_url(base_url, h.photo_id),
+            title=h.title,
+            photographer=h.photographer,
+            width=h.width,
+            height=h.height,
+        )
         for h in hits
     ]
 
@@ -116,7 +123,9 @@ async def search_image(
         upload.file.discard()
     viewer_region = resolve_region(region, x_region)
     # A query image that shows a child leads to such content: the same disclaimer as a text query.
-    if get_moderator().score(vector).depicts_minor and await run_in_threadpool(_region_restricted, session, viewer_region):
+    if get_moderator().score(vector).depicts_minor and await run_in_threadpool(
+        _region_restricted, session, viewer_region
+    ):
         SEARCHES.labels(kind="image", outcome="blocked").inc()
         return _blocked(None, k, viewer_region)
     hits = await run_in_threadpool(_search, session, vector, k, viewer_region)
@@ -127,11 +136,18 @@ async def search_image(
 
 def _embed_image_file(settings: Settings, path) -> np.ndarray:
     try:
-        image = load_rgb(path, allowed_formats=settings.allowed_formats, max_pixels=settings.max_image_pixels,
-                         draft_size=settings.derivative_size)
+        image = load_rgb(
+            path,
+            allowed_formats=settings.allowed_formats,
+            max_pixels=settings.max_image_pixels,
+            draft_size=settings.derivative_size,
+        )
     except ImageRejected as exc:
-        code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE if exc.code == "unsupported_format" else (
-            status.HTTP_413_CONTENT_TOO_LARGE if exc.code == "too_many_pixels" else status.HTTP_400_BAD_REQUEST)
+        code = (
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+            if exc.code == "unsupported_format"
+            else (status.HTTP_413_CONTENT_TOO_LARGE if exc.code == "too_many_pixels" else status.HTTP_400_BAD_REQUEST)
+        )
         raise HTTPException(code, exc.reason) from None
     return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
 
@@ -169,8 +185,13 @@ class VectorSearchIn(BaseModel):
 
 
 @router.post("/search/vector", response_model=SearchOut, responses={422: {"model": ErrorOut}})
-def search_vector(body: VectorSearchIn, request: Request, session: SessionDep, _principal: SearchPrincipal,
-                  x_region: RegionHeader = None) -> SearchOut:
+def search_vector(
+    body: VectorSearchIn,
+    request: Request,
+    session: SessionDep,
+    _principal: SearchPrincipal,
+    x_region: RegionHeader = None,
+) -> SearchOut:
     """Nearest photos to a query vector of the active model (for services that embed their own queries)."""
     vector = np.asarray(body.embedding, dtype=np.float32)
     if not np.all(np.isfinite(vector)) or float(np.linalg.norm(vector)) < 1e-6:

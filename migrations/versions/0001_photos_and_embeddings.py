@@ -75,7 +75,9 @@ def upgrade() -> None:
         sa.Column(
             "model_id",
             sa.Integer,
-            sa.ForeignKey("embedding_models.id", ondelete="CASCADE", name="fk_photo_embeddings_model_id_embedding_models"),
+            sa.ForeignKey(
+                "embedding_models.id", ondelete="CASCADE", name="fk_photo_embeddings_model_id_embedding_models"
+            ),
             primary_key=True,
         ),
         sa.Column("embedding", HALFVEC(), nullable=False),

@@ -27,7 +27,9 @@ def upgrade() -> None:
     )
     # '*' is the default for every region without a row of its own: restricted, so the law is obeyed
     # wherever nobody decided otherwise.
-    op.execute("INSERT INTO region_rules (region, minors_restricted, note) VALUES ('*', true, 'default for unlisted regions')")
+    op.execute(
+        "INSERT INTO region_rules (region, minors_restricted, note) VALUES ('*', true, 'default for unlisted regions')"
+    )
     op.execute(
         """
         CREATE FUNCTION region_is_restricted(region text) RETURNS boolean

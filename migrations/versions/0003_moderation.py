@@ -30,16 +30,25 @@ def upgrade() -> None:
     op.add_column("photos", sa.Column("minor_declared", sa.Boolean))
     op.add_column("photos", sa.Column("classifier_version", sa.Text))
     op.add_column("photos", sa.Column("moderated_at", sa.DateTime(timezone=True)))
-    op.execute("ALTER TABLE photos ADD CONSTRAINT ck_photos_moderation_status "
-               "CHECK (moderation_status IN ('pending_review', 'approved', 'rejected'))")
-    op.create_index("ix_photos_moderation_queue", "photos", ["created_at"],
-                    postgresql_where=sa.text("moderation_status = 'pending_review' AND status = 'indexed'"))
+    op.execute(
+        "ALTER TABLE photos ADD CONSTRAINT ck_photos_moderation_status "
+        "CHECK (moderation_status IN ('pending_review', 'approved', 'rejected'))"
+    )
+    op.create_index(
+        "ix_photos_moderation_queue",
+        "photos",
+        ["created_at"],
+        postgresql_where=sa.text("moderation_status = 'pending_review' AND status = 'indexed'"),
+    )
 
     op.create_table(
         "moderation_scores",
-        sa.Column("photo_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("photos.id", ondelete="CASCADE", name="fk_moderation_scores_photo_id_photos"),
-                  primary_key=True),
+        sa.Column(
+            "photo_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("photos.id", ondelete="CASCADE", name="fk_moderation_scores_photo_id_photos"),
+            primary_key=True,
+        ),
         sa.Column("classifier_version", sa.Text, primary_key=True),
         sa.Column("category", sa.Text, primary_key=True),
         sa.Column("score", sa.Float, nullable=False),
@@ -194,8 +203,12 @@ def upgrade() -> None:
     )
     op.execute(f"GRANT USAGE ON SCHEMA public TO {READER_ROLE}")
     op.execute(f"GRANT SELECT ON searchable_photos TO {READER_ROLE}")
-    for function in ("search_photos(vector, integer, text)", "similar_photos(uuid, integer, text)",
-                     "photo_visibility(uuid, text)", "region_is_restricted(text)"):
+    for function in (
+        "search_photos(vector, integer, text)",
+        "similar_photos(uuid, integer, text)",
+        "photo_visibility(uuid, text)",
+        "region_is_restricted(text)",
+    ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {READER_ROLE}")
     op.execute("REVOKE ALL ON FUNCTION ensure_embedding_index(integer) FROM PUBLIC")
@@ -228,6 +241,13 @@ def downgrade() -> None:
     op.drop_table("moderation_scores")
     op.drop_index("ix_photos_moderation_queue", table_name="photos")
     op.execute("ALTER TABLE photos DROP CONSTRAINT ck_photos_moderation_status")
-    for column in ("moderated_at", "classifier_version", "minor_declared", "unsafe", "parental_consent",
-                   "depicts_minor", "moderation_status"):
+    for column in (
+        "moderated_at",
+        "classifier_version",
+        "minor_declared",
+        "unsafe",
+        "parental_consent",
+        "depicts_minor",
+        "moderation_status",
+    ):
         op.drop_column("photos", column)

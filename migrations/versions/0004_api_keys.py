@@ -29,8 +29,10 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True)),
         sa.Column("last_used_at", sa.DateTime(timezone=True)),
         sa.UniqueConstraint("prefix", name="uq_api_keys_prefix"),
-        sa.CheckConstraint("scopes <@ ARRAY['search', 'upload', 'moderate', 'admin']::text[] AND cardinality(scopes) > 0",
-                           name="ck_api_keys_scopes"),
+        sa.CheckConstraint(
+            "scopes <@ ARRAY['search', 'upload', 'moderate', 'admin']::text[] AND cardinality(scopes) > 0",
+            name="ck_api_keys_scopes",
+        ),
     )
 
 

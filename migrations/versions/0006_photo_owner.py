@@ -57,8 +57,10 @@ K_CHECK = """
 
 
 def upgrade() -> None:
-    op.add_column("photos", sa.Column("uploaded_by_key", sa.Integer,
-                                      sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True))
+    op.add_column(
+        "photos",
+        sa.Column("uploaded_by_key", sa.Integer, sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True),
+    )
     op.create_index("ix_photos_uploaded_by_key", "photos", ["uploaded_by_key", "created_at"])
     op.execute("ALTER FUNCTION region_is_restricted(text) SECURITY DEFINER SET search_path = public, pg_temp")
     op.execute(SIMILAR_PHOTOS.format(k_check=K_CHECK, limit="LEAST(k + 1, 1000)"))
