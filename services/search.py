@@ -107,7 +107,8 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
+    vectors = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    return np.asarray(vectors[0], dtype=np.float32)
 
 
 def search_image(session: Session, vector: np.ndarray, k: int, region: str | None) -> SearchOutcome:
