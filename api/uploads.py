@@ -10,10 +10,13 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.targets import BaseTarget, ValueTarget
+from streaming_form_data.targets import BaseTarget, ListTarget, ValueTarget
 from streaming_form_data.validators import ValidationError
 
 MAX_TEXT_FIELD_BYTES = 1000
+MAX_LIST_FIELD_BYTES = 8000
+# Fields that carry more than a name: a photo's description, the JSON query beside a search image.
+FIELD_LIMITS = {"description": 4000, "query": 8000}
 MAX_PARTS = 20
 
 
@@ -22,20 +25,21 @@ class _TooLarge(Exception):
 
 
 class _FieldTooLong(Exception):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, limit: int) -> None:
         super().__init__(name)
         self.name = name
+        self.limit = limit
 
 
-def _field_cap(name: str):  # type: ignore[no-untyped-def]
-    """A validator that stops a text field at MAX_TEXT_FIELD_BYTES, naming the field."""
+def _field_cap(name: str, limit: int = MAX_TEXT_FIELD_BYTES):  # type: ignore[no-untyped-def]
+    """A validator that stops a text field at `limit` bytes (all its parts together), naming the field."""
     seen = 0
 
     def validate(chunk: bytes) -> None:
         nonlocal seen
         seen += len(chunk)
-        if seen > MAX_TEXT_FIELD_BYTES:
-            raise _FieldTooLong(name)
+        if seen > limit:
+            raise _FieldTooLong(name, limit)
 
     return validate
 
@@ -84,6 +88,7 @@ class ParsedUpload:
     file: SpoolingFileTarget
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
+    lists: dict[str, list[str]] = field(default_factory=dict)  # fields that may repeat, each value in order
 
 
 def _boundary(content_type: str) -> bytes:
@@ -95,9 +100,15 @@ def _boundary(content_type: str) -> bytes:
 
 
 async def parse_image_upload(
-    request: Request, *, spool_dir: Path, max_bytes: int, text_fields: tuple[str, ...] = ()
+    request: Request,
+    *,
+    spool_dir: Path,
+    max_bytes: int,
+    text_fields: tuple[str, ...] = (),
+    list_fields: tuple[str, ...] = (),
 ) -> ParsedUpload:
-    """Parse a multipart body with one `file` part and a few short text fields.
+    """Parse a multipart body with one `file` part and a few short text fields (`list_fields` may repeat; all of
+    a list field's values together are capped at MAX_LIST_FIELD_BYTES).
 
     413 as soon as the body passes the cap (or when Content-Length already says so), 400 for malformed
     or missing parts. The caller owns the returned temporary file and must `discard()` it.
@@ -119,12 +130,18 @@ async def parse_image_upload(
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes")
 
     target = SpoolingFileTarget(spool_dir, max_bytes)
-    values = {name: ValueTarget(validator=_field_cap(name)) for name in text_fields}
+    values = {
+        name: ValueTarget(validator=_field_cap(name, FIELD_LIMITS.get(name, MAX_TEXT_FIELD_BYTES)))
+        for name in text_fields
+    }
+    lists = {name: ListTarget(validator=_field_cap(name, MAX_LIST_FIELD_BYTES)) for name in list_fields}
     try:
         parser = StreamingFormDataParser(headers=request.headers)
         parser.register("file", target)
         for name, value_target in values.items():
             parser.register(name, value_target)
+        for name, list_target in lists.items():
+            parser.register(name, list_target)
         delimiter = b"--" + _boundary(content_type)
         received = 0
         parts = 0
@@ -151,7 +168,7 @@ async def parse_image_upload(
     except _FieldTooLong as exc:
         target.discard()
         raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+            status.HTTP_413_CONTENT_TOO_LARGE, f"the `{exc.name}` field is longer than {exc.limit} bytes"
         ) from None
     except ValidationError as exc:
         target.discard()
@@ -177,4 +194,13 @@ async def parse_image_upload(
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the `{name}` field is not UTF-8") from None
             if text:
                 fields[name] = text
-    return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename)
+    repeated: dict[str, list[str]] = {}
+    for name, list_target in lists.items():
+        try:
+            texts = [raw.decode("utf-8").replace("\x00", "").strip() for raw in list_target.value]
+        except UnicodeDecodeError:
+            target.discard()
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the `{name}` field is not UTF-8") from None
+        if any(texts):
+            repeated[name] = [text for text in texts if text]
+    return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename, lists=repeated)

@@ -5,6 +5,7 @@ enqueue `photos.ingest`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +32,31 @@ class IntakeResult:
     created: bool
 
 
-def screen_words(session: Session, photo: Photo) -> None:
-    """The query policy applied to the photo's title: "my kids at the beach" marks it as showing a minor."""
-    for field, words in (("title", photo.title), ("original file name", photo.original_name)):
+# The words of a photo that the query policy screens, and how each is named in the audit trail.
+SCREENED_WORDS = {
+    "title": "title",
+    "original_name": "original file name",
+    "description": "description",
+    "tags": "tags",
+}
+
+
+def screen_words(session: Session, photo: Photo, fields: Iterable[str] = tuple(SCREENED_WORDS)) -> None:
+    """The query policy applied to the photo's words: a title, description or tag "my kids at the beach" marks it
+    as showing a minor (audited as `screened`, once: the first field that describes a child)."""
+    for name in fields:
+        value = getattr(photo, name)
+        words = ", ".join(value) if isinstance(value, list | tuple) else value
         if words:
             decision = check_query(words)
             if decision.blocked:
                 record_text_flag(
-                    session, photo, field, decision.matched_terms, decision.rules_version, actor=TEXT_SCREEN_ACTOR
+                    session,
+                    photo,
+                    SCREENED_WORDS[name],
+                    decision.matched_terms,
+                    decision.rules_version,
+                    actor=TEXT_SCREEN_ACTOR,
                 )
                 return
 
@@ -57,6 +75,8 @@ def register_photo(
     original_name: str | None = None,
     title: str | None = None,
     photographer: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] = (),
     info: ImageInfo | None = None,
     depicts_minor: bool | None = None,
     parental_consent: bool | None = None,
@@ -95,6 +115,8 @@ def register_photo(
                     title=title,
                     photographer=photographer,
                     uploaded_by_key=uploaded_by_key,
+                    description=description,
+                    tags=tuple(tags),
                 ),
             )
             if created:

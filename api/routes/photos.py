@@ -40,6 +40,19 @@ UPLOAD_BODY = {
                         },
                         "title": {"type": "string", "maxLength": 1000},
                         "photographer": {"type": "string", "maxLength": 1000},
+                        "description": {
+                            "type": "string",
+                            "maxLength": 4000,
+                            "description": "a caption; the file's IPTC/XMP caption is used when absent",
+                        },
+                        "tags": {
+                            "type": "array",
+                            "items": {"type": "string", "maxLength": 1000},
+                            "description": "keywords, comma-separated or the field repeated; added to the file's "
+                            "IPTC/XMP keywords (at most 100, stored in lower case)",
+                        },
+                        "depicts_minor": {"type": "boolean"},
+                        "parental_consent": {"type": "boolean"},
                     },
                 }
             }
@@ -65,14 +78,16 @@ UPLOAD_BODY = {
 async def upload_photo(request: Request, settings: SettingsDep, principal: UploadPrincipal) -> JSONResponse:
     """Accept an image, store it under a generated name, register it as `pending` and queue it for indexing.
 
-    Optional fields: `title`, `photographer`, and the photographer's declarations `depicts_minor`
-    and `parental_consent` (true/false).
+    Optional fields: `title`, `photographer`, `description`, `tags` (comma-separated or repeated), and the
+    photographer's declarations `depicts_minor` and `parental_consent` (true/false). The worker reads the rest
+    from the file (capture time, camera, lens, IPTC/XMP caption and keywords); what is sent here wins.
     """
     upload = await parse_image_upload(
         request,
         spool_dir=settings.home / "tmp",
         max_bytes=settings.max_upload_bytes,
-        text_fields=("title", "photographer", "depicts_minor", "parental_consent"),
+        text_fields=("title", "photographer", "description", "depicts_minor", "parental_consent"),
+        list_fields=("tags",),
     )
     try:
         received = photo_service.Upload(
@@ -82,6 +97,8 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
             filename=upload.filename,
             title=upload.fields.get("title"),
             photographer=upload.fields.get("photographer"),
+            description=upload.fields.get("description"),
+            tags=tuple(upload.lists.get("tags", ())),
             depicts_minor=_parse_bool("depicts_minor", upload.fields.get("depicts_minor")),
             parental_consent=_parse_bool("parental_consent", upload.fields.get("parental_consent")),
         )
@@ -161,22 +178,32 @@ def get_thumbnail(
 class PhotoChange(BaseModel):
     title: str | None = Field(None, max_length=1000)
     photographer: str | None = Field(None, max_length=1000)
+    description: str | None = Field(None, max_length=4000, description="a caption (null: none)")
+    tags: list[Annotated[str, Field(max_length=1000)]] | None = Field(
+        None, max_length=100, description="the photo's tags, replacing the old ones (each may be comma-separated)"
+    )
     visibility: Literal["public", "private"] | None = Field(None, description="private: kept, but never in search")
 
     @model_validator(mode="after")
     def _changes_something(self) -> PhotoChange:
         if not self.model_fields_set:
-            raise ValueError("set at least one of title, photographer, visibility")
+            raise ValueError("set at least one of title, photographer, description, tags, visibility")
         if "visibility" in self.model_fields_set and self.visibility is None:
             raise ValueError("visibility must be public or private, not null")
         return self
 
 
-@router.patch("/{photo_id}", response_model=PhotoOut, responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+@router.patch(
+    "/{photo_id}",
+    response_model=PhotoOut,
+    responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+)
 def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: CuratorPrincipal) -> PhotoOut:
-    """Edit the title or photographer, or make the photo private (out of search at once) or public again.
+    """Edit the title, photographer, description or tags, or make the photo private (out of search at once) or
+    public again.
 
-    The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
+    The key that uploaded it, a moderator or an admin. New words (title, description, tags) are screened by the
+    query policy as at upload; keyword search finds the new words at once.
     """
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     with session_scope() as session:
