@@ -107,3 +107,128 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     assert len(after) == 2 and all(options == ["ef_construction=64", "m=16"] for options in after.values())
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url)
+
+
+# The SQL surface as code (db/sql/): what the migrations leave is what the definition files say.
+
+
+def _surface(conn: psycopg.Connection) -> dict[str, object]:
+    """Every function and view of the public schema as the catalogue states it, with who may use it."""
+    functions = {
+        f"{name}({args})": (definition, acl)
+        for name, args, definition, acl in conn.execute(
+            "SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid), p.proacl::text "
+            "FROM pg_proc p LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
+            "WHERE p.pronamespace = 'public'::regnamespace AND d.objid IS NULL"
+        )
+    }
+    views = {
+        name: (definition, options, acl)
+        for name, definition, options, acl in conn.execute(
+            "SELECT c.relname, pg_get_viewdef(c.oid), c.reloptions::text, c.relacl::text FROM pg_class c "
+            "WHERE c.relkind = 'v' AND c.relnamespace = 'public'::regnamespace"
+        )
+    }
+    return {"functions": functions, "views": views}
+
+
+def _reapplied(dsn: str, at: str) -> tuple[dict[str, object], dict[str, object]]:
+    """The surface as it is, and as it is after running every definition file as of revision `at` again."""
+    from db import sql
+
+    with psycopg.connect(dsn) as conn:
+        before = _surface(conn)
+        for name in sql.names():
+            if sql.versions(name)[0] <= at:
+                conn.execute(sql.definition(name, at))  # no parameters: the text goes to the server as it is
+        after = _surface(conn)
+        conn.rollback()
+    return before, after
+
+
+def test_every_function_and_view_is_its_definition_file(empty_postgres: LocalPostgres) -> None:
+    """At head the database is exactly the newest definition files; each object has one."""
+    from db import sql
+
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    upgrade(empty_postgres.url)
+    before, after = _reapplied(dsn, "9999")
+    assert after == before
+    live = {key.split("(")[0] for key in before["functions"]} | set(before["views"])  # type: ignore[attr-defined]
+    assert live == set(sql.names()), "every view and function of the public schema has a folder in db/sql/"
+
+
+def test_0007_downgrade_restores_0006_exactly_and_keeps_the_readers_grants(empty_postgres: LocalPostgres) -> None:
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url, "0006")
+    at_0006, reapplied = _reapplied(dsn, "0006")
+    assert reapplied == at_0006, "the files named 0001-0006 are the state those revisions leave"
+
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn) as conn:
+        head = _surface(conn)
+    for name in (
+        "search_photos(query_embedding vector, k integer, region text)",
+        "similar_photos(source_photo_id uuid, k integer, region text)",
+        "photo_visibility(p_photo_id uuid, region text)",
+        "region_is_restricted(region text)",
+    ):
+        assert head["functions"][name][1] == at_0006["functions"][name][1]  # type: ignore[index]
+        assert "withsense_reader=X/" in head["functions"][name][1]  # type: ignore[index]
+    assert head["views"]["searchable_photos"][2] == at_0006["views"]["searchable_photos"][2]  # type: ignore[index]
+    assert head["views"]["searchable_photos"][1] == "{security_barrier=true}"  # type: ignore[index]
+    for name in ("photo_is_visible(photo photos, minors_allowed boolean)", "normalise_region(region text)"):
+        # The reader role may call them (the view uses the first); PUBLIC may not.
+        assert head["functions"][name][1] == "{postgres=X/postgres,withsense_reader=X/postgres}"  # type: ignore[index]
+
+    downgrade(empty_postgres.url, "0006")
+    with psycopg.connect(dsn) as conn:
+        assert _surface(conn) == at_0006
+    upgrade(empty_postgres.url)
+
+
+def test_definition_files_are_frozen() -> None:
+    from db import sql
+
+    assert sql.problems() == []
+
+
+def test_a_later_definition_never_changes_what_an_older_migration_applies(
+    empty_postgres: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hard rule of db/sql/: a fresh database replays every revision identically, whatever was added since."""
+    import shutil
+
+    from db import sql
+
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    with psycopg.connect(dsn) as conn:
+        head = _surface(conn)
+
+    copy = tmp_path / "sql"
+    shutil.copytree(sql.SQL_DIR, copy)
+    monkeypatch.setattr(sql, "SQL_DIR", copy)
+    monkeypatch.setattr(sql, "MANIFEST", copy / "SHA256SUMS")
+    newest = (copy / "search_photos" / "0007.sql").read_text()
+    (copy / "search_photos" / "9000.sql").write_text(newest.replace("k must be between", "k (a later text) between"))
+    assert sql.freeze() == ["search_photos/9000.sql"]
+    assert "a later text" in sql.current("search_photos")[1]
+    assert "a later text" not in sql.definition("search_photos", at="0007")
+
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn) as conn:
+        assert _surface(conn) == head
+
+    # A released file that changes is refused, by the loader and by freeze.
+    (copy / "search_photos" / "0007.sql").write_text(newest + "\n-- edited later\n")
+    with pytest.raises(sql.DefinitionError, match="changed after it was frozen"):
+        sql.definition("search_photos", at="0007")
+    with pytest.raises(sql.DefinitionError, match=r"search_photos/0007\.sql"):
+        sql.freeze()
+    assert sql.problems() == [
+        "search_photos/0007.sql: changed after it was frozen (a released definition never changes: add a new version)"
+    ]
+    with pytest.raises(sql.DefinitionError, match="no definition as of revision 0006"):
+        sql.definition("photo_is_visible", at="0006")
