@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -63,8 +64,16 @@ def test_upgrade_downgrade_upgrade_on_empty_database(empty_postgres: LocalPostgr
 def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgres) -> None:
     upgrade(empty_postgres.url)
     with psycopg.connect(empty_postgres.url.replace("+psycopg", "")) as conn:
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    assert row is not None
+    version = row[0]
     assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8)
+
+
+def _new_id(conn: psycopg.Connection, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _hnsw_options(dsn: str) -> dict[str, list[str]]:
@@ -84,17 +93,17 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url, "0004")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        old = conn.execute(
-            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
-        ).fetchone()[0]
+        old = _new_id(
+            conn, "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
+        )
         conn.execute("SELECT ensure_embedding_index(%s)", (old,))
     assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=64", "m=16"]}
 
     upgrade(empty_postgres.url)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        new = conn.execute(
-            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
-        ).fetchone()[0]
+        new = _new_id(
+            conn, "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
+        )
         conn.execute("SELECT ensure_embedding_index(%s)", (new,))
         conn.execute(f"REINDEX INDEX ix_photo_embeddings_hnsw_model_{int(old)}")  # what the operator runs
     assert _hnsw_options(dsn) == {
@@ -112,8 +121,15 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
 # The SQL surface as code (db/sql/): what the migrations leave is what the definition files say.
 
 
-def _surface(conn: psycopg.Connection) -> dict[str, object]:
+@dataclass(frozen=True)
+class Surface:
     """Every function and view of the public schema as the catalogue states it, with who may use it."""
+
+    functions: dict[str, tuple[str, str | None]]  # name(arguments) -> (pg_get_functiondef, ACL)
+    views: dict[str, tuple[str, str | None, str | None]]  # name -> (pg_get_viewdef, options, ACL)
+
+
+def _surface(conn: psycopg.Connection) -> Surface:
     functions = {
         f"{name}({args})": (definition, acl)
         for name, args, definition, acl in conn.execute(
@@ -129,10 +145,10 @@ def _surface(conn: psycopg.Connection) -> dict[str, object]:
             "WHERE c.relkind = 'v' AND c.relnamespace = 'public'::regnamespace"
         )
     }
-    return {"functions": functions, "views": views}
+    return Surface(functions, views)
 
 
-def _reapplied(dsn: str, at: str) -> tuple[dict[str, object], dict[str, object]]:
+def _reapplied(dsn: str, at: str) -> tuple[Surface, Surface]:
     """The surface as it is, and as it is after running every definition file as of revision `at` again."""
     from db import sql
 
@@ -154,7 +170,7 @@ def test_every_function_and_view_is_its_definition_file(empty_postgres: LocalPos
     upgrade(empty_postgres.url)
     before, after = _reapplied(dsn, "9999")
     assert after == before
-    live = {key.split("(")[0] for key in before["functions"]} | set(before["views"])  # type: ignore[attr-defined]
+    live = {key.split("(")[0] for key in before.functions} | set(before.views)
     assert live == set(sql.names()), "every view and function of the public schema has a folder in db/sql/"
 
 
@@ -174,13 +190,13 @@ def test_0007_downgrade_restores_0006_exactly_and_keeps_the_readers_grants(empty
         "photo_visibility(p_photo_id uuid, region text)",
         "region_is_restricted(region text)",
     ):
-        assert head["functions"][name][1] == at_0006["functions"][name][1]  # type: ignore[index]
-        assert "withsense_reader=X/" in head["functions"][name][1]  # type: ignore[index]
-    assert head["views"]["searchable_photos"][2] == at_0006["views"]["searchable_photos"][2]  # type: ignore[index]
-    assert head["views"]["searchable_photos"][1] == "{security_barrier=true}"  # type: ignore[index]
+        assert head.functions[name][1] == at_0006.functions[name][1]
+        assert "withsense_reader=X/" in (head.functions[name][1] or "")
+    assert head.views["searchable_photos"][2] == at_0006.views["searchable_photos"][2]
+    assert head.views["searchable_photos"][1] == "{security_barrier=true}"
     for name in ("photo_is_visible(photo photos, minors_allowed boolean)", "normalise_region(region text)"):
         # The reader role may call them (the view uses the first); PUBLIC may not.
-        assert head["functions"][name][1] == "{postgres=X/postgres,withsense_reader=X/postgres}"  # type: ignore[index]
+        assert head.functions[name][1] == "{postgres=X/postgres,withsense_reader=X/postgres}"
 
     downgrade(empty_postgres.url, "0006")
     with psycopg.connect(dsn) as conn:

@@ -184,7 +184,7 @@ REGION_INPUTS = [
 
 
 @pytest.mark.parametrize("default_restricted", [True, False])
-def test_python_and_sql_read_every_region_value_alike(session: Session, default_restricted: bool) -> None:  # type: ignore[no-untyped-def]
+def test_python_and_sql_read_every_region_value_alike(session: Session, default_restricted: bool) -> None:
     """Where the API accepts a value, SQL normalises it the same and answers the same; where the API refuses
     one, SQL answers "restricted", even when the default rule says otherwise."""
     from db.policy import region_is_restricted, set_region_rule
