@@ -68,7 +68,7 @@ def session(services) -> Iterator[Session]:  # type: ignore[no-untyped-def]
 def every_state(services) -> tuple[object, dict[uuid.UUID, PhotoState]]:  # type: ignore[no-untyped-def]
     """One photo for each combination of the columns the rule reads, each with a vector of the active model."""
     from db.engine import session_scope
-    from workers.tasks import registered_model
+    from services.indexing import registered_model
 
     model = registered_model()
     rng = np.random.default_rng(5)
