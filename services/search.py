@@ -508,6 +508,7 @@ def _run(
             filters,
             sql_options,
             exact_below=get_settings().search_exact_below,
+            ef_search=get_settings().hnsw_ef_search,
         )
     except search_sql.NoActiveModel:
         rows = []  # nothing indexed yet: an empty result, not an error
