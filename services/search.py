@@ -541,6 +541,8 @@ def _clean_text(name: str, value: str | None) -> str:
 def _texts(name: str, values: Sequence[str] | None) -> tuple[str, ...]:
     if not values:
         return ()
+    if isinstance(values, str):  # one value, not its characters
+        values = [values]
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidRequest(f"`{name}` takes at most {MAX_FILTER_VALUES} values")
     return tuple(dict.fromkeys(_clean_text(name, value) for value in values))
