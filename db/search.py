@@ -178,6 +178,8 @@ def photo_embedding(session: Session, photo_id: uuid.UUID) -> np.ndarray | None:
         return None
     if isinstance(row, str):  # a connection made before the extension existed has no vector type registered
         return np.asarray([float(part) for part in row.strip("[]").split(",")], dtype=np.float32)
+    if isinstance(row, Vector):
+        return np.asarray(row.to_numpy(), dtype=np.float32)
     return np.asarray(row, dtype=np.float32)
 
 
