@@ -13,8 +13,8 @@
 --                   "min_width", "min_height": pixels as shown}
 --                  Names and camera are matched without regard to case; tags are stored in lower case.
 -- options          {"mode": "hybrid" (default) | "semantic" | "keyword",
---                   "min_score": cosine floor for semantic matches (default: the active model's
---                                embedding_models.min_score; null: none),
+--                   "min_score": cosine floor: every result below it is dropped (absent: the active model's
+--                                embedding_models.min_score, which keeps keyword matches; null: none),
 --                   "sort": "relevance" (default) | "newest" (capture time, else upload time, newest first,
 --                           among the first 1,000 results by relevance),
 --                   "offset": results to skip (the `rank` of the last row of the previous page), 0 to 999,
@@ -27,15 +27,16 @@
 --
 -- How it ranks (every step inside this call, every filter inside each candidate query):
 --   semantic: nearest neighbours under the filters. When the filters leave fewer than
---             `withsense.exact_below` photos (default 20000) the distances are computed exactly over them;
---             else pgvector's iterative HNSW scan (relaxed order) runs with the filters inside it. Either
---             way a 1%-selective filter still returns k rows while k photos qualify. Results below the
---             floor are dropped.
+--             `withsense.exact_below` photos (default 20000; 2,200 without filters) the distances are computed
+--             exactly over them; else pgvector's iterative HNSW scan (relaxed order, in the order it finds
+--             them) runs with the filters inside it. Either way a 1%-selective filter still returns k rows
+--             while k photos qualify.
 --   keyword:  photos whose words (photo_search_document(): title, tags, description, photographer) match
 --             keyword_query(query_text), by ts_rank.
 --   hybrid:   reciprocal rank fusion (1/(60 + rank) summed) of the first 100 of each list; after those, the
 --             rest of the semantic list in its order, then the rest of the keyword list. The fusion depth is
 --             fixed, so page n + 1 continues page n exactly, whatever k: no duplicates, no gaps.
+--   the floor is applied to that ranking (not to the semantic list, which fusion needs whole).
 -- The HNSW scan's ef_search is the caller's `withsense.ef_search` (as for search_photos), else 200; it
 -- does not depend on k or the page, so the candidates' order does not either.
 CREATE OR REPLACE FUNCTION search_photos_filtered(
@@ -65,6 +66,7 @@ DECLARE
     minors text := CASE WHEN minors_allowed THEN 'true' ELSE 'false' END;
     requested_ef text := nullif(btrim(current_setting('withsense.ef_search', true)), '');
     requested_exact text := nullif(btrim(current_setting('withsense.exact_below', true)), '');
+    forced_scan text := nullif(lower(btrim(current_setting('withsense.exact_scan', true))), '');
     exact_below integer := 20000;
     search_mode text;
     sort_order text;
@@ -263,12 +265,22 @@ BEGIN
         END IF;
         -- How many photos qualify, counted up to a cap: few enough, and the exact distances are cheaper than
         -- the HNSW scan (which would have to pass over many photos the filters reject) and always complete.
-        -- Without filters the cap is the deepest a search goes, so that a small catalogue is ranked the same
-        -- way on every page. The decision depends on the filters alone, never on the page.
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM photos p WHERE photo_is_visible(p, %s)%s LIMIT %s) c',
-                       minors, cond, CASE WHEN has_filters THEN exact_below ELSE s_depth + deepest END)
-            INTO eligible;
-        use_exact := eligible < (CASE WHEN has_filters THEN exact_below ELSE s_depth + deepest END);
+        -- Without filters the cap is more than the deepest a search goes, so that a small catalogue is ranked
+        -- the same way on every page. The decision depends on the filters alone, never on the page.
+        -- `withsense.exact_scan` = on / off takes the exact path / the HNSW scan whatever the count (benchmarks
+        -- compare the two).
+        IF forced_scan IS NOT NULL AND forced_scan NOT IN ('on', 'off') THEN
+            RAISE EXCEPTION 'withsense.exact_scan must be on or off, got "%"', forced_scan
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF forced_scan IS NOT NULL THEN
+            use_exact := forced_scan = 'on';
+        ELSE
+            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM photos p WHERE photo_is_visible(p, %s)%s LIMIT %s) c',
+                           minors, cond, CASE WHEN has_filters THEN exact_below ELSE 2 * (fusion_depth + deepest) END)
+                INTO eligible;
+            use_exact := eligible < (CASE WHEN has_filters THEN exact_below ELSE 2 * (fusion_depth + deepest) END);
+        END IF;
         semantic_sql := format(
             $q$
             SELECT coalesce(array_agg(nn.photo_id), '{}'), coalesce(array_agg(nn.score), '{}')
