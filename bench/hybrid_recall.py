@@ -2,8 +2,8 @@
 the pixels do not (evaluation/hybrid.py), through the real search: a Postgres migrated to head, the catalogue
 indexed with a CLIP (the tiny trained test CLIP by default), and services.search in each mode.
 
-    python bench/hybrid_recall.py                       # the tiny CLIP the tests build (WITHSENSE_TEST_CACHE)
-    python bench/hybrid_recall.py --model /models/clip  # any sentence-transformers CLIP folder
+    .venv/bin/python -m bench.hybrid_recall                   # the tiny CLIP the tests build (WITHSENSE_TEST_CACHE)
+    .venv/bin/python -m bench.hybrid_recall --model /models/clip  # any sentence-transformers CLIP folder
 
 Also prints the relevance floor the evaluation data suggests for the model (the cosine that keeps 95% of the
 relevant photo-query pairs of the queries the pixels can answer) and R@5 with that floor as the model's default.

@@ -1,8 +1,8 @@
 """Filtered and hybrid search at scale: recall@10 and SQL latency of search_photos_filtered() on N photos with
 realistic metadata, for hybrid search and for each filter at about 10% and 1% of the catalogue.
 
-    python bench/search_filters.py --n 100000            # a first run (about ten minutes on 2 busy cores)
-    python bench/search_filters.py --n 1000000 --queries 100
+    .venv/bin/python -m bench.search_filters --n 100000     # a first run
+    .venv/bin/python -m bench.search_filters --n 1000000 --queries 100
 
 The catalogue: CLIP-like vectors (bench/search_data.py), a few thousand photographers with a long-tail (Zipf)
 share of the photos, capture dates over ten years (10% unknown), upload dates over three, 3-8 tags per photo from
