@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     # Search pages: the key that signs cursors (shared by every API process that serves the same clients); unset:
     # a key kept in WITHSENSE_HOME/search-cursor.key, made on first use.
     search_cursor_secret: SecretStr | None = None
-    # Filtered semantic search computes exact distances when the filters leave fewer photos than this (cheaper
-    # than an HNSW scan that skips most of what it visits, and always complete); more: the HNSW scan.
-    search_exact_below: int = Field(default=20000, ge=0, le=10_000_000)
+    # Filtered search computes exact distances when the filters leave fewer photos than this (cheaper than an
+    # HNSW scan that skips most of what it visits, and always complete); more: the HNSW scan. Unset: about
+    # sqrt(depth x catalogue size), chosen per query by search_photos_filtered (BENCHMARKS.md).
+    search_exact_below: int | None = Field(default=None, ge=0, le=100_000_000)
 
     # Metadata read from the file at ingest. GPS positions are personal data: not kept unless asked for, and then
     # rounded to two decimals of a degree (about a kilometre).

@@ -133,8 +133,8 @@ def search_filtered(
     """search_photos_filtered(): filters, keyword and hybrid search, the floor, the order and the page in one call.
 
     `exact_below` (Settings.search_exact_below): below this many photos left by the filters, exact distances
-    instead of the HNSW scan; `ef_search` as for search_by_vector; None leaves the function's own defaults (20000
-    and 200). Raises NoActiveModel before any indexing,
+    instead of the HNSW scan; `ef_search` as for search_by_vector; None leaves the function's own choices (about
+    sqrt(depth x catalogue size), and 200). Raises NoActiveModel before any indexing,
     DimensionMismatch for a vector of another dimension, InvalidSearch for arguments the function refuses.
     """
     vector = Vector(np.asarray(query, dtype=np.float32).tolist()) if query is not None else None

@@ -263,7 +263,8 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
+    vectors: np.ndarray = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    return np.asarray(vectors[0], dtype=np.float32)
 
 
 def search_image(
@@ -454,6 +455,10 @@ def _like_photo(
             raise NotFound(f"photo {photo_id} does not exist")
     else:
         photo = load_visible(session, photo_id, principal, region)
+        # Its uploader and moderators may start from a photo nobody else sees yet (in review, private), but
+        # not from a child without consent where the law applies: the results would lead to such content.
+        if photo.depicts_minor and not photo.parental_consent and region_is_restricted(session, region):
+            return None
         if photo.status != "indexed":
             raise Conflict(f"photo {photo_id} is not indexed yet (status {photo.status})")
     vector = search_sql.photo_embedding(session, photo_id)

@@ -44,6 +44,8 @@ MIN_SCORE_HELP = (
 SORT_HELP = "relevance (default), or newest: capture time (else upload time) among the first 1,000 results"
 CURSOR_HELP = "`next_cursor` of the previous page, with the same query, filters, mode, min_score and sort"
 ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+# Routes that take `like_photo`: 404 for a photo the caller may not see, 409 for one not indexed yet.
+LIKE_PHOTO_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 
 def search_options(
@@ -99,7 +101,7 @@ def _counted(kind: str, outcome: search_service.SearchOutcome, started: float) -
     return outcome
 
 
-@router.get("/search", response_model=SearchOut, responses=ERRORS)
+@router.get("/search", response_model=SearchOut, responses={**LIKE_PHOTO_ERRORS, **ERRORS})
 async def search_text(
     request: Request,
     session: SessionDep,
@@ -210,7 +212,7 @@ class SearchIn(SearchFiltersIn, ComposedParts):
     region: str | None = Field(None, max_length=16, description="the viewer's region (else the X-Region header)")
 
 
-@router.post("/search", response_model=SearchOut, responses={404: {"model": ErrorOut}, **ERRORS})
+@router.post("/search", response_model=SearchOut, responses={**LIKE_PHOTO_ERRORS, **ERRORS})
 async def search_composed(
     body: SearchIn,
     request: Request,
@@ -266,9 +268,9 @@ class ImageQueryIn(SearchFiltersIn, ComposedParts):
     response_model=SearchOut,
     responses={
         400: {"model": ErrorOut},
-        404: {"model": ErrorOut},
         413: {"model": ErrorOut},
         415: {"model": ErrorOut},
+        **LIKE_PHOTO_ERRORS,
         **ERRORS,
     },
     openapi_extra=IMAGE_SEARCH_BODY,

@@ -6,7 +6,7 @@
   `search_document` (photo_search_document(): the words keyword search matches, GIN-indexed). Indexes for the
   filters: tags (GIN), taken_at, lower(photographer), lower(camera), width, height.
 - embedding_models.min_score: each model's default relevance floor (NULL: none).
-- SQL surface (db/sql/*/0008.sql): photo_search_document, keyword_query, search_filter_values,
+- SQL surface (db/sql/*/0008.sql): photo_search_document, keyword_query, search_filter_values, estimated_rows,
   search_photos_filtered (filters, keyword and hybrid search, floor, sort, pages; granted to the reader role),
   similar_photos_filtered, and searchable_photos with the new columns.
 
@@ -36,6 +36,7 @@ NEW = (
     "photo_search_document",
     "keyword_query",
     "search_filter_values",
+    "estimated_rows",
     "search_photos_filtered",
     "similar_photos_filtered",
 )
@@ -87,6 +88,7 @@ def downgrade() -> None:
     op.execute(sql.statement("searchable_photos", at=down_revision))
     op.execute("DROP FUNCTION similar_photos_filtered(uuid, integer, text, jsonb, jsonb)")
     op.execute("DROP FUNCTION search_photos_filtered(vector, text, integer, text, jsonb, jsonb)")
+    op.execute("DROP FUNCTION estimated_rows(text)")
     op.execute("DROP FUNCTION search_filter_values(text, jsonb)")
     op.execute("DROP FUNCTION keyword_query(text)")
     op.drop_constraint("ck_embedding_models_min_score_range", "embedding_models")

@@ -26,11 +26,11 @@
 -- rows: no more results (the floor, the filters, or 1,000 deep).
 --
 -- How it ranks (every step inside this call, every filter inside each candidate query):
---   semantic: nearest neighbours under the filters. When the filters leave fewer than
---             `withsense.exact_below` photos (default 20000; 2,200 without filters) the distances are computed
---             exactly over them; else pgvector's iterative HNSW scan (relaxed order, in the order it finds
---             them) runs with the filters inside it. Either way a 1%-selective filter still returns k rows
---             while k photos qualify.
+--   semantic: nearest neighbours under the filters. When the filters leave few photos (below about
+--             sqrt(depth x catalogue size), or `withsense.exact_below`) the distances are computed exactly over
+--             them; else pgvector's iterative HNSW scan (relaxed order, in the order it finds them) runs with
+--             the filters inside it, and the exact distances when it comes back short. Either way a
+--             1%-selective filter still returns k rows while k photos qualify.
 --   keyword:  photos whose words (photo_search_document(): title, tags, description, photographer) match
 --             keyword_query(query_text), by ts_rank.
 --   hybrid:   reciprocal rank fusion (1/(60 + rank) summed) of the first 100 of each list; after those, the
@@ -67,7 +67,9 @@ DECLARE
     requested_ef text := nullif(btrim(current_setting('withsense.ef_search', true)), '');
     requested_exact text := nullif(btrim(current_setting('withsense.exact_below', true)), '');
     forced_scan text := nullif(lower(btrim(current_setting('withsense.exact_scan', true))), '');
-    exact_below integer := 20000;
+    catalogue_size numeric;
+    qualifying numeric;
+    threshold numeric;
     search_mode text;
     sort_order text;
     page_offset integer := 0;
@@ -88,7 +90,6 @@ DECLARE
     use_keyword boolean;
     s_depth integer;
     k_depth integer;
-    eligible integer;
     s_ids uuid[] := '{}';
     s_scores double precision[] := '{}';
     k_ids uuid[] := '{}';
@@ -256,33 +257,33 @@ BEGIN
         IF requested_ef IS NOT NULL THEN
             PERFORM set_config('hnsw.ef_search', requested_ef, true);
         END IF;
-        IF requested_exact IS NOT NULL THEN
-            IF requested_exact !~ '^[0-9]{1,7}$' THEN
-                RAISE EXCEPTION 'withsense.exact_below must be a whole number, got "%"', requested_exact
-                    USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-            exact_below := requested_exact::integer;
+        IF requested_exact IS NOT NULL AND requested_exact !~ '^[0-9]{1,9}$' THEN
+            RAISE EXCEPTION 'withsense.exact_below must be a whole number, got "%"', requested_exact
+                USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        -- How many photos qualify, counted up to a cap: few enough, and the exact distances are cheaper than
-        -- the HNSW scan (which would have to pass over many photos the filters reject) and always complete.
-        -- Without filters the cap is more than the deepest a search goes, so that a small catalogue is ranked
-        -- the same way on every page. The decision depends on the filters alone, never on the page.
-        -- `withsense.exact_scan` = on / off takes the exact path / the HNSW scan whatever the count (benchmarks
-        -- compare the two).
         IF forced_scan IS NOT NULL AND forced_scan NOT IN ('on', 'off') THEN
             RAISE EXCEPTION 'withsense.exact_scan must be on or off, got "%"', forced_scan
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        IF forced_scan IS NOT NULL THEN
-            use_exact := forced_scan = 'on';
-        ELSE
-            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM photos p WHERE photo_is_visible(p, %s)%s LIMIT %s) c',
-                           minors, cond, CASE WHEN has_filters THEN exact_below ELSE 2 * (fusion_depth + deepest) END)
-                INTO eligible;
-            use_exact := eligible < (CASE WHEN has_filters THEN exact_below ELSE 2 * (fusion_depth + deepest) END);
-        END IF;
-        semantic_sql := format(
-            $q$
+        -- Exact distances or the HNSW scan. Exact costs one distance per photo that qualifies; the scan visits
+        -- about depth x catalogue / qualifying photos before it has `depth` of them. So exact wins below about
+        -- sqrt(depth x catalogue) qualifying photos (bench/search_filters.py measures both): 1,000 to a few
+        -- thousand for a semantic page of a large catalogue, ~15,000 at 1M photos for hybrid, whose semantic
+        -- list runs 200 deeper. How many qualify is the planner's estimate (no rows are read for it); the depth
+        -- is the first page's, and a small catalogue (fewer photos than the deepest a search goes) is always
+        -- ranked exactly: the decision never depends on the page, so neither does the ranking.
+        -- `withsense.exact_below` replaces the threshold; `withsense.exact_scan` = on / off forces a path.
+        SELECT greatest(reltuples, 0)::numeric INTO catalogue_size FROM pg_class WHERE oid = 'photos'::regclass;
+        qualifying := estimated_rows(format('SELECT 1 FROM photos p WHERE photo_is_visible(p, %s)%s', minors, cond));
+        catalogue_size := greatest(catalogue_size, qualifying);
+        threshold := coalesce(
+            requested_exact::numeric,
+            greatest(1000, sqrt((CASE WHEN s_depth > wanted THEN 2 * fusion_depth + 10 ELSE 10 END) * catalogue_size)));
+        use_exact := CASE forced_scan WHEN 'on' THEN true WHEN 'off' THEN false
+                     ELSE qualifying < threshold OR catalogue_size < 2 * (fusion_depth + deepest) END;
+        -- %5$s: the order; format() is applied once to each variant, so no value quoted into `cond` is read
+        -- as a format specifier.
+        semantic_sql := $q$
             SELECT coalesce(array_agg(nn.photo_id), '{}'), coalesce(array_agg(nn.score), '{}')
             FROM (
                 SELECT e.photo_id, 1 - (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)) AS score
@@ -292,24 +293,29 @@ BEGIN
                 ORDER BY %5$s
                 LIMIT $2
             ) nn
-            $q$,
-            m.dimension, m.id, minors, cond,
-            CASE WHEN use_exact
-                 -- score DESC is not the index's order: an exact scan over the qualifying photos
-                 THEN '1 - (e.embedding::halfvec(' || m.dimension || ') <=> $1::halfvec(' || m.dimension || ')) DESC, e.photo_id'
-                 ELSE 'e.embedding::halfvec(' || m.dimension || ') <=> $1::halfvec(' || m.dimension || ')' END);
-        IF use_exact THEN
-            EXECUTE semantic_sql INTO s_ids, s_scores USING query_embedding, s_depth;
-        ELSE
+            $q$;
+        IF NOT use_exact THEN
             -- The HNSW scan whatever the planner would estimate for this page's depth: a plan that changed with
             -- the depth would rank the same photos differently on two pages.
             saved_seqscan := current_setting('enable_seqscan');
             saved_sort := current_setting('enable_sort');
             PERFORM set_config('enable_seqscan', 'off', true);
             PERFORM set_config('enable_sort', 'off', true);
-            EXECUTE semantic_sql INTO s_ids, s_scores USING query_embedding, s_depth;
+            EXECUTE format(semantic_sql, m.dimension, m.id, minors, cond,
+                           format('e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)', m.dimension))
+                INTO s_ids, s_scores USING query_embedding, s_depth;
             PERFORM set_config('enable_seqscan', saved_seqscan, true);
             PERFORM set_config('enable_sort', saved_sort, true);
+            -- Short: fewer photos qualify than the estimate said (or the scan hit its limits). The exact
+            -- distances then, over what is few enough to be cheap: never fewer than k results while k qualify.
+            use_exact := cardinality(s_ids) < s_depth AND forced_scan IS DISTINCT FROM 'off';
+        END IF;
+        IF use_exact THEN
+            -- score DESC is not the index's order: an exact scan over the qualifying photos.
+            EXECUTE format(semantic_sql, m.dimension, m.id, minors, cond,
+                           format('1 - (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)) DESC, e.photo_id',
+                                  m.dimension))
+                INTO s_ids, s_scores USING query_embedding, s_depth;
         END IF;
         s_exhausted := cardinality(s_ids) < s_depth;
         -- The floor is applied to the fused ranking, not to this list: cut here, photos that match the words
