@@ -255,6 +255,12 @@ def main() -> None:
             marker.write_text(json.dumps({"n": args.n, "seed": args.seed, "model_id": model_id, "load": load}))
         saved = json.loads(marker.read_text())
         model_id, load = int(saved["model_id"]), saved["load"]
+        from db import sql
+
+        with connect(postgres.dsn) as conn:  # a kept database measures this checkout's SQL surface
+            for name in sql.names():
+                if name not in ("searchable_photos", "photo_search_document"):
+                    conn.execute(sql.definition(name, "9999"))
 
         queries = source.draw(args.queries, stream=1)
         rng = np.random.default_rng([args.seed, 11])
