@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
+import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,10 +34,10 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
         try:
             register_vector(dbapi_connection)
-        except Exception:
+        except psycopg.Error:
             # Before the first migration the extension does not exist yet; types register on the next connect.
             dbapi_connection.rollback()
 

@@ -26,8 +26,10 @@ def set_region_rule(session: Session, region: str, *, minors_restricted: bool, n
 def delete_region_rule(session: Session, region: str) -> bool:
     if region.strip() == "*":
         raise ValueError("the default rule '*' can be changed but not removed")
-    result = session.execute(text("DELETE FROM region_rules WHERE region = upper(:region)"), {"region": region.strip()})
-    return result.rowcount > 0
+    deleted = session.execute(
+        text("DELETE FROM region_rules WHERE region = upper(:region) RETURNING region"), {"region": region.strip()}
+    ).first()
+    return deleted is not None
 
 
 def region_rules(session: Session) -> list[tuple[str, bool, str | None]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_model import tiny_clip_path  # noqa: F401 - re-exported fixture
+# Fixture modules every test gets by name (the trained tiny CLIP).
+pytest_plugins = ["tests.fixtures_model"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def reset_cached_state() -> None:
 def services(tiny_clip_path: Path) -> Iterator[Services]:
     """Postgres and Redis on loopback, migrated, with WITHSENSE_* pointing at them and at the tiny model."""
     from cli.local_services import LocalPostgres, LocalRedis
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     # Short path: keeps any unix socket well under the ~107-byte limit.
     home = Path(tempfile.mkdtemp(prefix="wst-", dir="/tmp"))
@@ -295,7 +296,7 @@ UNSAFE_COLOUR = "brown"
 
 def sample_of(colour: str, shape: str, seed: int, templates: str = "heldout"):  # type: ignore[no-untyped-def]
     """A synthetic image of one colour and shape, with a caption from `templates`."""
-    from evaluation.synthetic import generate
+    from evaluation.standins.synthetic import generate
 
     for offset in range(50):
         for sample in generate(80, seed + offset * 1000, templates=templates):  # type: ignore[arg-type]

@@ -223,7 +223,7 @@ def test_missing_dataset_folder_raises_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_shipped_demo_dataset_has_the_planted_warts() -> None:
-    from evaluation.demo import DEMO_DIR
+    from evaluation.standins.demo import DEMO_DIR
 
     dataset = load_dataset(DEMO_DIR)
     found = kinds(dataset.report)
@@ -237,7 +237,7 @@ def test_shipped_demo_dataset_has_the_planted_warts() -> None:
 
 
 def test_demo_dataset_is_reproducible(tmp_path: Path) -> None:
-    from evaluation.demo import DEMO_DIR, build_demo_dataset
+    from evaluation.standins.demo import DEMO_DIR, build_demo_dataset
 
     rebuilt = build_demo_dataset(tmp_path / "demo")
     shipped = sorted(p.relative_to(DEMO_DIR) for p in DEMO_DIR.rglob("*") if p.is_file())

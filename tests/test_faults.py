@@ -336,7 +336,7 @@ def test_prefork_children_split_the_cores_and_do_not_deadlock(api, services, own
 
 # 21. Concurrent inserts, searches and VACUUM, then kill -9 of the postmaster.
 def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     home = Path(tempfile.mkdtemp(prefix="wsc-", dir="/tmp"))
     server = LocalPostgres(home / "pg")

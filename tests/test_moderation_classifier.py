@@ -27,7 +27,7 @@ from core.moderation import (
     ModerationVerdict,
     ZeroShotModerator,
 )
-from evaluation.synthetic import render_image
+from evaluation.standins.synthetic import render_image
 
 TEST_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
 TEMPERATURE = 10.0

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from core.embedding import ClipEmbedder
+from core.embedding import ClipEmbedder, ModelUnavailableError
 from core.onnx_encoder import (
     FP32_FILE,
     INT8_FILE,
     PARITY_MIN_COSINE,
     OnnxExportError,
     OnnxImageEncoder,
-    _clip_parts,
     ensure_export,
+    onnx_clip_parts,
 )
 from core.settings import Settings
-from evaluation.synthetic import generate
+from evaluation.standins.baseline_encoders import build_tiny_text_encoder
+from evaluation.standins.synthetic import generate
 from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, WorkerProcess, upload, wait_for_status
 
 
@@ -74,8 +75,7 @@ def test_onnx_keeps_the_ranking_of_the_trained_model(embedder: ClipEmbedder, cac
 
 
 def test_export_is_cached_and_reused(embedder: ClipEmbedder, cache_dir: Path) -> None:
-    model = embedder._model
-    assert model is not None
+    model = embedder.sentence_transformer
     first = ensure_export(model, embedder.revision, cache_dir, quantize=True)
     stamp = (first / INT8_FILE).stat().st_mtime_ns
     second = ensure_export(model, embedder.revision, cache_dir, quantize=True)
@@ -100,9 +100,16 @@ def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images
     assert np.sum(split * whole, axis=1).min() >= 0.999
 
 
-def test_a_model_without_a_vision_tower_is_refused() -> None:
+def test_a_model_without_a_vision_tower_is_refused(tmp_path: Path) -> None:
+    """A text-only sentence-transformers model (a tiny BERT) has nothing to export: a clear refusal."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = build_tiny_text_encoder(tmp_path / "bert")
     with pytest.raises(OnnxExportError, match="no CLIP vision tower"):
-        _clip_parts([object()])  # type: ignore[arg-type]
+        onnx_clip_parts(SentenceTransformer(str(folder), device="cpu"))
+    embedder = ClipEmbedder(str(folder), device="cpu", image_encoder="onnx", onnx_cache_dir=tmp_path / "onnx")
+    with pytest.raises(ModelUnavailableError, match="WITHSENSE_IMAGE_ENCODER=onnx: no CLIP vision tower"):
+        embedder.load()
 
 
 # Selecting the encoder with WITHSENSE_IMAGE_ENCODER ------------------------------------------------------
@@ -138,7 +145,7 @@ def test_the_setting_puts_onnx_behind_embed_images(
 
 def test_an_unknown_encoder_setting_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", "tensorrt")
-    with pytest.raises(ValidationError, match="torch.*onnx.*onnx-int8"):
+    with pytest.raises(ValidationError, match=r"torch.*onnx.*onnx-int8"):
         Settings()
     with pytest.raises(ValueError, match="image_encoder must be torch, onnx or onnx-int8"):
         ClipEmbedder("clip-ViT-B-32", image_encoder="int4", onnx_cache_dir="/tmp")

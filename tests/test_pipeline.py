@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from evaluation.synthetic import generate
+from evaluation.standins.synthetic import generate
 from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, wait_for_status
 from tests.images import jpeg_bytes
 

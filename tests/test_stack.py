@@ -100,7 +100,7 @@ def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str) -> None:
 
 @pytest.mark.slow
 def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
-    from evaluation.synthetic import generate
+    from evaluation.standins.synthetic import generate
 
     home, ports, env = _stack_env(tiny_clip_path)
     env["WITHSENSE_RECONCILE_EVERY_S"] = "2"  # beat sends the reconciler often enough to be seen doing it
