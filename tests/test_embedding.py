@@ -148,10 +148,11 @@ def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEm
 
 
 def test_random_vit_b32_is_saved_the_same_way(tmp_path: Path) -> None:
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig, CLIPVisionConfig
 
     # The default config is ViT-B/32 (512-d); a narrow twin keeps the test fast.
     default = CLIPConfig()
+    assert isinstance(default.vision_config, CLIPVisionConfig)
     assert (default.projection_dim, default.vision_config.patch_size, default.vision_config.image_size) == (
         512,
         32,
@@ -251,7 +252,7 @@ def test_odd_inputs(tiny: ClipEmbedder) -> None:
     # Longer than CLIP's 77-token context: truncated, not an error.
     assert np.isfinite(tiny.embed_texts(["red " * 300, "", "собака бежит по траве"])).all()
     with pytest.raises(TypeError):
-        tiny.embed_texts("a red circle")  # type: ignore[arg-type]
+        tiny.embed_texts("a red circle")
 
 
 def test_images_and_texts_share_one_space(tiny: ClipEmbedder) -> None:

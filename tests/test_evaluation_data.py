@@ -6,6 +6,7 @@ back from the code under test.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -579,4 +580,4 @@ def test_rank_buckets_cover_the_gallery_without_gaps() -> None:
     for gallery in (3, 7, 64, 999, 25_000):
         buckets = rank_buckets(gallery)
         assert buckets[0][0] == 1 and buckets[-1][1] == gallery
-        assert all(b[0] == a[1] + 1 for a, b in zip(buckets, buckets[1:], strict=False))
+        assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(buckets))

@@ -3,19 +3,29 @@ return k rows and the same ids as an exact scan."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from pgvector import HalfVector, Vector
 from sqlalchemy import text
+
+from db.models import EmbeddingModel
+from tests.conftest import Services
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 N = 4000
 K = 10
 
+# The model, the photo ids, their unit vectors (N, dimension) and which of them moderation approved.
+ManyVectors = tuple[EmbeddingModel, Sequence[uuid.UUID], np.ndarray, np.ndarray]
+
 
 @pytest.fixture()
-def many_vectors(services):  # type: ignore[no-untyped-def]
+def many_vectors(services: Services) -> ManyVectors:
     """N indexed photos with random vectors of the active model; 1% approved, the rest hidden by moderation."""
     from db.engine import session_scope
     from workers.tasks import registered_model
@@ -46,20 +56,20 @@ def many_vectors(services):  # type: ignore[no-untyped-def]
             ),
             [
                 {"photo_id": pid, "model_id": model.id, "embedding": HalfVector(v.tolist())}
-                for pid, v in zip(rows, vectors)
+                for pid, v in zip(rows, vectors, strict=True)
             ],
         )
         session.execute(text("ANALYZE photos; ANALYZE photo_embeddings"))
     return model, rows, vectors, approved
 
 
-def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors: ManyVectors) -> None:
     from db.engine import session_scope
     from db.search import search_by_vector
 
-    model, ids, vectors, approved = many_vectors
+    model, ids, _vectors, approved = many_vectors
     rng = np.random.default_rng(11)
-    eligible = [str(i) for i, ok in zip(ids, approved) if ok]
+    eligible = [str(i) for i, ok in zip(ids, approved, strict=True) if ok]
     recalls = []
     for _ in range(20):
         query = rng.normal(size=model.dimension).astype(np.float32)
@@ -72,9 +82,9 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors)
             exact = (
                 session.execute(
                     text(
-                        f"SELECT e.photo_id FROM photo_embeddings e JOIN searchable_photos p ON p.id = e.photo_id "
-                        f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) <=> CAST(:q AS vector({model.dimension})) "
-                        f"LIMIT :k"
+                        "SELECT e.photo_id FROM photo_embeddings e JOIN searchable_photos p ON p.id = e.photo_id "
+                        f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) "
+                        f"<=> CAST(:q AS vector({model.dimension})) LIMIT :k"
                     ),
                     {"m": model.id, "q": Vector(query.tolist()), "k": K},
                 )
@@ -89,7 +99,7 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors)
     assert np.mean(recalls) >= 0.95, recalls
 
 
-def test_the_search_uses_the_models_hnsw_index(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_the_search_uses_the_models_hnsw_index(many_vectors: ManyVectors) -> None:
     from db.engine import session_scope
 
     model, *_ = many_vectors
@@ -103,14 +113,15 @@ def test_the_search_uses_the_models_hnsw_index(many_vectors) -> None:  # type: i
             session.execute(
                 text(
                     f"EXPLAIN SELECT e.photo_id FROM photo_embeddings e WHERE e.model_id = {model.id} "
-                    f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) LIMIT 10"
+                    f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) "
+                    "LIMIT 10"
                 )
             ).scalars()
         )
     assert f"ix_photo_embeddings_hnsw_model_{model.id}" in plan, plan
 
 
-def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors: ManyVectors) -> None:
     from sqlalchemy.exc import DBAPIError
 
     from db.engine import session_scope
@@ -123,7 +134,7 @@ def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:
         "zero": np.zeros(model.dimension, dtype=np.float32),
         "NaN": np.full(model.dimension, np.nan, dtype=np.float32),
     }
-    for name, vector in bad.items():
+    for vector in bad.values():
         with pytest.raises(InvalidEmbedding):
             validate_embedding(vector, model.dimension)
         literal = "[" + ",".join("NaN" if np.isnan(x) else str(float(x)) for x in vector) + "]"
@@ -138,7 +149,7 @@ def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:
         session.execute(text("UPDATE photo_embeddings SET embedding = NULL WHERE photo_id = :id"), {"id": ids[0]})
 
 
-def test_query_vector_of_another_dimension_is_a_clear_422(api, many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_query_vector_of_another_dimension_is_a_clear_422(api: TestClient, many_vectors: ManyVectors) -> None:
     model, *_ = many_vectors
     wrong = api.post("/v1/search/vector", json={"embedding": [0.1] * (model.dimension * 2), "k": 5})
     assert wrong.status_code == 422
@@ -148,7 +159,9 @@ def test_query_vector_of_another_dimension_is_a_clear_422(api, many_vectors) -> 
     assert api.post("/v1/search/vector", json={"embedding": [0.0] * model.dimension}).status_code == 422
 
 
-def test_the_read_only_role_can_call_every_function_it_is_granted(many_vectors, services) -> None:  # type: ignore[no-untyped-def]
+def test_the_read_only_role_can_call_every_function_it_is_granted(
+    many_vectors: ManyVectors, services: Services
+) -> None:
     """region_is_restricted runs with its owner's rights; similar_photos takes k up to 1000 like search_photos."""
     import uuid
 

@@ -63,7 +63,7 @@ def test_upgrade_downgrade_upgrade_on_empty_database(empty_postgres: LocalPostgr
 def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgres) -> None:
     upgrade(empty_postgres.url)
     with psycopg.connect(empty_postgres.url.replace("+psycopg", "")) as conn:
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        [(version,)] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchall()
     assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8)
 
 
@@ -84,17 +84,17 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url, "0004")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        old = conn.execute(
+        [(old,)] = conn.execute(
             "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
-        ).fetchone()[0]
+        ).fetchall()
         conn.execute("SELECT ensure_embedding_index(%s)", (old,))
     assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=64", "m=16"]}
 
     upgrade(empty_postgres.url)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        new = conn.execute(
+        [(new,)] = conn.execute(
             "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
-        ).fetchone()[0]
+        ).fetchall()
         conn.execute("SELECT ensure_embedding_index(%s)", (new,))
         conn.execute(f"REINDEX INDEX ix_photo_embeddings_hnsw_model_{int(old)}")  # what the operator runs
     assert _hnsw_options(dsn) == {
