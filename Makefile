@@ -37,7 +37,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Lint, format, types and the import contracts of pyproject.toml (what they check: ARCHITECTURE.md).
+# Lint, format check, types, and the import contracts of pyproject.toml ([tool.importlinter]: the layers).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
