@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 # Missing, or older than pyproject.toml: (re)install. A failed step leaves no stamp, so the next command retries.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -f $(VENV)/pyvenv.cfg || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH_SPEC)" || $(BIN)/python -m pip install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -e '.[test,eval,dev]'

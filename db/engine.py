@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -12,6 +11,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.runtime import runtime
 from core.settings import get_settings
 
 
@@ -37,27 +37,38 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
     def _on_connect(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
         try:
             register_vector(dbapi_connection)
-        except psycopg.Error:
+        except psycopg.ProgrammingError:
             # Before the first migration the extension does not exist yet; types register on the next connect.
             dbapi_connection.rollback()
 
     return engine
 
 
-@lru_cache(maxsize=1)
-def get_engine() -> Engine:
+def _engine_from_settings() -> Engine:
     url = get_settings().database_url
     if not url:
-        raise RuntimeError(
+        raise DatabaseNotConfigured(
             "WITHSENSE_DATABASE_URL is not set. Start the local stack with `withsense up`, "
             "or point WITHSENSE_DATABASE_URL at a Postgres with pgvector >= 0.8."
         )
     return build_engine(url)
 
 
-@lru_cache(maxsize=1)
+class DatabaseNotConfigured(RuntimeError):
+    """No database URL: neither set nor read from a running `withsense up`."""
+
+
+_engine = runtime.slot("engine", _engine_from_settings, close=lambda engine: engine.dispose())
+_sessionmaker = runtime.slot("sessionmaker", lambda: sessionmaker(bind=get_engine(), expire_on_commit=False))
+
+
+def get_engine() -> Engine:
+    """This process's engine (one pool), created on first use: after a Celery fork, never before."""
+    return _engine.get()
+
+
 def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return _sessionmaker.get()
 
 
 @contextmanager
@@ -75,6 +86,7 @@ def session_scope() -> Iterator[Session]:
 
 
 def dispose_engine() -> None:
-    """Drop pooled connections (after fork, or in tests that restart Postgres)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
+    """Drop pooled connections (after fork, or in tests that restart Postgres); the engine itself is kept."""
+    engine = _engine.peek()
+    if engine is not None:
+        engine.dispose()

@@ -142,7 +142,7 @@ def test_killed_worker_child_mid_batch_reruns_with_one_row_each(
 ) -> None:
     import redis
 
-    from workers.enqueue import enqueue_ingest_batch
+    from services.queue import enqueue_ingest_batch
 
     ids = _register(api, [_large_jpeg(seed, (1200, 800)) for seed in range(12)])
     redis.Redis.from_url(own_broker.url).delete("photos")  # drop the uploads' single tasks: this test is about a batch

@@ -108,3 +108,16 @@ def test_builtin_models_resolve_in_a_development_checkout(tiny_clip_path: Path, 
     assert tiny.resolve() == tiny_clip_path.resolve()
     assert tiny.parent == random_clip.parent == bert.parent == models
     assert (random_clip / "modules.json").is_file() and (bert / "config.json").is_file()
+
+
+def test_the_image_gets_every_product_package_and_no_standins() -> None:
+    """The Dockerfile copies packages by name: a new layer (services/, say) must be copied too."""
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    wanted = {pattern.rstrip("*") for pattern in packages["include"]}
+    assert wanted == set(PRODUCT_PACKAGES)
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert wanted <= copied
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert "evaluation/standins" in ignored
