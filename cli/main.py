@@ -94,7 +94,7 @@ def up(
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Apply the database migrations (Alembic) up to `revision`."""
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     settings = _settings()
     if not settings.database_url:
