@@ -24,6 +24,8 @@ def _warm_up_model() -> None:
 
     try:
         get_embedder().load()
+    except ModelUnavailableError as exc:  # its message says what to do: one line, no traceback
+        log.error("model: unavailable — %s", exc)
     except Exception:
         log.exception("the embedding model could not be loaded; searches will fail until it can")
 

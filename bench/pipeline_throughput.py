@@ -356,7 +356,7 @@ def main() -> None:
         get_settings.cache_clear()
         upgrade(postgres.url)
         settings = get_settings()
-        dsn = f"host={postgres.host} port={postgres.port} user=postgres dbname={postgres.database}"
+        dsn = postgres.dsn
 
         # Files: distinct pictures first, then byte variants, warm-up set separate from the timed set.
         total = args.warmup + args.count

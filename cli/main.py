@@ -51,8 +51,11 @@ def up(
     workers: Annotated[int, typer.Option(help="worker processes (each loads the model)")] = 1,
     flower: Annotated[bool, typer.Option(help="start Flower on 127.0.0.1:5555")] = True,
 ) -> None:
-    """Run the whole local stack in the foreground: Postgres, Redis, migrations, worker, beat, API, Flower."""
-    from cli.stack import LocalStack
+    """Run the whole local stack in the foreground: Postgres, Redis, migrations, worker, beat, API, Flower.
+
+    Every process is supervised: one that exits is restarted with backoff; one that keeps exiting stops the stack.
+    """
+    from cli.stack import FLOWER_USER, LocalStack
     from core.settings import get_settings
 
     received: list[int] = []
@@ -69,19 +72,38 @@ def up(
 
     signal.signal(signal.SIGTERM, _terminate)
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
+    model_problem = _model_problem(stack.settings)
+    if model_problem:  # said at once, and again in the summary: the stack still starts (uploads wait)
+        typer.echo(model_problem)
     try:
         stack.start(echo=typer.echo)
         settings = stack.settings
+        home = settings.home.resolve()
         typer.echo("")
         typer.echo(f"  API      {stack.api_url}  (docs: {stack.api_url}/docs)")
         if flower:
-            typer.echo(f"  Flower   http://{settings.api_host}:{settings.flower_port}")
-        typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
+            typer.echo(
+                f"  Flower   http://{settings.api_host}:{settings.flower_port}  user {FLOWER_USER}, password "
+                f"(also in {home / 'flower.password'}):"
+            )
+            typer.echo(f"    {stack.flower_password}")
+        typer.echo(f"  Postgres {_without_password(stack.env['WITHSENSE_DATABASE_URL'])}")
+        if stack.reader_url:
+            typer.echo(f"           reader role: {_without_password(stack.reader_url)}")
+            typer.echo(f"           passwords in {home / 'pg.password'} and {home / 'pg-reader.password'}")
         typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
-        typer.echo(f"  Data     {settings.home.resolve()}")
-        typer.echo(f"  Admin API key (also in {settings.home.resolve() / 'admin.key'}):")
+        typer.echo(f"  Data     {home}  (URLs with passwords for other shells: {home / 'stack.env'})")
+        typer.echo(f"  Admin API key (also in {home / 'admin.key'}):")
         typer.echo(f"    {stack.admin_key}")
-        typer.echo("Ready. Press Ctrl-C to stop.")
+        if model_problem:
+            typer.echo(f"  {model_problem}")
+            typer.echo(
+                "Up without a model: uploads are accepted and wait as pending, searches answer 503. "
+                "Press Ctrl-C to stop."
+            )
+        else:
+            typer.echo(f"  Model    {settings.model}" + (f" + {settings.text_model}" if settings.text_model else ""))
+            typer.echo("Ready. Press Ctrl-C to stop.")
     except KeyboardInterrupt:
         _stop_after("interrupted while starting; stopping what was started ...")
         raise typer.Exit(128 + (received[-1] if received else signal.SIGINT)) from None  # 143 SIGTERM, 130 Ctrl-C
@@ -89,6 +111,31 @@ def up(
         _stop_after(f"error: the stack did not start: {exc}")
         raise typer.Exit(1) from exc
     raise typer.Exit(stack.run_forever(echo=typer.echo))
+
+
+def _model_problem(settings) -> str | None:  # type: ignore[no-untyped-def]
+    """One line when the configured model cannot be loaded (checked without loading it), else None."""
+    from core.embedding import model_unavailable_reason
+
+    cache = str(settings.model_cache_dir) if settings.model_cache_dir else None
+    for setting, name, revision in (
+        ("WITHSENSE_MODEL", settings.model, settings.model_revision),
+        ("WITHSENSE_TEXT_MODEL", settings.text_model, None),
+    ):
+        reason = model_unavailable_reason(name, cache, revision) if name else None
+        if reason:
+            return f"model: unavailable \u2014 {reason}; set {setting}=/path/to/model"
+    return None
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @app.command()

@@ -9,12 +9,13 @@ from datetime import timedelta
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from core.embedding import ModelUnavailableError
 from core.settings import get_settings
 from db import photos as photo_sql
 from db.engine import session_scope
 from workers.celery_app import celery_app
 from workers.enqueue import enqueue_ingest_batch
-from workers.indexing import index_photos, reembed_photos, registered_model
+from workers.indexing import ModelNotActive, index_photos, reembed_photos, registered_model
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ RETRY_OPTIONS: dict[str, object] = {
     "retry_backoff_max": 60,
     "retry_jitter": True,
     "max_retries": 8,
+    # Expected verdicts on the worker, already logged in one line with the reason put on the photos: Celery logs
+    # them without a traceback.
+    "throws": (ModelUnavailableError, ModelNotActive),
 }
 
 
