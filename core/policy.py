@@ -20,18 +20,18 @@ file, which also name the words that make a number a span of time instead ("че
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.runtime import runtime
 
 __all__ = [
     "CATEGORY_MINORS",
@@ -849,15 +849,18 @@ def _token_at(starts: Sequence[int], offset: int) -> int:
 # The process-wide default.
 
 
-@lru_cache(maxsize=4)
-def _load_cached(path: str) -> QueryPolicy:
-    return QueryPolicy.load(Path(path))
+def _load_configured() -> QueryPolicy:
+    from core.settings import get_settings
+
+    return QueryPolicy.load(get_settings().policy_file or DEFAULT_RULES_PATH)
+
+
+_policy = runtime.slot("query-policy", _load_configured)
 
 
 def get_query_policy() -> QueryPolicy:
-    """The default policy: ``$WITHSENSE_POLICY_FILE`` if set, else the packaged rules; loaded once."""
-    configured = os.environ.get(POLICY_FILE_ENV, "").strip()
-    return _load_cached(configured or str(DEFAULT_RULES_PATH))
+    """The default policy: WITHSENSE_POLICY_FILE if set, else the packaged rules; loaded once per process."""
+    return _policy.get()
 
 
 def check_query(text: str) -> PolicyDecision:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.runtime import runtime
 
 
 class Settings(BaseSettings):
@@ -40,10 +41,15 @@ class Settings(BaseSettings):
     derivative_size: int = 224
     derivative_quality: int = Field(default=90, ge=1, le=100)
 
-    # Search.
-    default_k: int = 10
-    max_k: int = 100
+    # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+    # How long an API or worker trusts its last answer to "which model is active" (changed only by an operator's
+    # `withsense models activate`): a switch reaches every process within this many seconds.
+    active_model_ttl_s: float = Field(default=5.0, ge=0, le=3600)
+
+    # The content policy: the query policy's rules and the zero-shot moderation prompts (default: core/*.yaml).
+    policy_file: Path | None = None
+    moderation_prompts: Path | None = None
 
     # Worker and queue.
     worker_concurrency: int = Field(default=1, ge=1)
@@ -73,6 +79,8 @@ class Settings(BaseSettings):
     # Ports of the servers that `withsense up` starts when no URL is set.
     local_postgres_port: int = 54329
     local_redis_port: int = 63799
+    # The address clients reach the API at (behind a reverse proxy), for the thumbnail URLs in responses;
+    # empty: the address of each request.
     public_base_url: str = ""
 
     @field_validator("allowed_formats", mode="before")
@@ -118,6 +126,15 @@ class Settings(BaseSettings):
         return max(1, (os.cpu_count() or 1) // max(1, pool_processes or self.worker_concurrency))
 
 
-@lru_cache(maxsize=1)
+_settings = runtime.slot("settings", Settings)
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """This process's settings, read from the environment once (again after ``runtime.reset()``)."""
+    return _settings.get()
+
+
+def reload_settings() -> Settings:
+    """Read the environment again (after the CLI filled in the running stack's URLs), keeping the other objects."""
+    _settings.reset()
+    return _settings.get()

@@ -18,7 +18,7 @@ K = 10
 def many_vectors(services):  # type: ignore[no-untyped-def]
     """N indexed photos with random vectors of the active model; 1% approved, the rest hidden by moderation."""
     from db.engine import session_scope
-    from workers.tasks import registered_model
+    from services.indexing import registered_model
 
     model = registered_model()
     rng = np.random.default_rng(7)

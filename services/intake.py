@@ -1,6 +1,6 @@
-"""The producer side of the pipeline, shared by the upload API and `withsense ingest`:
-identify the bytes, store the original under a generated name, insert the row as pending,
-commit, and only then enqueue `photos.ingest`."""
+"""Intake, shared by the upload API and `withsense ingest`: identify the bytes, store the original under a
+generated name, insert the row as pending (declarations recorded, its words screened), commit, and only then
+enqueue `photos.ingest`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from core.storage import move_into_place, new_storage_key, original_path, remove
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import Photo
-from db.moderation import record_declaration, record_text_flag
-from workers.enqueue import enqueue_ingest
+from services.moderation import record_declaration, record_text_flag
+from services.queue import enqueue_ingest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def register_photo(
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
 
     Raises core.images.ImageRejected subclasses for bytes we do not accept (nothing is stored),
-    and workers.enqueue.QueueUnavailable when the queue is down (the row and file are removed again).
+    and services.queue.QueueUnavailable when the queue is down (the row and file are removed again).
     With `enqueue=False` the caller queues the photo itself (in batches); until it does, the photo is
     pending and the reconciler would queue it.
     """
@@ -119,3 +119,11 @@ def register_photo(
         remove_quietly(destination)
         raise
     return IntakeResult(photo, True)
+
+
+def display_name(filename: str | None) -> str | None:
+    """The client's file name, for display only: control characters and any path stripped, at most 255 characters."""
+    if not filename:
+        return None
+    name = "".join(ch for ch in filename if ch.isprintable()).replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:255] or None
