@@ -252,6 +252,7 @@ class LocalStack:
         self.supervisor = Supervisor(echo, self.policy, on_restarted=self._after_restart)
         env = dict(os.environ)
         env["WITHSENSE_HOME"] = str(home)
+        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a log, not a terminal: no model-loading bars
         database_url = self.settings.database_url
         if not database_url:
             self.postgres = LocalPostgres(home / "pg", port=self.settings.local_postgres_port)
