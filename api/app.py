@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def _warm_up_model() -> None:
-    from core.embedding import get_embedder
+    from core.embedding import ModelUnavailableError, get_embedder
 
     try:
         get_embedder().load()
+    except ModelUnavailableError as exc:  # its message says what to do: one line, no traceback
+        log.error("model: unavailable — %s", exc)
     except Exception:
         log.exception("the embedding model could not be loaded; searches will fail until it can")
 

@@ -73,6 +73,68 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since (the stack's own check reads it late)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }
+
+
+def _in_hub_cache(repo_id: str, cache_folder: str | None, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision), str)
+
+
+def hub_unreachable_reason(repo_id: str, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot serve `repo_id` now (offline mode, or one quick probe failed), else None.
+
+    One request with a short timeout, made before loading, because huggingface_hub retries every file of an
+    unreachable hub for a minute or more: a model that cannot be loaded must say so in seconds.
+    """
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return f"the hub has no model {repo_id} ({url} answered 404)"
+        return None if exc.code < 500 else f"the hub answered {exc.code} at {url}"
+    except (OSError, ValueError) as exc:  # URLError, timeouts, DNS failures
+        reason = getattr(exc, "reason", exc)
+        return f"the Hugging Face hub is unreachable ({constants.ENDPOINT}: {reason})"
+
+
+def model_unavailable_reason(name: str, cache_folder: str | None = None, revision: str | None = None) -> str | None:
+    """Why `name` cannot be loaded, found without loading it (no torch): a missing folder, or a hub model that
+    is not in the local cache while the hub is offline or unreachable. None when loading may go ahead."""
+    path = Path(name).expanduser()
+    if _looks_like_path(name) or path.exists():
+        if not path.is_dir():
+            return f"no such folder: {name}"
+        if not ((path / "modules.json").exists() or (path / "config.json").exists()):
+            return f"{name} is not a sentence-transformers model folder (no modules.json or config.json)"
+        return None
+    # sentence-transformers' rule for bare names (its BERT-era exceptions are no CLIP models).
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    if _in_hub_cache(repo_id, cache_folder, revision):
+        return None
+    problem = hub_unreachable_reason(repo_id)
+    return f"{name} is not in the local model cache and {problem}" if problem else None
+
+
 def _first_line(cause: BaseException | str) -> str:
     text = str(cause).strip().splitlines()
     summary = text[0] if text else ""
@@ -211,12 +273,21 @@ class ClipEmbedder:
         if _looks_like_path(name) and not path.is_dir():
             raise _unavailable(name, setting, "no such folder")
         source = str(path) if path.is_dir() else name
+        local_only = False
+        if not path.is_dir():
+            # Fail fast rather than let the hub client retry each file: use the cache alone when the hub is off.
+            repo_id = _hub_repo_id(name)
+            problem = hub_unreachable_reason(repo_id)
+            if problem and not _in_hub_cache(repo_id, self._cache_folder, revision):
+                raise _unavailable(name, setting, f"it is not in the local model cache and {problem}")
+            local_only = problem is not None
         try:
             model = SentenceTransformer(
                 source,
                 device=device,
                 revision=None if path.is_dir() else revision,
                 cache_folder=self._cache_folder,
+                local_files_only=local_only,
             )
         except (OSError, EntryNotFoundError) as exc:  # hub errors, missing files, offline mode
             raise _unavailable(name, setting, exc) from exc

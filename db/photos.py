@@ -418,6 +418,59 @@ def status_counts(session: Session, photo_ids: list[uuid.UUID] | None = None) ->
     return {status: count for status, count in session.execute(query)}
 
 
+@dataclass(frozen=True)
+class ReasonCount:
+    """How many photos in `status` carry this stored `error` (why they failed, or why they still wait)."""
+
+    status: str
+    reason: str
+    count: int
+
+
+def counts_by_reason(
+    session: Session, photo_ids: list[uuid.UUID] | None = None, limit: int = 10
+) -> tuple[list[ReasonCount], int]:
+    """Photos not indexed that carry a reason, grouped by status and reason, most frequent first (at most `limit`
+    groups), and how many such photos the groups left out. Of these photos only, when given."""
+    waiting = [Photo.status.in_([PhotoStatus.PENDING, PhotoStatus.PROCESSING, PhotoStatus.FAILED])]
+    if photo_ids is not None:
+        waiting.append(Photo.id.in_(photo_ids))
+    count = func.count().label("n")
+    rows = session.execute(
+        select(Photo.status, Photo.error, count)
+        .where(*waiting, Photo.error.is_not(None))
+        .group_by(Photo.status, Photo.error)
+        .order_by(count.desc(), Photo.status, Photo.error)
+    ).all()
+    groups = [ReasonCount(str(status), str(error), int(n)) for status, error, n in rows]
+    return groups[:limit], sum(group.count for group in groups[limit:])
+
+
+def pending_photo_ids(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Photos still `pending` (of these only, when given), touched so the reconciler does not queue them again."""
+    condition = [Photo.status == PhotoStatus.PENDING]
+    if photo_ids is not None:
+        condition.append(Photo.id.in_(photo_ids))
+    rows = session.execute(
+        update(Photo)
+        .where(*condition)
+        .values(updated_at=func.now())
+        .returning(Photo.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())
+
+
+def display_names(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """What to call each photo when listing it: its title, else the file name it was uploaded or ingested as."""
+    rows = session.execute(
+        select(Photo.id, func.coalesce(func.nullif(Photo.title, ""), Photo.original_name)).where(
+            Photo.id.in_(photo_ids)
+        )
+    )
+    return {photo_id: name for photo_id, name in rows}
+
+
 def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
     """Failed photos back to pending with a fresh attempt budget (all failed ones when `photo_ids` is None)."""
     condition = [Photo.status == PhotoStatus.FAILED]

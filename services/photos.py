@@ -192,6 +192,49 @@ def redrive(settings: Settings, photo_ids: list[uuid.UUID] | None = None) -> lis
     return reset
 
 
+def redrive_pending(settings: Settings, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Queue again the photos still pending (these, or all when None), e.g. once the model loads again.
+
+    A photo waits as pending, with the reason in `error`, when its task could not run (no model, another model
+    active, the database blinked); the reconciler would queue it after WITHSENSE_RECONCILE_AFTER_S. Attempts are
+    kept: a photo that keeps crashing the worker still fails after WITHSENSE_TASK_MAX_ATTEMPTS. A photo already
+    queued gets a second task, which finds it indexed and changes nothing.
+    """
+    with session_scope() as session:
+        pending = photo_sql.pending_photo_ids(session, photo_ids)
+    enqueue_in_batches(pending, settings.ingest_batch_size)
+    return pending
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Photos by indexing status, and the reasons stored on those not indexed (most frequent first)."""
+
+    counts: dict[str, int]
+    reasons: list[photo_sql.ReasonCount]
+    other_reasons: int  # photos whose reasons the list left out
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def status_report(photo_ids: list[uuid.UUID] | None = None, max_reasons: int = 10) -> StatusReport:
+    """Counts by status and by reason: of all photos, or of these (`withsense ingest --wait` follows its own)."""
+    with session_scope() as session:
+        counts = photo_sql.status_counts(session, photo_ids)
+        reasons, others = photo_sql.counts_by_reason(session, photo_ids, max_reasons)
+    return StatusReport(counts, reasons, others)
+
+
+def display_names(photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """Each photo's title, else its original file name (for listings such as `withsense search`)."""
+    if not photo_ids:
+        return {}
+    with session_scope() as session:
+        return photo_sql.display_names(session, photo_ids)
+
+
 def redrive_one(settings: Settings, photo_id: uuid.UUID) -> None:
     """One failed photo back to indexing; `NotFound` or `Conflict` (it has not failed)."""
     with session_scope() as session:

@@ -8,6 +8,7 @@ import uuid
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from core.embedding import ModelUnavailableError
 from services import indexing
 from workers.celery_app import celery_app
 
@@ -25,6 +26,9 @@ RETRY_OPTIONS: dict[str, object] = {
     "retry_backoff_max": 60,
     "retry_jitter": True,
     "max_retries": 8,
+    # Expected verdicts on the worker, already logged in one line with the reason put on the photos: Celery logs
+    # them without a traceback.
+    "throws": (ModelUnavailableError, indexing.ModelNotActive),
 }
 
 
