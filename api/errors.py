@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.embedding import ModelUnavailableError
@@ -89,6 +92,17 @@ def install(app: FastAPI) -> None:
     """Register the handlers: every typed outcome of a service answers with its status and its message."""
     app.add_middleware(RequestIdMiddleware)
 
+    allowed_methods = _allowed_methods(app)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names the methods of the first route that matched the path; a path has several routes.
+            allow = allowed_methods(request.url.path)
+            if allow:
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers={"Allow": allow})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
@@ -128,6 +142,29 @@ def install(app: FastAPI) -> None:
         if exc.connection_invalidated or getattr(exc.orig, "sqlstate", "") in _DATABASE_DOWN_SQLSTATES:
             return _unavailable("the database is unavailable; retry shortly", 2)
         return internal_error(request_id_of(request.scope), exc, request.method, request.url.path)
+
+
+def _allowed_methods(app: FastAPI) -> Callable[[str], str]:
+    """path -> `Allow` value: every method of every route whose path template matches (built on first use)."""
+    table: list[tuple[re.Pattern[str], set[str]]] = []
+
+    def allowed(path: str) -> str:
+        if not table:
+            from api.openapi import api_routes
+
+            for template, route in api_routes(app):
+                pattern = re.compile(
+                    "".join(
+                        "[^/]+" if part.startswith("{") else re.escape(part)
+                        for part in re.split(r"(\{[^}]+\})", template)
+                    )
+                    + "$"
+                )
+                table.append((pattern, set(route.methods or ())))
+        methods = set().union(*(methods for pattern, methods in table if pattern.match(path)))
+        return ", ".join(sorted(methods))
+
+    return allowed
 
 
 def request_id_of(scope: Scope) -> str:

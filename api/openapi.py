@@ -41,7 +41,7 @@ def _response(description: str, model: type[BaseModel], headers: dict[str, Any] 
     return response
 
 
-def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
+def api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
     """(full path, route) of every API route, through included routers (FastAPI >= 0.160 keeps them nested)."""
     try:
         from fastapi.routing import iter_route_contexts
@@ -58,7 +58,7 @@ def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
 def _route_scopes(app: FastAPI) -> dict[tuple[str, str], tuple[str, ...]]:
     """(path, METHOD) -> the scopes a route accepts, read from its `require_scope` dependency."""
     found: dict[tuple[str, str], tuple[str, ...]] = {}
-    for path, route in _api_routes(app):
+    for path, route in api_routes(app):
         pending = list(route.dependant.dependencies)
         while pending:
             dependency = pending.pop()

@@ -28,6 +28,9 @@ from services.queue import QueueUnavailable
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
 
 
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "image/bmp")
+
+
 def _multipart_body(*, with_fields: bool) -> dict[str, object]:
     """The multipart schema, written out: FastAPI cannot see the streamed parts (api/uploads.py parses them)."""
     properties: dict[str, object] = {
@@ -52,7 +55,7 @@ def _multipart_body(*, with_fields: bool) -> dict[str, object]:
             "content": {
                 "multipart/form-data": {
                     "schema": {"type": "object", "required": ["file"], "properties": properties},
-                    "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
+                    "encoding": {"file": {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}},
                 }
             },
         }

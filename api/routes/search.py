@@ -151,6 +151,5 @@ def search_vector(
         region = resolve_region(body.region, x_region)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    vector = np.asarray(body.embedding, dtype=np.float32)
-    outcome = search_service.search_vector(session, vector, body.k, region)
+    outcome = search_service.search_vector(session, np.asarray(body.embedding, dtype=np.float64), body.k, region)
     return search_out(_counted("vector", outcome, started), body.k, request)
