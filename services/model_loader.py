@@ -92,7 +92,9 @@ class ModelLoader:
         while not self._stop.is_set():
             embedder = get_embedder()
             with self._lock:
-                self._state, self._attempts = "loading", self._attempts + 1
+                self._attempts += 1
+                if self._reason is None:  # a retry after a failure stays "failed" until it succeeds
+                    self._state = "loading"
             try:
                 embedder.load()
             except Exception as exc:  # noqa: BLE001 - reported (readyz, 503s, one log line), then retried
