@@ -150,6 +150,6 @@ def search_vector(
     try:
         region = resolve_region(body.region, x_region)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+        raise InvalidRequest(f"region: {exc}") from None
     outcome = search_service.search_vector(session, np.asarray(body.embedding, dtype=np.float64), body.k, region)
     return search_out(_counted("vector", outcome, started), body.k, request)
