@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
 
 
 class TextEmbeddingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     texts: list[Annotated[FreeText, Field(min_length=1, max_length=1000)]] = Field(
         min_length=1,

@@ -39,7 +39,7 @@ _DECISIONS = ("status", "depicts_minor", "parental_consent", "unsafe")
 class ModerationIn(BaseModel):
     # At least one decision; none of them nullable (a default of None means "not sent", so unchanged).
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra=unset_means_unchanged(*_DECISIONS, at_least_one=_DECISIONS)
+        extra="forbid", strict=True, json_schema_extra=unset_means_unchanged(*_DECISIONS, at_least_one=_DECISIONS)
     )
 
     status: Literal["pending_review", "approved", "rejected"] = None  # type: ignore[assignment]

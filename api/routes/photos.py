@@ -129,10 +129,11 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
 def _parse_bool(name: str, value: str | None) -> bool | None:
     if value is None:
         return None
+    # The schema says boolean: a form field spells it `true` or `false`, nothing else.
     lowered = value.strip().lower()
-    if lowered in {"true", "1", "yes"}:
+    if lowered == "true":
         return True
-    if lowered in {"false", "0", "no"}:
+    if lowered == "false":
         return False
     raise InvalidRequest(f"`{name}` must be true or false, not {value[:20]!r}")
 
@@ -199,6 +200,7 @@ def get_thumbnail(
 class PhotoChange(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra=unset_means_unchanged("visibility", at_least_one=("title", "photographer", "visibility")),
     )
 

@@ -119,7 +119,7 @@ def search_similar(
 
 
 class VectorSearchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     embedding: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
         min_length=1,
