@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 # The same sets as JSON Schema character classes (escapes that Python's re and ECMA regexes both read).
 _CONTROL = r"\u0000-\u001f\u007f-\u009f"
@@ -85,3 +85,13 @@ def unset_means_unchanged(*names: str, at_least_one: tuple[str, ...] = ()) -> Ca
             schema["anyOf"] = [{"required": [name]} for name in at_least_one]
 
     return amend
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema's "integer" includes 25.0; strict bodies still refuse "25", true and 25.5.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_whole_number)]

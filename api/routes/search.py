@@ -19,7 +19,7 @@ from api.regions import REGION_MAX_LENGTH, RegionHeader, ViewerRegion, resolve_r
 from api.routes.photos import IMAGE_QUERY_BODY
 from api.schemas import ErrorOut, SearchOut
 from api.uploads import parse_image_upload
-from api.validation import FreeText, LineText
+from api.validation import FreeText, JsonInteger, LineText
 from services import search as search_service
 from services.errors import InvalidRequest
 
@@ -127,7 +127,7 @@ class VectorSearchIn(BaseModel):
         description="a query vector from /v1/embeddings/text: finite numbers, not all zero",
         json_schema_extra={"contains": {"not": {"const": 0}}},
     )
-    k: int = Field(10, ge=1, le=100, description="how many results, 1 to 100")
+    k: JsonInteger = Field(10, ge=1, le=100, description="how many results, 1 to 100")
     region: Annotated[LineText, Field(max_length=REGION_MAX_LENGTH)] | None = Field(
         None, description="the viewer's region, as the `region` parameter of /v1/search"
     )
