@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Query
+from pydantic import Field
 
-from api.validation import LINE_PATTERN, refuse_control_characters
+from core.regions import normalise_region
 from services.errors import InvalidRequest
 
-# What the schema promises about a region value (the same rule resolve_region applies): up to 16 characters of one
-# line, no control characters; blank means no region.
-REGION_PATTERN = LINE_PATTERN
+# What the schema promises about a region value: exactly what core.regions.normalise_region reads (ASCII spaces
+# around a country code such as DE or DEU, or a subdivision such as US-CA, in any case; blank is no region).
+REGION_PATTERN = r"^ *(?:[A-Za-z]{2,3}|[A-Za-z]{2}-[A-Za-z0-9]{1,3})? *$"
 REGION_MAX_LENGTH = 16
+REGION_DESCRIPTION = (
+    "ISO 3166 code of the viewer's country (DE, DEU) or subdivision (US-CA): the minors law applies per region"
+)
 
 RegionParam = Annotated[
     str | None,
-    Query(
-        max_length=REGION_MAX_LENGTH,
-        json_schema_extra={"pattern": REGION_PATTERN},
-        description="ISO country code of the viewer (the minors law applies per region)",
-    ),
+    Query(max_length=REGION_MAX_LENGTH, json_schema_extra={"pattern": REGION_PATTERN}, description=REGION_DESCRIPTION),
 ]
 RegionHeader = Annotated[
     str | None,
@@ -31,17 +31,20 @@ RegionHeader = Annotated[
         description="same as `region`",
     ),
 ]
+# A region in a JSON body (POST /v1/search/vector), read the same way.
+RegionField = Annotated[str, Field(max_length=REGION_MAX_LENGTH, json_schema_extra={"pattern": REGION_PATTERN})]
 
 
 def resolve_region(query_region: str | None, header_region: str | None) -> str | None:
-    """The region as SQL reads it (the query parameter wins over the header); None when neither is given.
+    """The region as SQL reads it (core.regions; the query parameter wins over the header); None when neither is
+    given. Raises core.regions.InvalidRegion (a ValueError) for a value that is not a region code."""
+    return normalise_region(query_region or header_region)
 
-    ValueError for a value that is not a region code.
-    """
-    raw = query_region or header_region or ""
-    refuse_control_characters(raw)
-    region = raw.strip().upper()
-    return region or None
+
+def region_error(exc: ValueError) -> InvalidRequest:
+    """The 422 for a region value that is not one, naming the parameter."""
+    message = str(exc)
+    return InvalidRequest(message if message.startswith("region") else f"region: {message}")
 
 
 def viewer_region(region: RegionParam = None, x_region: RegionHeader = None) -> str | None:
@@ -49,7 +52,7 @@ def viewer_region(region: RegionParam = None, x_region: RegionHeader = None) -> 
     try:
         return resolve_region(region, x_region)
     except ValueError as exc:
-        raise InvalidRequest(f"region: {exc}") from None
+        raise region_error(exc) from None
 
 
 ViewerRegion = Annotated[str | None, Depends(viewer_region)]

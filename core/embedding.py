@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from core.clip_parts import (
+    ImageProcessor,
+    NotAClipModelError,
+    SquareInputShortcut,
+    clip_image_features,
+    clip_parts,
+    square_input_shortcut,
+)
+
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers import CLIPModel
 
     from core.onnx_encoder import OnnxImageEncoder
 
@@ -201,10 +211,9 @@ class ClipEmbedder:
         self._requested_image_encoder = image_encoder
         self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
         self._onnx: OnnxImageEncoder | None = None
-        self._clip_model: torch.nn.Module | None = None
-        self._image_processor: object | None = None
-        self._identity_size: tuple[int, int] | None = None
-        self._normalisation: tuple[np.ndarray, np.ndarray] | None = None
+        self._clip_model: CLIPModel | None = None
+        self._image_processor: ImageProcessor | None = None
+        self._square_input: SquareInputShortcut | None = None
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._text_model: SentenceTransformer | None = None
@@ -300,7 +309,7 @@ class ClipEmbedder:
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
             self._clip_model, self._image_processor = self._clip_parts(model)
-            self._plan_identity_preprocessing()
+            self._square_input = square_input_shortcut(self._image_processor) if self._image_processor else None
             self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
@@ -314,15 +323,13 @@ class ClipEmbedder:
             )
 
     @staticmethod
-    def _clip_parts(model: SentenceTransformer) -> tuple[torch.nn.Module | None, object | None]:
+    def _clip_parts(model: SentenceTransformer) -> tuple[CLIPModel | None, ImageProcessor | None]:
         """The Hugging Face CLIP model and its image processor, for the threaded preprocessing path."""
-        from core.onnx_encoder import OnnxExportError, _clip_parts, _image_processor
-
         try:
-            clip_model, processor = _clip_parts(model)
-        except OnnxExportError:
+            parts = clip_parts(model)
+        except NotAClipModelError:
             return None, None
-        return clip_model, _image_processor(processor)
+        return parts.model, parts.image_processor
 
     def _open_onnx(self, model: SentenceTransformer, device: str) -> OnnxImageEncoder | None:
         """The ONNX Runtime image encoder when one is configured and the model runs on CPU."""
@@ -385,6 +392,11 @@ class ClipEmbedder:
         self.load()
         assert self._model is not None
         return self._model
+
+    @property
+    def sentence_transformer(self) -> SentenceTransformer:
+        """The loaded sentence-transformers model of images (and text, unless a text model is set); loads it."""
+        return self._loaded()
 
     # Facts about the model ------------------------------------------------------------------
 
@@ -449,45 +461,12 @@ class ClipEmbedder:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._image_processor is None:
             return rgb
-        if self._identity_size is not None and rgb.size == self._identity_size:
+        if self._square_input is not None and rgb.size == self._square_input.size:
             # Already the model's input size (the worker's 224x224 derivative): resize and crop would be
             # no-ops, so only rescale and normalise remain, as one multiply-add per channel.
-            scale, offset = self._normalisation  # type: ignore[misc]
-            pixels = np.asarray(rgb, dtype=np.float32)
-            pixels *= scale
-            pixels += offset
-            return pixels.transpose(2, 0, 1)
-        pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]  # type: ignore[operator]
+            return self._square_input.pixel_values(rgb)
+        pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]
         return np.asarray(pixels[0], dtype=np.float32)
-
-    def _plan_identity_preprocessing(self) -> None:
-        """When the processor is CLIP's usual resize-shortest-edge + centre-crop to one square size + rescale +
-        normalise, an image already of that size needs only the last two steps (tested against the processor)."""
-        self._identity_size = None
-        processor = self._image_processor
-        size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
-        edge = getattr(size, "shortest_edge", None) if size is not None else None
-        height, width = (
-            (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else (None, None)
-        )
-        standard = (
-            getattr(processor, "do_resize", False)
-            and getattr(processor, "do_center_crop", False)
-            and getattr(processor, "do_rescale", False)
-            and getattr(processor, "do_normalize", False)
-            and not getattr(processor, "do_pad", False)
-            and isinstance(edge, int)
-            and edge == height == width
-        )
-        if not standard:
-            return
-        mean = np.asarray(processor.image_mean, dtype=np.float32)  # type: ignore[attr-defined]
-        std = np.asarray(processor.image_std, dtype=np.float32)  # type: ignore[attr-defined]
-        if mean.shape != (3,) or std.shape != (3,):
-            return
-        rescale = np.float32(processor.rescale_factor)  # type: ignore[attr-defined]
-        self._normalisation = (rescale / std, -mean / std)
-        self._identity_size = (int(width), int(height))
 
     def embed_prepared(self, prepared: Sequence[np.ndarray | Image.Image]) -> np.ndarray:
         """Embed what :meth:`prepare_image` returned: the same vectors as ``embed_images`` of the pictures."""
@@ -495,8 +474,14 @@ class ClipEmbedder:
         if not prepared:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._image_processor is None:
-            return self._encode(model, list(prepared), self.image_batch_size)  # type: ignore[arg-type]
-        pixels = np.stack(prepared)  # type: ignore[arg-type]
+            pictures = [item for item in prepared if isinstance(item, Image.Image)]
+            if len(pictures) != len(prepared):
+                raise TypeError("embed_prepared takes what prepare_image returned (pictures for this model)")
+            return self._encode(model, pictures, self.image_batch_size)
+        arrays = [item for item in prepared if isinstance(item, np.ndarray)]
+        if len(arrays) != len(prepared):
+            raise TypeError("embed_prepared takes what prepare_image returned (pixel arrays for this model)")
+        pixels = np.stack(arrays)
         if self._onnx is not None:
             return self._onnx.embed_pixel_values(pixels)
         return self._forward_pixels(pixels)
@@ -532,7 +517,7 @@ class ClipEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with torch.inference_mode():
             embeddings: torch.Tensor = model.encode(
-                inputs,  # type: ignore[arg-type]
+                inputs,
                 batch_size=batch_size,
                 convert_to_tensor=True,
                 normalize_embeddings=False,
@@ -541,23 +526,6 @@ class ClipEmbedder:
             # Normalise in float32: fp16 norms of 512 components lose precision.
             embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
         return embeddings.cpu().numpy().astype(np.float32, copy=False)
-
-
-def clip_image_features(clip_model: torch.nn.Module, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """A Hugging Face CLIP model's image features for preprocessed pixels (n, 3, H, W): float32, unit rows."""
-    import torch
-
-    parameter = next(clip_model.parameters())
-    step = batch_size or max(1, len(pixels))
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(pixels), step):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + step]))
-            features = clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
-            features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
-            # Normalise in float32: fp16 norms of 512 components lose precision.
-            chunks.append(torch.nn.functional.normalize(features.float(), p=2, dim=1).cpu())
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
 
 _embedder = runtime.slot("embedder", ClipEmbedder.from_settings)

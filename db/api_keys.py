@@ -73,10 +73,13 @@ def authenticate(session: Session, presented: str) -> Principal | None:
 
 
 def revoke_key(session: Session, key_id: int) -> bool:
-    result = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now())
-    )
-    return result.rowcount > 0
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(ApiKey.id)
+    ).first()
+    return revoked is not None
 
 
 def list_keys(session: Session) -> list[ApiKey]:

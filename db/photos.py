@@ -405,16 +405,15 @@ def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.U
     if not normalised:
         return []
     present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
-    rows = [
-        {"photo_id": p, "model_id": model.id, "embedding": HalfVector(v)} for p, v in normalised.items() if p in present
-    ]
+    stored = [photo_id for photo_id in normalised if photo_id in present]
+    rows = [{"photo_id": p, "model_id": model.id, "embedding": HalfVector(normalised[p])} for p in stored]
     if rows:
         session.execute(
             insert(PhotoEmbedding)
             .values(rows)
             .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
         )
-    return [row["photo_id"] for row in rows]
+    return stored
 
 
 def status_counts(session: Session, photo_ids: list[uuid.UUID] | None = None) -> dict[str, int]:

@@ -5,28 +5,30 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fastapi.testclient import TestClient
 
 from core.settings import Settings, get_settings, reload_settings
+from tests.conftest import Services
 from tests.images import jpeg_bytes, png_declaring, solid
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 
 @pytest.mark.parametrize("k", [0, 101, -3])
-def test_k_out_of_range_is_422_with_a_message(api, k: int) -> None:  # type: ignore[no-untyped-def]
+def test_k_out_of_range_is_422_with_a_message(api: TestClient, k: int) -> None:
     response = api.get("/v1/search", params={"q": "a red circle", "k": k})
     assert response.status_code == 422
     assert "k" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("q", ["", "   "])
-def test_empty_query_is_422(api, q: str) -> None:  # type: ignore[no-untyped-def]
+def test_empty_query_is_422(api: TestClient, q: str) -> None:
     response = api.get("/v1/search", params={"q": q})
     assert response.status_code == 422
     assert "q" in response.json()["detail"] or "empty" in response.json()["detail"]
 
 
-def test_missing_query_is_422(api) -> None:  # type: ignore[no-untyped-def]
+def test_missing_query_is_422(api: TestClient) -> None:
     assert api.get("/v1/search").status_code == 422
 
 
@@ -39,21 +41,21 @@ def test_missing_query_is_422(api) -> None:  # type: ignore[no-untyped-def]
         (b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF", "x.jpg"),
     ],
 )
-def test_non_images_sent_as_jpeg_are_415(api, services, payload: bytes, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_non_images_sent_as_jpeg_are_415(api: TestClient, services: Services, payload: bytes, name: str) -> None:
     response = api.post("/v1/photos", files={"file": (name, payload, "image/jpeg")})
     assert response.status_code == 415
     assert "format" in response.json()["detail"]
     _assert_nothing_stored(services)
 
 
-def test_decompression_bomb_is_413_and_nothing_is_stored(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_decompression_bomb_is_413_and_nothing_is_stored(api: TestClient, services: Services) -> None:
     response = api.post("/v1/photos", files={"file": ("bomb.png", png_declaring(20000, 20000), "image/png")})
     assert response.status_code == 413
     assert "pixels" in response.json()["detail"]
     _assert_nothing_stored(services)
 
 
-def test_body_over_the_size_cap_is_413(services, admin_key) -> None:  # type: ignore[no-untyped-def]
+def test_body_over_the_size_cap_is_413(services: Services, admin_key: str) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -69,23 +71,23 @@ def test_body_over_the_size_cap_is_413(services, admin_key) -> None:  # type: ig
     _assert_nothing_stored(services)
 
 
-def test_upload_without_a_file_part_is_400(api) -> None:  # type: ignore[no-untyped-def]
+def test_upload_without_a_file_part_is_400(api: TestClient) -> None:
     response = api.post("/v1/photos", data={"title": "no file"}, files={"other": ("x.txt", b"x", "text/plain")})
     assert response.status_code == 400
     assert "file" in response.json()["detail"]
 
 
-def test_upload_that_is_not_multipart_is_415(api) -> None:  # type: ignore[no-untyped-def]
+def test_upload_that_is_not_multipart_is_415(api: TestClient) -> None:
     response = api.post("/v1/photos", content=b"\xff\xd8\xff", headers={"content-type": "image/jpeg"})
     assert response.status_code == 415
 
 
-def test_unknown_photo_is_404_and_bad_id_is_422(api) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_photo_is_404_and_bad_id_is_422(api: TestClient) -> None:
     assert api.get("/v1/photos/00000000-0000-0000-0000-000000000000").status_code == 404
     assert api.get("/v1/photos/not-a-uuid").status_code == 422
 
 
-def _assert_nothing_stored(services) -> None:  # type: ignore[no-untyped-def]
+def _assert_nothing_stored(services: Services) -> None:
     from sqlalchemy import text
 
     from db.engine import session_scope
@@ -100,8 +102,8 @@ def _assert_nothing_stored(services) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("threads", [2, 1])
 def test_the_api_process_runs_torch_with_the_configured_threads(
-    services,
-    threads: int,  # type: ignore[no-untyped-def]
+    services: Services,
+    threads: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch

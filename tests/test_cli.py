@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.conftest import Services
 from tests.images import jpeg_bytes
 
 pytestmark = pytest.mark.usefixtures("clean_db", "own_broker")  # no worker: the photos stay pending
 
 
-def test_ingest_records_the_photographers_declarations_and_status_counts_them(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ingest_records_the_photographers_declarations_and_status_counts_them(api: TestClient, tmp_path: Path) -> None:
     folder = tmp_path / "school-portraits"
     folder.mkdir()
     for i in range(3):
@@ -36,7 +38,7 @@ def test_ingest_records_the_photographers_declarations_and_status_counts_them(ap
     assert "photos: 3 pending, 0 processing, 0 indexed, 0 failed" in status.output
 
 
-def test_models_activate_names_what_is_registered(services) -> None:  # type: ignore[no-untyped-def]
+def test_models_activate_names_what_is_registered(services: Services) -> None:
     result = CliRunner().invoke(app, ["models", "activate", "no-such-model"])
     assert result.exit_code == 2
     assert "no registered model no-such-model (registered: " in result.output

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
+from cli.local_services import LocalRedis
 from core.images import ImageTooLarge, UnsupportedFormat, inspect_image, load_rgb, make_derivative
 from core.settings import Settings, get_settings
-from tests.conftest import create_api_key, upload, wait_for_status
+from tests.conftest import Services, create_api_key, upload, wait_for_status
 from tests.images import jpeg_bytes, png_bytes, solid
 
 pytestmark = pytest.mark.usefixtures("clean_db")
@@ -29,18 +33,21 @@ def _nothing_stored() -> None:
         assert not folder.exists() or not any(p.is_file() for p in folder.rglob("*")), f"files left in {folder}"
 
 
-def _small_cap_client(**overrides):  # type: ignore[no-untyped-def]
-    from fastapi.testclient import TestClient
-
+def _small_cap_client(*, max_upload_bytes: int | None = None, max_image_pixels: int | None = None) -> TestClient:
+    """An upload-scoped client of an app whose settings lower one cap (the others as configured)."""
     from api.app import create_app
 
+    overrides = {"max_upload_bytes": max_upload_bytes, "max_image_pixels": max_image_pixels}
+    settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     app = create_app()
-    app.dependency_overrides[get_settings] = lambda: Settings(**overrides)
+    app.dependency_overrides[get_settings] = lambda: settings
     return TestClient(app, headers={"Authorization": f"Bearer {create_api_key('upload')}"})
 
 
 # 1. Bodies over the cap: true, false and no Content-Length.
-def test_oversized_body_is_413_with_true_false_and_no_content_length(services, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_413_with_true_false_and_no_content_length(
+    services: Services, own_broker: LocalRedis
+) -> None:
     import redis
 
     queue = redis.Redis.from_url(own_broker.url)  # no worker consumes this broker: every task stays visible
@@ -60,7 +67,7 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
         honest = client.post("/v1/photos", content=body, headers=headers)
         lying = client.post("/v1/photos", content=body, headers={**headers, "content-length": "1000"})
 
-        def chunks():  # type: ignore[no-untyped-def]
+        def chunks() -> Iterator[bytes]:
             for start in range(0, len(body), 8192):
                 yield body[start : start + 8192]
 
@@ -79,7 +86,7 @@ def test_oversized_body_is_413_with_true_false_and_no_content_length(services, o
 
 
 # 2. Thousands of empty parts; a huge text field.
-def test_thousands_of_parts_and_huge_fields_are_refused(api) -> None:  # type: ignore[no-untyped-def]
+def test_thousands_of_parts_and_huge_fields_are_refused(api: TestClient) -> None:
     boundary = "xx"
     parts = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="p{i}"\r\n\r\n\r\n' for i in range(5000))
     body = (parts + f"--{boundary}--\r\n").encode()
@@ -93,7 +100,7 @@ def test_thousands_of_parts_and_huge_fields_are_refused(api) -> None:  # type: i
 
 
 # 3. Non-images disguised as JPEG are in test_api_validation.py; a polyglot: JPEG magic followed by HTML.
-def test_polyglot_with_jpeg_magic_but_no_image_is_refused_from_the_bytes(api) -> None:  # type: ignore[no-untyped-def]
+def test_polyglot_with_jpeg_magic_but_no_image_is_refused_from_the_bytes(api: TestClient) -> None:
     polyglot = b"\xff\xd8\xff\xe0" + b"<html><script>alert(1)</script></html>" * 20
     response = api.post("/v1/photos", files={"file": ("x.jpg.php", polyglot, "image/jpeg")})
     # JPEG magic makes it a (broken) JPEG, not another format: refused from the bytes as an unreadable image.
@@ -106,7 +113,7 @@ def test_polyglot_with_jpeg_magic_but_no_image_is_refused_from_the_bytes(api) ->
 @pytest.mark.parametrize(
     "name", ["../../x.jpg", "a" * 300 + ".jpg", "evil\x00.jpg", "..\\..\\windows.jpg", "/etc/passwd"]
 )
-def test_client_file_names_never_reach_a_path(api, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_client_file_names_never_reach_a_path(api: TestClient, name: str) -> None:
     image = Image.new("RGB", (64, 48), tuple(int(x) for x in np.random.default_rng(len(name)).integers(0, 255, 3)))
     response = api.post("/v1/photos", files={"file": (name, jpeg_bytes(image), "image/jpeg")})
     assert response.status_code == 202, response.text
@@ -126,7 +133,7 @@ def test_client_file_names_never_reach_a_path(api, name: str) -> None:  # type: 
 
 
 # 5. Decompression bombs: declared 20000x20000 (test_api_validation.py) and one just over the cap.
-def test_image_just_over_the_pixel_cap_is_refused(services) -> None:  # type: ignore[no-untyped-def]
+def test_image_just_over_the_pixel_cap_is_refused(services: Services) -> None:
     data = png_bytes(solid((0, 0, 0), (1001, 1000)))
     with pytest.raises(ImageTooLarge):
         inspect_image(data, max_pixels=1_000_000)
@@ -156,7 +163,7 @@ def _ico() -> bytes:
         b"gd2\x00\x00\x02" + b"\x00" * 64,
     ],
 )
-def test_formats_outside_the_allow_list_are_415(api, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_formats_outside_the_allow_list_are_415(api: TestClient, payload: bytes) -> None:
     with pytest.raises(UnsupportedFormat):
         inspect_image(payload)
     response = api.post("/v1/photos", files={"file": ("x.jpg", payload, "image/jpeg")})
@@ -166,7 +173,7 @@ def test_formats_outside_the_allow_list_are_415(api, payload: bytes) -> None:  #
 
 # 7. Truncated JPEG (test_pipeline.py), truncated PNG and bad CRC: failed for good, one attempt.
 @pytest.mark.usefixtures("worker")
-def test_truncated_png_and_bad_crc_fail_for_good(api) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_png_and_bad_crc_fail_for_good(api: TestClient) -> None:
     png = png_bytes(Image.effect_noise((300, 200), 60).convert("RGB"))
     truncated = png[: len(png) // 2]
     idat = png.index(b"IDAT")
@@ -214,7 +221,7 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
 
 
 @pytest.mark.usefixtures("worker")
-def test_exif_rotated_uploads_get_an_upright_thumbnail(api) -> None:  # type: ignore[no-untyped-def]
+def test_exif_rotated_uploads_get_an_upright_thumbnail(api: TestClient) -> None:
     ids = {}
     for orientation in (3, 6, 8):
         exif = Image.Exif()
@@ -289,7 +296,7 @@ def test_odd_modes_become_rgb(mode: str) -> None:
 
 
 @pytest.mark.usefixtures("worker")
-def test_odd_modes_index_to_finite_vectors(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_odd_modes_index_to_finite_vectors(api: TestClient, services: Services) -> None:
     from sqlalchemy import text
 
     from db.engine import session_scope
@@ -320,13 +327,14 @@ def test_odd_modes_index_to_finite_vectors(api, services) -> None:  # type: igno
 
 # 10. A 500-frame animation: first frame only.
 @pytest.mark.usefixtures("worker")
-def test_500_frame_gif_uses_the_first_frame(api) -> None:  # type: ignore[no-untyped-def]
+def test_500_frame_gif_uses_the_first_frame(api: TestClient) -> None:
     # Distinct frames (identical ones would be merged by the encoder).
     frames = [solid((255, 0, 0), (96, 64))] + [solid((0, 0, 100 + i % 150), (96, 64)) for i in range(499)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=10, loop=0)
     data = buffer.getvalue()
-    assert Image.open(io.BytesIO(data)).n_frames == 500
+    with Image.open(io.BytesIO(data)) as gif:
+        assert getattr(gif, "n_frames", 1) == 500
     first = load_rgb(data)
     assert np.asarray(first).mean(axis=(0, 1))[0] > 200
     photo_id = api.post("/v1/photos", files={"file": ("anim.gif", data, "image/gif")}).json()["id"]
@@ -336,7 +344,7 @@ def test_500_frame_gif_uses_the_first_frame(api) -> None:  # type: ignore[no-unt
 
 
 # 23. Keys: every /v1 route refuses a missing or wrong key; scopes are enforced.
-def _v1_routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def _v1_routes(app: FastAPI) -> list[tuple[str, str]]:
     """Every /v1 operation in the OpenAPI schema, so a new route is covered without editing this test."""
     routes = []
     for path, operations in app.openapi()["paths"].items():
@@ -346,7 +354,7 @@ def _v1_routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     return routes
 
 
-def test_every_v1_route_refuses_a_missing_or_wrong_key(anonymous_api) -> None:  # type: ignore[no-untyped-def]
+def test_every_v1_route_refuses_a_missing_or_wrong_key(anonymous_api: TestClient) -> None:
     from api.app import create_app
 
     routes = _v1_routes(create_app())
@@ -360,7 +368,7 @@ def test_every_v1_route_refuses_a_missing_or_wrong_key(anonymous_api) -> None:  
     assert anonymous_api.get("/healthz").status_code == 200
 
 
-def test_scopes_and_revocation(services) -> None:  # type: ignore[no-untyped-def]
+def test_scopes_and_revocation(services: Services) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -384,7 +392,7 @@ def test_scopes_and_revocation(services) -> None:  # type: ignore[no-untyped-def
         assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
-def test_anonymous_scopes_make_search_public_but_not_upload(services) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_scopes_make_search_public_but_not_upload(services: Services) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -396,7 +404,7 @@ def test_anonymous_scopes_make_search_public_but_not_upload(services) -> None:  
         assert upload(client, solid((9, 9, 9))).status_code == 401
 
 
-def test_rate_limit_answers_429_with_retry_after(services) -> None:  # type: ignore[no-untyped-def]
+def test_rate_limit_answers_429_with_retry_after(services: Services) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -412,7 +420,7 @@ def test_rate_limit_answers_429_with_retry_after(services) -> None:  # type: ign
         assert other.get("/v1/search", params={"q": "a red circle"}).status_code == 200  # limits are per key
 
 
-def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(services) -> None:  # type: ignore[no-untyped-def]
+def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(services: Services) -> None:
     import hashlib
 
     from fastapi.testclient import TestClient
@@ -444,7 +452,7 @@ def test_upload_rate_limit_answers_429_with_retry_after_and_stores_nothing(servi
         assert accepted.status_code == 202, accepted.text  # limits are per key
 
 
-def test_callers_without_a_key_are_rate_limited_per_client_address(services) -> None:  # type: ignore[no-untyped-def]
+def test_callers_without_a_key_are_rate_limited_per_client_address(services: Services) -> None:
     """With search made public, one busy client must not use up everybody's allowance."""
     from fastapi.testclient import TestClient
 

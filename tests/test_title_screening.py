@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import create_api_key, upload, wait_for_status
+from tests.conftest import Services, create_api_key, upload, wait_for_status
 
 pytestmark = pytest.mark.usefixtures("clean_db", "worker")
 
@@ -16,7 +16,7 @@ FREE = "ZF"  # a region where the minors law does not apply (set for these tests
 
 
 @pytest.fixture()
-def free_region(services) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def free_region(services: Services) -> Iterator[str]:
     from db.engine import session_scope
     from db.policy import delete_region_rule, set_region_rule
 
@@ -33,7 +33,7 @@ def _found(client: TestClient, photo_id: str, region: str) -> bool:
     return photo_id in {r["id"] for r in response.json()["results"]}
 
 
-def test_a_title_about_children_hides_the_photo_where_the_law_applies(api, free_region) -> None:  # type: ignore[no-untyped-def]
+def test_a_title_about_children_hides_the_photo_where_the_law_applies(api: TestClient, free_region: str) -> None:
     searcher = TestClient(api.app, headers={"Authorization": f"Bearer {create_api_key('search')}"})
     kids = upload(api, Image.new("RGB", (96, 96), (20, 160, 60)), title="my kids at the beach").json()["id"]
     beans = upload(api, Image.new("RGB", (96, 96), (24, 150, 64)), title="kidney beans on a plate").json()["id"]
@@ -53,7 +53,7 @@ def test_a_title_about_children_hides_the_photo_where_the_law_applies(api, free_
     assert blocked.json()["detail"] == "This image is unavailable in your country in compliance with local laws."
 
 
-def test_a_title_that_contradicts_the_declaration_goes_to_review(api) -> None:  # type: ignore[no-untyped-def]
+def test_a_title_that_contradicts_the_declaration_goes_to_review(api: TestClient) -> None:
     photo = upload(api, Image.new("RGB", (96, 96), (40, 90, 200)), title="школьница у доски", depicts_minor="false")
     photo_id = photo.json()["id"]
     assert wait_for_status(api, [photo_id])[photo_id]["status"] == "indexed"

@@ -15,13 +15,12 @@ from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
-from api.regions import REGION_MAX_LENGTH, RegionHeader, ViewerRegion, resolve_region
+from api.regions import RegionField, RegionHeader, ViewerRegion, region_error, resolve_region
 from api.routes.photos import IMAGE_QUERY_BODY
 from api.schemas import ErrorOut, SearchOut
 from api.uploads import parse_image_upload
-from api.validation import FreeText, JsonInteger, LineText
+from api.validation import FreeText, JsonInteger
 from services import search as search_service
-from services.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -128,9 +127,7 @@ class VectorSearchIn(BaseModel):
         json_schema_extra={"contains": {"not": {"const": 0}}},
     )
     k: JsonInteger = Field(10, ge=1, le=100, description="how many results, 1 to 100")
-    region: Annotated[LineText, Field(max_length=REGION_MAX_LENGTH)] | None = Field(
-        None, description="the viewer's region, as the `region` parameter of /v1/search"
-    )
+    region: RegionField | None = Field(None, description="the viewer's region, as the `region` parameter of /v1/search")
 
 
 @router.post(
@@ -150,6 +147,6 @@ def search_vector(
     try:
         region = resolve_region(body.region, x_region)
     except ValueError as exc:
-        raise InvalidRequest(f"region: {exc}") from None
+        raise region_error(exc) from None
     outcome = search_service.search_vector(session, np.asarray(body.embedding, dtype=np.float64), body.k, region)
     return search_out(_counted("vector", outcome, started), body.k, request)
