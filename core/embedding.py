@@ -159,6 +159,61 @@ def _unavailable(name: str, setting: str, cause: BaseException | str) -> ModelUn
     )
 
 
+# One request, answered or not within this many seconds, decides whether the hub can be reached at all.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_preflight(name: str, setting: str, revision: str | None, cache_folder: str | None) -> bool:
+    """Fail fast on a hub model that cannot be had; True when it is in the local cache (loaded without the hub).
+
+    Without this, every file of the model is fetched with its own timeouts and retries (minutes of log noise per
+    attempt) before the one clear error. A cached model is read from the cache alone: its revision names the
+    vectors in the index, so it must not change under a running service (WITHSENSE_MODEL_REVISION pins another).
+    Offline (HF_HUB_OFFLINE) and not cached, or the hub unreachable in one short request: ModelUnavailableError.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id = _hub_repo_id(name)
+    cached = try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision)
+    if isinstance(cached, str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        raise _unavailable(name, setting, "HF_HUB_OFFLINE is set and the model is not in the local cache")
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise _unavailable(name, setting, f"{repo_id} is not on the hub ({_first_line(exc)})") from exc
+    except Exception as exc:
+        raise _unavailable(name, setting, f"the hub is unreachable ({_first_line(exc)})") from exc
+    return False
+
+
+def fit_text_context(model: SentenceTransformer) -> int | None:
+    """Cap the tokenizer at what the text tower can read (CLIP: 77 tokens), so a longer text is cut, never an error.
+
+    Some saved tokenizers say they read any length; the position embeddings then overflow on a long query.
+    Returns the cap in tokens (None when the model has no text tokenizer).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not callable(tokenizer):
+        return None
+    declared = getattr(tokenizer, "model_max_length", None)
+    positions = None
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "model", None), "config", None) or getattr(first, "config", None)
+    if config is not None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        positions = getattr(text_config, "max_position_embeddings", None)
+    limits = [n for n in (declared, positions) if isinstance(n, int) and 0 < n < 1_000_000]
+    if not limits:
+        return None
+    cap = min(limits)
+    if declared != cap:
+        tokenizer.model_max_length = cap
+    return cap
+
+
 def folder_content_hash(folder: Path) -> str:
     """A hash of the files that define a model folder (config, tokenizer, weights), stable across processes.
 
@@ -273,14 +328,7 @@ class ClipEmbedder:
         if _looks_like_path(name) and not path.is_dir():
             raise _unavailable(name, setting, "no such folder")
         source = str(path) if path.is_dir() else name
-        local_only = False
-        if not path.is_dir():
-            # Fail fast rather than let the hub client retry each file: use the cache alone when the hub is off.
-            repo_id = _hub_repo_id(name)
-            problem = hub_unreachable_reason(repo_id)
-            if problem and not _in_hub_cache(repo_id, self._cache_folder, revision):
-                raise _unavailable(name, setting, f"it is not in the local model cache and {problem}")
-            local_only = problem is not None
+        local_only = False if path.is_dir() else _hub_preflight(name, setting, revision, self._cache_folder)
         try:
             model = SentenceTransformer(
                 source,
@@ -291,6 +339,7 @@ class ClipEmbedder:
             )
         except (OSError, EntryNotFoundError) as exc:  # hub errors, missing files, offline mode
             raise _unavailable(name, setting, exc) from exc
+        fit_text_context(model)
         if device.startswith("cuda"):
             # Half precision on GPU: twice the throughput, no measurable loss in cosine rankings.
             model.half()
@@ -504,11 +553,24 @@ class ClipEmbedder:
         return clip_image_features(self._clip_model, pixels, self.image_batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts with the text model when one is set, else with CLIP's text tower."""
+        """Embed texts with the text model when one is set, else with CLIP's text tower.
+
+        A text longer than the model reads (CLIP: 77 tokens) is cut to that length; `truncated_texts` says which.
+        """
         model = self._loaded()
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
         return self._encode(self._text_model or model, list(texts), self.text_batch_size)
+
+    def truncated_texts(self, texts: Sequence[str]) -> list[bool]:
+        """For each text, whether `embed_texts` cuts it to the model's context (it reads only the beginning)."""
+        model = self._text_model or self._loaded()
+        tokenizer = getattr(model, "tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is None or not isinstance(limit, int) or not texts:
+            return [False] * len(texts)
+        counted = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        return [len(ids) > limit for ids in counted]
 
     def _encode(self, model: SentenceTransformer, inputs: list[Image.Image] | list[str], batch_size: int) -> np.ndarray:
         import torch

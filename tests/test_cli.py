@@ -34,7 +34,7 @@ def test_ingest_records_the_photographers_declarations_and_status_counts_them(ap
     assert result.exit_code == 0, result.output
     assert "3 queued, 0 already known, 0 rejected" in result.output
 
-    photos = api.get("/v1/photos", params={"all_uploaders": "true"}).json()["photos"]
+    photos = api.get("/v1/photos", params={"all_uploaders": "true"}).json()["items"]
     assert len(photos) == 3
     assert all(p["depicts_minor"] and p["parental_consent"] for p in photos)
     trail = api.get(f"/v1/photos/{photos[0]['id']}/moderation").json()

@@ -299,9 +299,9 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
         # Every photo the moderation classifier let through is found (the tiny model's stand-in classifier
         # may mistake a bright orange shape for its yellow "child" stand-in: such a photo is rightly hidden).
         catalogue = httpx.get(f"{api}/v1/photos", params={"all_uploaders": "true", "limit": 100}, headers=admin).json()
-        assert len(catalogue["photos"]) == len(samples) and {p["status"] for p in catalogue["photos"]} == {"indexed"}
+        assert len(catalogue["items"]) == len(samples) and {p["status"] for p in catalogue["items"]} == {"indexed"}
         allowed = {
-            p["id"] for p in catalogue["photos"] if p["moderation_status"] == "approved" and not p["depicts_minor"]
+            p["id"] for p in catalogue["items"] if p["moderation_status"] == "approved" and not p["depicts_minor"]
         }
         assert len(allowed) >= len(samples) - 2, catalogue
         assert {r["id"] for r in body["results"]} == allowed

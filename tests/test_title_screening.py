@@ -61,3 +61,25 @@ def test_a_title_that_contradicts_the_declaration_goes_to_review(api: TestClient
     assert body["depicts_minor"] is True and body["moderation_status"] == "pending_review"
     queue = api.get("/v1/moderation/queue").json()
     assert photo_id in {item["photo"]["id"] for item in queue["items"]}
+
+
+def test_the_same_bytes_again_with_a_new_title_update_it_screened_like_an_edit(api) -> None:  # type: ignore[no-untyped-def]
+    image = Image.new("RGB", (96, 96), (60, 60, 180))
+    first = upload(api, image, title="a blue wall", photographer="Ann")
+    photo_id = first.json()["id"]
+    assert wait_for_status(api, [photo_id])[photo_id]["status"] == "indexed"
+
+    again = upload(api, image, title="my kids by a blue wall")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["duplicate"] is True and body["id"] == photo_id and body["updated"] == ["title"]
+    assert body["title"] == "my kids by a blue wall" and body["photographer"] == "Ann"  # not sent: unchanged
+    # Screened as an edit is: the words describe a child, so the photo is treated as showing one.
+    assert body["depicts_minor"] is True
+    assert [e["action"] for e in api.get(f"/v1/photos/{photo_id}/moderation").json()].count("screened") == 1
+
+    same = upload(api, image, title="my kids by a blue wall", photographer="Ann")
+    assert same.status_code == 200 and same.json()["updated"] == []  # nothing new: nothing changed
+    renamed = upload(api, image, photographer="Ann Lee")
+    assert renamed.json()["updated"] == ["photographer"] and renamed.json()["photographer"] == "Ann Lee"
+    assert api.get(f"/v1/photos/{photo_id}").json()["photographer"] == "Ann Lee"
