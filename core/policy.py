@@ -36,7 +36,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -436,8 +436,8 @@ _MAX_TRANSLITERATIONS: Final[int] = 512
 # layout, "лшвы" is "kids".
 _QWERTY: Final[str] = "qwertyuiop[]asdfghjkl;'zxcvbnm,.`"
 _JCUKEN: Final[str] = "йцукенгшщзхъфывапролджэячсмитьбюё"
-_TO_JCUKEN: Final[dict[int, str]] = str.maketrans(_QWERTY, _JCUKEN)
-_TO_QWERTY: Final[dict[int, str]] = str.maketrans(_JCUKEN, _QWERTY)
+_TO_JCUKEN: Final[dict[int, int]] = str.maketrans(_QWERTY, _JCUKEN)
+_TO_QWERTY: Final[dict[int, int]] = str.maketrans(_JCUKEN, _QWERTY)
 _LAYOUT_LATIN_RE: Final[re.Pattern[str]] = re.compile(r"[a-z\[\];',.`]+")
 _LAYOUT_CYRILLIC_RE: Final[re.Pattern[str]] = re.compile(r"[а-яё]+")
 
@@ -612,7 +612,7 @@ def _tokenize(text: str) -> tuple[list[_Token], list[_Extra]]:
     """Tokens of an already cleaned text, and the words that span several of them."""
     tokens: list[_Token] = []
     extras: list[_Extra] = []
-    for compound, parts, offset in _compounds(text):
+    for _compound, parts, offset in _compounds(text):
         start = len(tokens)
         for part in parts:
             tokens.append(_make_token(part, offset))
@@ -694,7 +694,7 @@ class _Hit:
 
 @dataclass(frozen=True)
 class _Heads:
-    """Nouns of one kind (animals, things with an age, things for children): English words and phrases, Russian stems."""
+    """Nouns of one kind (animals, things with an age, things for children): English words, phrases, Russian stems."""
 
     words: frozenset[str]
     phrases: Mapping[str, tuple[Phrase, ...]]

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     max_k: int = 100
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
 
+    # The query content policy (core/policy.py). `policy_file`: another rules file instead of the packaged
+    # core/policy_rules.yaml (read by core.policy.get_query_policy on each call, so a change is seen at once).
+    policy_file: Path | None = None
+    # The model's second opinion on text queries: the query's embedding scored against the zero-shot child
+    # prompts that screen images. It may block a query the rules allow, never the reverse. Off by default;
+    # choose the threshold for the deployed model with `python -m evaluation.policy_check --model NAME`.
+    policy_model_check: bool = False
+    policy_model_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+
     # Worker and queue.
     worker_concurrency: int = Field(default=1, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64)

@@ -128,14 +128,14 @@ def print_report(outcomes: Sequence[Outcome], policy: QueryPolicy) -> bool:
     return ok
 
 
-def model_curve(outcomes: Sequence[Outcome], model: str) -> None:
+def model_curve(outcomes: Sequence[Outcome], model: str, text_model: str | None, prompts: Path | None) -> None:
     """Embed every query, score it against the child prompts, print the curve and the chosen threshold."""
     from core.embedding import ClipEmbedder
     from core.moderation import ZeroShotModerator, load_rules
     from core.policy import model_child_score
 
-    embedder = ClipEmbedder(model, device="auto")
-    moderator = ZeroShotModerator(load_rules(), embedder.embed_texts)
+    embedder = ClipEmbedder(model, text_model=text_model, device="auto")
+    moderator = ZeroShotModerator(load_rules(str(prompts) if prompts else None), embedder.embed_texts)
     vectors = embedder.embed_texts([o.row.query for o in outcomes])
     scores = [model_child_score(vector, moderator) for vector in vectors]
     print(f"\nmodel second opinion: {model}, prompts {moderator.rules.version}")
@@ -165,18 +165,18 @@ def near_words(policy: QueryPolicy, limit: int) -> None:
     from core.policy import _make_token  # the policy's own reading of one word
 
     for language in ("en", "ru"):
-        found: list[tuple[float, str, str]] = []
+        found: list[tuple[float, str, str]] = []  # (zipf, word, the child words it is read as)
         for word, frequency in wordfreq.get_frequency_dict(language, wordlist="large").items():
             zipf = math.log10(frequency) + 9
             if zipf < 1.5 or len(word) < 5 or not word.isalpha() or word in policy._single_terms:
                 continue
-            slips = policy._slips(_make_token(word))
-            if slips:
-                found.append((zipf, word, ", ".join(sorted(slips))))
+            read_as = policy._slips(_make_token(word))
+            if read_as:
+                found.append((zipf, word, ", ".join(sorted(read_as))))
         found.sort(reverse=True)
         print(f"{language}: {len(found)} listed words read as slips (most common first)")
-        for zipf, word, slips in found[:limit]:
-            print(f"  {zipf:4.2f}  {word} -> {slips}")
+        for zipf, word, targets in found[:limit]:
+            print(f"  {zipf:4.2f}  {word} -> {targets}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=None, help="policy rules file (default: the packaged one)")
     parser.add_argument("--split", default="all", help="dev, holdout or all")
     parser.add_argument("--model", default=None, help="also score the model's second opinion with this CLIP")
+    parser.add_argument("--text-model", default=None, help="a multilingual text model in the CLIP's space")
+    parser.add_argument("--prompts", type=Path, default=None, help="moderation prompts (default: the packaged ones)")
     parser.add_argument("--near-words", type=int, default=0, metavar="N", help="list N words per language")
     args = parser.parse_args(argv)
 
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes.append(Outcome(row, decision.blocked, decision.matched_terms))
     ok = print_report(outcomes, policy)
     if args.model:
-        model_curve(outcomes, args.model)
+        model_curve(outcomes, args.model, args.text_model, args.prompts)
     return 0 if ok else 1
 
 
