@@ -23,7 +23,6 @@ import csv
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 

@@ -1138,6 +1138,7 @@ def test_step_3_joining_changes_nothing_in_a_kids_saddle(policy: QueryPolicy) ->
 
 # ------------------------------------------------------------------------------- step 4: signs
 
+
 def test_step_4_digits_and_signs_read_as_letters_of_the_words_script() -> None:
     assert {"kids", "klds"} <= substitute_symbols("k1ds")
     assert "kids" in substitute_symbols("k!ds")
@@ -1180,6 +1181,7 @@ def test_step_4_numbers_and_prices_stay_what_they_are(policy: QueryPolicy, query
 
 
 # ------------------------------------------------------------------------------- step 5: scripts
+
 
 def test_step_5_transliterations_cover_the_standards_and_the_informal_spellings() -> None:
     assert {"detskiy", "detskij", "detskii"} <= transliterations("детский")
