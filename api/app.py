@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from api import errors
 from api.routes import embeddings, health, moderation, photos, search
-from core.embedding import ModelUnavailableError
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def create_app() -> FastAPI:
     app.include_router(moderation.router)
     app.include_router(embeddings.router)
 
-    @app.exception_handler(ModelUnavailableError)
-    async def _model_unavailable(_request: Request, exc: ModelUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    errors.install(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

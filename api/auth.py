@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -15,20 +14,22 @@ from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from core.runtime import runtime
 from core.settings import Settings, get_settings
-from db.api_keys import Principal, authenticate
-from db.engine import session_scope
+from services.access import ANONYMOUS, Principal, authenticate
 
 log = logging.getLogger(__name__)
 
 bearer = HTTPBearer(auto_error=False, description="an API key created with `withsense keys create`")
-ANONYMOUS = Principal(key_id=0, name="anonymous", scopes=frozenset())
 RATE_LIMITED_SCOPES = ("search", "upload")
 
 
-@lru_cache(maxsize=4)
-def _limiter(storage_url: str) -> MovingWindowRateLimiter:
-    return MovingWindowRateLimiter(storage_from_string(storage_url, socket_timeout=0.5, socket_connect_timeout=0.5))
+def _new_limiter() -> MovingWindowRateLimiter:
+    url = get_settings().broker_url or "redis://127.0.0.1:6379/0"
+    return MovingWindowRateLimiter(storage_from_string(url, socket_timeout=0.5, socket_connect_timeout=0.5))
+
+
+_limiter = runtime.slot("rate-limiter", _new_limiter)
 
 
 def _limit_for(settings: Settings, scope: str) -> RateLimitItem:
@@ -43,7 +44,7 @@ def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str, re
     client = request.client.host if request.client else "unknown"
     identity = str(principal.key_id) if principal.key_id else f"anonymous:{client}"
     try:
-        limiter = _limiter(settings.broker_url)
+        limiter = _limiter.get()
         if limiter.hit(item, scope, identity):
             return
         reset_at = limiter.get_window_stats(item, scope, identity).reset_time
@@ -81,8 +82,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
                 "an API key is required: send `Authorization: Bearer <key>`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        with session_scope() as session:
-            principal = authenticate(session, credentials.credentials)
+        principal = authenticate(credentials.credentials)
         if principal is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import uuid
 
-from api.schemas import PhotoOut
+from fastapi import Request
+
+from api.schemas import PhotoOut, SearchOut, SearchResult
+from core.settings import get_settings
 from db.models import Photo, PhotoStatus
+from services.search import SearchOutcome
 
 
-def thumbnail_url(base_url: str, photo_id: uuid.UUID) -> str:
-    return f"{base_url.rstrip('/')}/v1/photos/{photo_id}/thumbnail"
+def base_url(request: Request) -> str:
+    """Where clients reach this API: WITHSENSE_PUBLIC_BASE_URL behind a proxy, else the request's own address."""
+    return get_settings().public_base_url or str(request.base_url)
+
+
+def thumbnail_url(base: str, photo_id: uuid.UUID) -> str:
+    return f"{base.rstrip('/')}/v1/photos/{photo_id}/thumbnail"
+
+
+def search_out(outcome: SearchOutcome, k: int, request: Request) -> SearchOut:
+    base = base_url(request)
+    return SearchOut(
+        query=outcome.query,
+        k=k,
+        region=outcome.region,
+        blocked=outcome.blocked,
+        disclaimer=outcome.disclaimer,
+        results=[
+            SearchResult(
+                id=h.photo_id,
+                score=round(h.score, 6),
+                thumbnail_url=thumbnail_url(base, h.photo_id),
+                title=h.title,
+                photographer=h.photographer,
+                width=h.width,
+                height=h.height,
+            )
+            for h in outcome.hits
+        ],
+    )
 
 
 def photo_out(photo: Photo, base_url: str) -> PhotoOut:

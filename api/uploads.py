@@ -159,7 +159,7 @@ async def parse_image_upload(
     except HTTPException:
         target.discard()
         raise
-    except Exception as exc:  # the parser raises plain exceptions on malformed bodies
+    except Exception as exc:  # noqa: BLE001 - the parser raises plain exceptions on malformed bodies
         target.discard()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed multipart body: {exc}") from None
 

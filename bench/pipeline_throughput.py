@@ -6,10 +6,10 @@
 1. Generates (once, cached) synthetic camera JPEGs from 1024x768 to 4000x3000 (bench/photos.py).
 2. Starts the embedded Postgres and a Valkey, runs the migrations.
 3. Registers every photo the way `withsense ingest` does (copy to the spool, sha256,
-   workers.intake.register_photo(enqueue=False)): the registration rate is reported on its own.
+   services.intake.register_photo(enqueue=False)): the registration rate is reported on its own.
 4. Rounds: for each worker batch size, starts a real `celery worker` (WITHSENSE_IMAGE_BATCH_SIZE =
    that size, WITHSENSE_INGEST_BATCH_SIZE = --chunks-per-task times it), warms it up, then queues
-   the photos in batches (workers.enqueue.enqueue_ingest_batch) and times until every one is
+   the photos in batches (services.queue.enqueue_ingest_batch) and times until every one is
    `indexed` in Postgres: pipeline images/s, CPU per image of the worker, Postgres and Valkey, and
    where the worker's tasks spent their time (its per-task log lines). Photos are reset in between.
 5. Before the first run and after every run, measures the bare model in this process: the same
@@ -201,7 +201,7 @@ def bare_model_throughput(
 
 def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool: Path) -> tuple[list[uuid.UUID], float]:
     """`withsense ingest`'s producer side for each file; returns the new photo ids and the seconds taken."""
-    from workers.intake import register_photo
+    from services.intake import register_photo
 
     spool.mkdir(parents=True, exist_ok=True)
     ids: list[uuid.UUID] = []
@@ -232,7 +232,7 @@ def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool:
 
 def enqueue_batches(ids: list[uuid.UUID], batch: int) -> str:
     """Queue the photos the way `withsense ingest` does, with whatever the enqueue module offers."""
-    from workers import enqueue
+    from services import queue as enqueue
 
     batch_function = getattr(enqueue, "enqueue_ingest_batch", None)
     if batch_function is not None:
@@ -350,10 +350,10 @@ def main() -> None:
         env["WITHSENSE_DATABASE_URL"] = postgres.url
         env["WITHSENSE_BROKER_URL"] = redis.url
         os.environ.update({k: v for k, v in env.items() if k.startswith("WITHSENSE_")})
-        from core.settings import get_settings
+        from core.settings import get_settings, reload_settings
         from db.migrate import upgrade
 
-        get_settings.cache_clear()
+        reload_settings()
         upgrade(postgres.url)
         settings = get_settings()
         dsn = f"host={postgres.host} port={postgres.port} user=postgres dbname={postgres.database}"

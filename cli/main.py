@@ -31,11 +31,11 @@ def _use_running_stack(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand == "up":
         return
     from cli.stack import load_env_file
-    from core.settings import get_settings
+    from core.settings import get_settings, reload_settings
 
     settings = get_settings()
     if not (settings.database_url and settings.broker_url) and load_env_file(settings.home):
-        get_settings.cache_clear()
+        reload_settings()
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -123,8 +123,8 @@ def ingest(
 ) -> None:
     """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
     from core.images import ImageRejected
-    from workers.enqueue import QueueUnavailable, enqueue_ingest_batch
-    from workers.intake import register_photo
+    from services.intake import register_photo
+    from services.queue import QueueUnavailable, enqueue_ingest_batch
 
     settings = _settings()
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -191,20 +191,12 @@ def ingest(
 
 
 def _wait_for_indexing(photo_ids: list[uuid.UUID], timeout: float) -> None:
-    from sqlalchemy import func, select
-
-    from db.engine import session_scope
-    from db.models import Photo
+    from services.photos import status_counts
 
     deadline = time.monotonic() + timeout
     with tqdm(total=len(photo_ids), desc="indexing", unit="photo") as bar:
         while True:
-            with session_scope() as session:
-                rows = dict(
-                    session.execute(
-                        select(Photo.status, func.count()).where(Photo.id.in_(photo_ids)).group_by(Photo.status)
-                    ).all()
-                )
+            rows = status_counts(photo_ids)
             done = rows.get("indexed", 0) + rows.get("failed", 0)
             bar.update(done - bar.n)
             bar.set_postfix(indexed=rows.get("indexed", 0), failed=rows.get("failed", 0))
@@ -222,32 +214,27 @@ def search(
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="number of results")] = 10,
     region: Annotated[str | None, typer.Option(help="viewer region (ISO code)")] = None,
 ) -> None:
-    """Print the photos that best match QUERY."""
-    from core.embedding import get_embedder
-    from core.policy import DISCLAIMER, check_query
-    from core.storage import derivative_path
+    """Print the photos that best match QUERY (the same search as the API's: policy, region, model check)."""
     from db.engine import session_scope
-    from db.policy import region_is_restricted
-    from db.search import NoActiveModel, search_by_vector
+    from services import search as search_service
+    from services.errors import ServiceError
 
-    settings = _settings()
-    with session_scope() as session:
-        if check_query(query).blocked and region_is_restricted(session, region):
-            typer.echo(DISCLAIMER)
-            return
-    vector = get_embedder().embed_texts([query])[0]
-    with session_scope() as session:
-        try:
-            hits = search_by_vector(session, vector, k, region)
-        except NoActiveModel:
-            hits = []
-    if not hits:
+    _settings()
+    try:
+        with session_scope() as session:
+            outcome = search_service.search_text(session, query, k, region.strip().upper() if region else None)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if outcome.blocked:
+        typer.echo(outcome.disclaimer)
+        return
+    if not outcome.hits:
         typer.echo("no results (is anything indexed yet? see `withsense ingest`)")
         return
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title / file")
-    for rank, hit in enumerate(hits, 1):
-        label = hit.title or ""
-        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {label}  {derivative_path(settings, hit.photo_id)}")
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title")
+    for rank, hit in enumerate(outcome.hits, 1):
+        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {hit.title or ''}")
 
 
 @app.command()
@@ -255,23 +242,20 @@ def redrive(
     photo_ids: Annotated[list[str] | None, typer.Argument(help="photo ids; none means every failed photo")] = None,
 ) -> None:
     """Send failed photos through indexing again, with a fresh attempt budget."""
-    from db import photos as photo_sql
-    from db.engine import session_scope
-    from workers.enqueue import QueueUnavailable, enqueue_ingest
+    from services.photos import redrive as redrive_photos
+    from services.queue import QueueUnavailable
 
-    _settings()
+    settings = _settings()
     try:
         wanted = [uuid.UUID(p) for p in photo_ids] if photo_ids else None
     except ValueError as exc:
         typer.echo(f"error: not a photo id: {exc}", err=True)
         raise typer.Exit(2) from exc
-    with session_scope() as session:
-        reset = photo_sql.reset_for_redrive(session, wanted)
     try:
-        for photo_id in tqdm(reset, desc="re-enqueueing", unit="photo", disable=len(reset) < 20):
-            enqueue_ingest(photo_id)
+        reset = redrive_photos(settings, wanted)
     except QueueUnavailable as exc:
-        typer.echo(f"warning: {exc}; the reconciler will enqueue the rest (they are pending)", err=True)
+        typer.echo(f"warning: {exc}; the reconciler will enqueue them (they are pending)", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"{len(reset)} failed photos sent back to indexing")
 
 
@@ -280,23 +264,20 @@ def reconcile(
     older_than: Annotated[int, typer.Option(help="seconds a photo may stay pending/processing")] = 900,
 ) -> None:
     """Re-enqueue photos whose task was lost (beat runs this every minute; this runs it now)."""
-    from workers.tasks import reconcile_stale_photos
+    from services.indexing import reconcile_stale_photos
 
     _settings()
-    result = reconcile_stale_photos.run(older_than_s=older_than)
-    typer.echo(f"{result['requeued']} stale photos re-enqueued")
+    typer.echo(f"{reconcile_stale_photos(older_than)} stale photos re-enqueued")
 
 
 @app.command()
 def status() -> None:
     """Photos by indexing status, and which models cover the index (the active one serves search)."""
-    from db import photos as photo_sql
-    from db.engine import session_scope
+    from services import models as model_service
 
     _settings()
-    with session_scope() as session:
-        counts = photo_sql.status_counts(session)
-        models = photo_sql.model_coverage(session)
+    counts = model_service.status_counts()
+    models = model_service.coverage()
     typer.echo(
         "photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed"))
     )
@@ -320,12 +301,10 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered models, the active one, and how many indexed photos each has a vector for."""
-    from db import photos as photo_sql
-    from db.engine import session_scope
+    from services import models as model_service
 
     _settings()
-    with session_scope() as session:
-        _print_models(photo_sql.model_coverage(session))
+    _print_models(model_service.coverage())
 
 
 @models_app.command("activate")
@@ -335,29 +314,18 @@ def models_activate(
     force: Annotated[bool, typer.Option(help="activate although some indexed photos have no vector from it")] = False,
 ) -> None:
     """Switch search to another registered model, at once for every query (after `withsense reindex`)."""
-    from db import photos as photo_sql
-    from db.engine import session_scope
+    from services import models as model_service
+    from services.errors import Conflict, NotFound
 
     _settings()
-    with session_scope() as session:
-        try:
-            model = photo_sql.find_model(session, name, revision)
-        except photo_sql.ModelNotRegistered as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        coverage = next(
-            m for m in photo_sql.model_coverage(session) if (m.name, m.revision) == (model.name, model.revision)
-        )
-        if coverage.missing and not force:
-            typer.echo(
-                f"error: {coverage.missing} of {coverage.indexed} indexed photos have no vector from "
-                f"{model.name}@{model.revision}; they would vanish from search. Run `withsense reindex` with a "
-                "worker on this model until `withsense models list` shows full coverage, or pass --force.",
-                err=True,
-            )
-            raise typer.Exit(1)
-        photo_sql.activate_model(session, model)
-        label = f"{model.name}@{model.revision}"
+    try:
+        label = model_service.activate(name, revision, force=force)
+    except NotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Conflict as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(
         f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
         "then restart them: an API on another model answers search with 503 until then."
@@ -372,29 +340,19 @@ def reindex(
 
     Photos that already have a vector from that worker's model are skipped, so running it again is cheap.
     """
-    from db import photos as photo_sql
-    from db.engine import session_scope
-    from workers.enqueue import QueueUnavailable, enqueue_reindex_batch
+    from services import models as model_service
+    from services.queue import QueueUnavailable
 
     _settings()
-    with session_scope() as session:
-        total = photo_sql.status_counts(session).get("indexed", 0)
     queued = 0
-    after: uuid.UUID | None = None
-    with tqdm(total=total, desc="queueing for reindex", unit="photo") as bar:
-        while True:
-            with session_scope() as session:
-                page = photo_sql.indexed_photo_ids(session, after, batch_size)
-            if not page:
-                break
-            try:
-                enqueue_reindex_batch(page)
-            except QueueUnavailable as exc:
-                typer.echo(f"error: {exc}; {queued} photos were queued, run the command again", err=True)
-                raise typer.Exit(1) from exc
-            queued += len(page)
-            after = page[-1]
-            bar.update(len(page))
+    with tqdm(total=model_service.indexed_count(), desc="queueing for reindex", unit="photo") as bar:
+        try:
+            for count in model_service.queue_reindex(batch_size):
+                queued += count
+                bar.update(count)
+        except QueueUnavailable as exc:
+            typer.echo(f"error: {exc}; {queued} photos were queued, run the command again", err=True)
+            raise typer.Exit(1) from exc
     typer.echo(
         f"{queued} indexed photos queued on `reindex`; a worker started with `-Q reindex` and the new "
         "WITHSENSE_MODEL embeds them. Watch `withsense models list`, then `withsense models activate`."
@@ -411,15 +369,13 @@ def keys_create(
     name: Annotated[str, typer.Option(help="who or what uses the key")] = "cli",
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    from db.api_keys import create_key
-    from db.engine import session_scope
+    from services.access import create_key
+    from services.errors import InvalidRequest
 
     _settings()
     try:
-        with session_scope() as session:
-            key, secret = create_key(session, name, scope)
-            key_id = key.id
-    except ValueError as exc:
+        key_id, secret = create_key(name, scope)
+    except InvalidRequest as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"key {key_id} ({name}, scopes {', '.join(sorted(set(scope)))}):")
@@ -429,28 +385,26 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (never their secrets)."""
-    from db.api_keys import list_keys
-    from db.engine import session_scope
+    from services.access import list_keys
 
     _settings()
-    with session_scope() as session:
-        for key in list_keys(session):
-            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-            typer.echo(f"{key.id:>4}  {key.name:20}  {','.join(key.scopes):28}  {state}")
+    for key in list_keys():
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+        typer.echo(f"{key.id:>4}  {key.name:20}  {','.join(key.scopes):28}  {state}")
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's number from `withsense keys list`")]) -> None:
     """Revoke a key: it is refused from the next request on."""
-    from db.api_keys import revoke_key
-    from db.engine import session_scope
+    from services.access import revoke_key
+    from services.errors import NotFound
 
     _settings()
-    with session_scope() as session:
-        revoked = revoke_key(session, key_id)
-    if not revoked:
-        typer.echo(f"error: no active key {key_id}", err=True)
-        raise typer.Exit(1)
+    try:
+        revoke_key(key_id)
+    except NotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"key {key_id} revoked")
 
 
@@ -504,13 +458,11 @@ app.add_typer(regions_app, name="regions")
 @regions_app.command("list")
 def regions_list() -> None:
     """Show the region rules."""
-    from db.engine import session_scope
-    from db.policy import region_rules
+    from services.regions import rules
 
     _settings()
-    with session_scope() as session:
-        for region, restricted, note in region_rules(session):
-            typer.echo(f"{region:8}  {'restricted' if restricted else 'unrestricted':12}  {note or ''}")
+    for region, restricted, note in rules():
+        typer.echo(f"{region:8}  {'restricted' if restricted else 'unrestricted':12}  {note or ''}")
 
 
 @regions_app.command("set")
@@ -520,17 +472,17 @@ def regions_set(
     note: Annotated[str | None, typer.Option(help="why (e.g. the law's reference)")] = None,
 ) -> None:
     """Declare whether the minors law applies in REGION; search obeys it at once."""
-    from db.engine import session_scope
-    from db.policy import set_region_rule
+    from core.regions import normalise_rule_region
+    from services.errors import ServiceError
+    from services.regions import set_rule
 
     _settings()
     try:
-        with session_scope() as session:
-            set_region_rule(session, region, minors_restricted=restricted, note=note)
-    except Exception as exc:
+        set_rule(region, restricted=restricted, note=note)
+    except (ServiceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"{region.upper()}: {'restricted' if restricted else 'unrestricted'}")
+    typer.echo(f"{normalise_rule_region(region)}: {'restricted' if restricted else 'unrestricted'}")
 
 
 def _register_eval() -> None:

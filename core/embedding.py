@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from core.onnx_encoder import OnnxImageEncoder
-    from core.settings import Settings
+
+from core.runtime import runtime
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -487,15 +489,9 @@ def clip_image_features(clip_model: torch.nn.Module, pixels: np.ndarray, batch_s
     return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
 
-_default: ClipEmbedder | None = None
-_default_lock = threading.Lock()
+_embedder = runtime.slot("embedder", ClipEmbedder.from_settings)
 
 
 def get_embedder() -> ClipEmbedder:
     """The process-wide embedder from settings, created on first call (after a Celery fork, not before)."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = ClipEmbedder.from_settings()
-    return _default
+    return _embedder.get()

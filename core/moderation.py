@@ -6,11 +6,8 @@ embedding and the prompts' text embeddings (computed once per process by the sam
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +15,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from core.runtime import runtime
+
 DEFAULT_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
-PROMPTS_FILE_ENV = "WITHSENSE_MODERATION_PROMPTS"
 
 Decision = Literal["clear", "uncertain", "flagged"]
 
@@ -45,7 +43,7 @@ class ModerationRules(BaseModel):
 
     @classmethod
     def load(cls, path: Path | None = None) -> ModerationRules:
-        source = path or Path(os.environ.get(PROMPTS_FILE_ENV) or DEFAULT_PROMPTS_PATH)
+        source = path or DEFAULT_PROMPTS_PATH
         return cls.model_validate(yaml.safe_load(source.read_text(encoding="utf-8")))
 
 
@@ -115,22 +113,22 @@ class ZeroShotModerator:
         return ModerationVerdict(self.rules.version, tuple(results))
 
 
-@lru_cache(maxsize=4)
-def load_rules(path: str | None = None) -> ModerationRules:
-    return ModerationRules.load(Path(path) if path else None)
+def load_rules(path: Path | None = None) -> ModerationRules:
+    """The prompt sets in `path` (default: the packaged core/moderation_prompts.yaml)."""
+    return ModerationRules.load(path)
 
 
-_moderator: ZeroShotModerator | None = None
-_moderator_lock = threading.Lock()
+def _build_moderator() -> ZeroShotModerator:
+    from core.embedding import get_embedder
+    from core.settings import get_settings
+
+    return ZeroShotModerator(load_rules(get_settings().moderation_prompts), get_embedder().embed_texts)
+
+
+_moderator = runtime.slot("moderator", _build_moderator)
 
 
 def get_moderator() -> ZeroShotModerator:
-    """The process-wide moderator; its prompt embeddings come from the search model, computed once."""
-    global _moderator
-    if _moderator is None:
-        with _moderator_lock:
-            if _moderator is None:
-                from core.embedding import get_embedder
-
-                _moderator = ZeroShotModerator(load_rules(os.environ.get(PROMPTS_FILE_ENV)), get_embedder().embed_texts)
-    return _moderator
+    """The process-wide moderator (prompts from WITHSENSE_MODERATION_PROMPTS); its prompt embeddings come from the
+    search model, computed once."""
+    return _moderator.get()

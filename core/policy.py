@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +52,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from core.moderation import ZeroShotModerator
+
+from core.runtime import runtime
 
 __all__ = [
     "CATEGORY_MINORS",
@@ -1370,17 +1371,18 @@ def with_model_opinion(decision: PolicyDecision, score: float, threshold: float)
 # The process-wide default.
 
 
-@lru_cache(maxsize=4)
-def _load_cached(path: str) -> QueryPolicy:
-    return QueryPolicy.load(Path(path))
+def _load_configured() -> QueryPolicy:
+    from core.settings import get_settings
+
+    return QueryPolicy.load(get_settings().policy_file or DEFAULT_RULES_PATH)
+
+
+_policy = runtime.slot("query-policy", _load_configured)
 
 
 def get_query_policy() -> QueryPolicy:
-    """The default policy: ``$WITHSENSE_POLICY_FILE`` if set, else the packaged rules; loaded once."""
-    # Read from the environment on every call, not from a cached Settings: the file named there is the
-    # one in force (Settings.policy_file documents the same variable).
-    configured = os.environ.get(POLICY_FILE_ENV, "").strip()
-    return _load_cached(configured or str(DEFAULT_RULES_PATH))
+    """The default policy: WITHSENSE_POLICY_FILE if set, else the packaged rules; loaded once per process."""
+    return _policy.get()
 
 
 def check_query(text: str) -> PolicyDecision:

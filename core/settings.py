@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.runtime import runtime
 
 
 class Settings(BaseSettings):
@@ -40,14 +41,16 @@ class Settings(BaseSettings):
     derivative_size: int = 224
     derivative_quality: int = Field(default=90, ge=1, le=100)
 
-    # Search.
-    default_k: int = 10
-    max_k: int = 100
+    # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+    # How long an API or worker trusts its last answer to "which model is active" (changed only by an operator's
+    # `withsense models activate`): a switch reaches every process within this many seconds.
+    active_model_ttl_s: float = Field(default=5.0, ge=0, le=3600)
 
-    # The query content policy (core/policy.py). `policy_file`: another rules file instead of the packaged
-    # core/policy_rules.yaml (read by core.policy.get_query_policy on each call, so a change is seen at once).
+    # The content policy: the query policy's rules and the zero-shot moderation prompts (default: core/*.yaml).
     policy_file: Path | None = None
+    moderation_prompts: Path | None = None
+
     # The model's second opinion on text queries: the query's embedding scored against the zero-shot child
     # prompts that screen images. It may block a query the rules allow, never the reverse. Off by default;
     # choose the threshold for the deployed model with `python -m evaluation.policy_check --model NAME`.
@@ -82,6 +85,8 @@ class Settings(BaseSettings):
     # Ports of the servers that `withsense up` starts when no URL is set.
     local_postgres_port: int = 54329
     local_redis_port: int = 63799
+    # The address clients reach the API at (behind a reverse proxy), for the thumbnail URLs in responses;
+    # empty: the address of each request.
     public_base_url: str = ""
 
     @field_validator("allowed_formats", mode="before")
@@ -127,6 +132,15 @@ class Settings(BaseSettings):
         return max(1, (os.cpu_count() or 1) // max(1, pool_processes or self.worker_concurrency))
 
 
-@lru_cache(maxsize=1)
+_settings = runtime.slot("settings", Settings)
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """This process's settings, read from the environment once (again after ``runtime.reset()``)."""
+    return _settings.get()
+
+
+def reload_settings() -> Settings:
+    """Read the environment again (after the CLI filled in the running stack's URLs), keeping the other objects."""
+    _settings.reset()
+    return _settings.get()

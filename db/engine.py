@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
+import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.runtime import runtime
 from core.settings import get_settings
 
 
@@ -35,27 +36,38 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         try:
             register_vector(dbapi_connection)
-        except Exception:
+        except psycopg.ProgrammingError:
             # Before the first migration the extension does not exist yet; types register on the next connect.
             dbapi_connection.rollback()
 
     return engine
 
 
-@lru_cache(maxsize=1)
-def get_engine() -> Engine:
+def _engine_from_settings() -> Engine:
     url = get_settings().database_url
     if not url:
-        raise RuntimeError(
+        raise DatabaseNotConfigured(
             "WITHSENSE_DATABASE_URL is not set. Start the local stack with `withsense up`, "
             "or point WITHSENSE_DATABASE_URL at a Postgres with pgvector >= 0.8."
         )
     return build_engine(url)
 
 
-@lru_cache(maxsize=1)
+class DatabaseNotConfigured(RuntimeError):
+    """No database URL: neither set nor read from a running `withsense up`."""
+
+
+_engine = runtime.slot("engine", _engine_from_settings, close=lambda engine: engine.dispose())
+_sessionmaker = runtime.slot("sessionmaker", lambda: sessionmaker(bind=get_engine(), expire_on_commit=False))
+
+
+def get_engine() -> Engine:
+    """This process's engine (one pool), created on first use: after a Celery fork, never before."""
+    return _engine.get()
+
+
 def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return _sessionmaker.get()
 
 
 @contextmanager
@@ -73,6 +85,7 @@ def session_scope() -> Iterator[Session]:
 
 
 def dispose_engine() -> None:
-    """Drop pooled connections (after fork, or in tests that restart Postgres)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
+    """Drop pooled connections (after fork, or in tests that restart Postgres); the engine itself is kept."""
+    engine = _engine.peek()
+    if engine is not None:
+        engine.dispose()

@@ -1,11 +1,12 @@
-"""SQL of moderation: classifier verdicts, declarations, moderator decisions, the queue, the audit trail."""
+"""SQL of moderation: scores, the audit trail, the review queue, and the visibility function.
+
+The rules (what a declaration, a classifier verdict or a moderator's decision changes) are in services/moderation.py."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -27,170 +28,27 @@ def audit(
     )
 
 
-def _diff(photo: Photo, values: dict[str, object]) -> dict[str, object]:
-    return {
-        name: {"from": getattr(photo, name), "to": value}
-        for name, value in values.items()
-        if getattr(photo, name) != value
-    }
+def insert_audit_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    """Append many audit rows in one statement (a worker's batch)."""
+    if rows:
+        session.execute(insert(ModerationAudit).values(rows))
 
 
-def record_declaration(
-    session: Session, photo: Photo, *, depicts_minor: bool | None, parental_consent: bool | None, actor: str
-) -> None:
-    """What the photographer declared: a minor is shown, and whether the parents consented.
-
-    A declaration about a photo that the classifier or a moderator has already decided on (the uploader
-    sends the photo again, say, now with "consent") sends it back to review: a person checks it before
-    it is shown, and no declaration undoes a moderator's decision by itself.
-    """
-    values: dict[str, object] = {}
-    if depicts_minor is not None:
-        values["minor_declared"] = depicts_minor
-        if depicts_minor:
-            values["depicts_minor"] = True
-    if parental_consent is not None:
-        values["parental_consent"] = parental_consent
-    changes = _diff(photo, values)
-    if not changes:
-        return
-    if photo.moderated_at is not None or photo.classifier_version is not None:
-        values["moderation_status"] = ModerationStatus.PENDING_REVIEW.value
-        changes = _diff(photo, values)
-    for name, value in values.items():
-        setattr(photo, name, value)
-    audit(session, photo.id, actor, "declared", changes, "declared by the uploader")
-
-
-def record_text_flag(
-    session: Session, photo: Photo, field: str, matched_terms: tuple[str, ...], rules_version: str, actor: str
-) -> None:
-    """The photo's own words (its title) describe a child: treated as showing a minor until a moderator says not.
-
-    Hidden in restricted regions like a declared minor (unless there is parental consent). At upload, a
-    contradiction with the photographer's "no minor" goes to review when the photo is classified; a new
-    title on a photo that was already classified or moderated sends it back to review at once.
-    """
-    values: dict[str, object] = {"depicts_minor": True}
-    if _diff(photo, values) and (photo.moderated_at is not None or photo.classifier_version is not None):
-        values["moderation_status"] = ModerationStatus.PENDING_REVIEW.value  # decided before: a person looks again
-    changes = _diff(photo, values)
-    for name, value in values.items():
-        setattr(photo, name, value)
-    audit(
-        session,
-        photo.id,
-        actor,
-        "screened",
-        changes,
-        f"the {field} describes a minor ({', '.join(matched_terms)}; query policy {rules_version})",
-    )
-
-
-@dataclass(frozen=True)
-class ClassifierOutcome:
-    version: str
-    scores: list[tuple[str, float, str]]  # (category, score, decision)
-    depicts_minor: bool
-    unsafe: bool
-    needs_review: bool
-
-
-def apply_classifier(session: Session, outcomes: dict[uuid.UUID, ClassifierOutcome]) -> None:
-    """Store scores and the automatic decisions, in the worker's indexing transaction, with audit rows.
-
-    The classifier never clears what a person set: a photographer's minor declaration stands, and a
-    photo a moderator already decided keeps that decision. One statement each for the rows, the
-    scores, the photo updates (grouped by SQLAlchemy) and the audit rows, whatever the batch size.
-    """
-    if not outcomes:
-        return
-    photos = session.scalars(select(Photo).where(Photo.id.in_(list(outcomes))).with_for_update()).all()
-    score_rows: list[dict[str, object]] = []
-    audit_rows: list[dict[str, object]] = []
-    for photo in photos:
-        outcome = outcomes[photo.id]
-        score_rows.extend(
-            {
-                "photo_id": photo.id,
-                "classifier_version": outcome.version,
-                "category": category,
-                "score": score,
-                "decision": decision,
-            }
-            for category, score, decision in outcome.scores
-        )
-        values: dict[str, object] = {"classifier_version": outcome.version}
-        if outcome.depicts_minor:
-            values["depicts_minor"] = True
-        if outcome.unsafe:
-            values["unsafe"] = True
-        if photo.moderated_at is None:  # no person has decided yet
-            conflict = photo.minor_declared is False and (outcome.depicts_minor or photo.depicts_minor)
-            values["moderation_status"] = (
-                ModerationStatus.PENDING_REVIEW if outcome.needs_review or conflict else ModerationStatus.APPROVED
-            )
-        changes = _diff(photo, values)
-        if "moderation_status" in values:  # the automatic decision is recorded even when it keeps the default
-            changes["moderation_status"] = {"from": photo.moderation_status, "to": str(values["moderation_status"])}
-        for name, value in values.items():
-            setattr(photo, name, value)
-        changes["scores"] = {category: round(score, 4) for category, score, _ in outcome.scores}
-        audit_rows.append(
-            {
-                "photo_id": photo.id,
-                "actor": CLASSIFIER_ACTOR,
-                "action": "classified",
-                "changes": changes,
-                "reason": f"classifier {outcome.version}",
-            }
-        )
-    if score_rows:
-        upsert = pg_insert(ModerationScore).values(score_rows)
+def upsert_scores(session: Session, rows: list[dict[str, object]]) -> None:
+    """Store classifier scores (photo_id, classifier_version, category, score, decision) in one statement."""
+    if rows:
+        upsert = pg_insert(ModerationScore).values(rows)
         session.execute(
             upsert.on_conflict_do_update(
                 index_elements=["photo_id", "classifier_version", "category"],
                 set_={"score": upsert.excluded.score, "decision": upsert.excluded.decision},
             )
         )
-    if audit_rows:
-        session.execute(insert(ModerationAudit).values(audit_rows))
 
 
-@dataclass(frozen=True)
-class ModeratorDecision:
-    status: ModerationStatus | None = None
-    depicts_minor: bool | None = None
-    parental_consent: bool | None = None
-    unsafe: bool | None = None
-    reason: str = ""
-
-
-def apply_moderator_decision(
-    session: Session, photo_id: uuid.UUID, decision: ModeratorDecision, actor: str
-) -> Photo | None:
-    """A moderator's change; takes effect for every search when the transaction commits."""
-    photo = session.get(Photo, photo_id, with_for_update=True)
-    if photo is None:
-        return None
-    values: dict[str, object] = {}
-    if decision.status is not None:
-        values["moderation_status"] = decision.status.value
-    if decision.depicts_minor is not None:
-        values["depicts_minor"] = decision.depicts_minor
-    if decision.parental_consent is not None:
-        values["parental_consent"] = decision.parental_consent
-    if decision.unsafe is not None:
-        values["unsafe"] = decision.unsafe
-    changes = _diff(photo, values)
-    for name, value in values.items():
-        setattr(photo, name, value)
-    photo.moderated_at = func.now()
-    photo.updated_at = func.now()
-    audit(session, photo_id, actor, "moderated", changes, decision.reason)
-    session.flush()
-    session.refresh(photo)
-    return photo
+def lock_photos(session: Session, photo_ids: list[uuid.UUID]) -> list[Photo]:
+    """The photos, locked for the caller's transaction."""
+    return list(session.scalars(select(Photo).where(Photo.id.in_(photo_ids)).with_for_update()).all())
 
 
 def review_queue(session: Session, limit: int, offset: int = 0) -> list[tuple[Photo, dict[str, float]]]:
@@ -237,6 +95,4 @@ def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
 
 def photo_visibility(session: Session, photo_id: uuid.UUID, region: str | None) -> str:
     """'visible', 'hidden' (not indexed, private or not approved), 'restricted' (the minors law) or 'missing'."""
-    from sqlalchemy import text
-
     return str(session.scalar(text("SELECT photo_visibility(:id, :region)"), {"id": photo_id, "region": region}))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +12,8 @@ from sqlalchemy import case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from core.runtime import TtlCache, runtime
+from core.settings import get_settings
 from db.models import EmbeddingModel, Photo, PhotoEmbedding, PhotoStatus
 
 
@@ -283,32 +283,24 @@ class ActiveModel:
     revision: str
 
 
-# The active model changes only when an operator runs `withsense models activate`: APIs (which embed
-# queries) and workers (which index) look it up at most this often.
-ACTIVE_MODEL_TTL_S = 5.0
-_active_lock = threading.Lock()
-_active_cached: tuple[float, ActiveModel | None] = (float("-inf"), None)
+# The active model changes only when an operator runs `withsense models activate`: APIs (which embed queries)
+# and workers (which index) look it up at most every WITHSENSE_ACTIVE_MODEL_TTL_S seconds.
+_active_model: TtlCache[ActiveModel | None] = runtime.cache(lambda: get_settings().active_model_ttl_s)
 
 
 def cached_active_model(session: Session) -> ActiveModel | None:
-    """The active model as this process last saw it, at most ACTIVE_MODEL_TTL_S old; None before any indexing."""
-    global _active_cached
-    with _active_lock:
-        fetched_at, active = _active_cached
-        if time.monotonic() - fetched_at < ACTIVE_MODEL_TTL_S:
-            return active
-    model = active_model(session)
-    active = ActiveModel(model.id, model.name, model.revision) if model else None
-    with _active_lock:
-        _active_cached = (time.monotonic(), active)
-    return active
+    """The active model as this process last saw it, at most active_model_ttl_s old; None before any indexing."""
+
+    def fetch() -> ActiveModel | None:
+        model = active_model(session)
+        return ActiveModel(model.id, model.name, model.revision) if model else None
+
+    return _active_model.get(fetch)
 
 
 def forget_active_model() -> None:
-    """Look the active model up again on the next call (after activating one in this process, or in tests)."""
-    global _active_cached
-    with _active_lock:
-        _active_cached = (float("-inf"), None)
+    """Look the active model up again on the next call (after activating one in this process)."""
+    _active_model.forget()
 
 
 @dataclass(frozen=True)
@@ -419,9 +411,12 @@ def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.U
     return [row["photo_id"] for row in rows]
 
 
-def status_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Photo.status, func.count()).group_by(Photo.status))
-    return {status: count for status, count in rows}
+def status_counts(session: Session, photo_ids: list[uuid.UUID] | None = None) -> dict[str, int]:
+    """Photos by indexing status (of these photos only, when given)."""
+    query = select(Photo.status, func.count()).group_by(Photo.status)
+    if photo_ids is not None:
+        query = query.where(Photo.id.in_(photo_ids))
+    return {status: count for status, count in session.execute(query)}
 
 
 def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:

@@ -3,8 +3,8 @@
 A photo's own words (title, original file name) are screened when it is uploaded or retitled. When
 the rules change, photos registered before were read with the old ones: a title the new rules mark
 ("тинэйджеры на пляже" before 2026.12.01-1) left the photo shown as having no minor. `withsense
-policy rescreen` finds them (a dry run by default) and, with ``--apply``, marks them exactly as the
-upload screening does (db.moderation.record_text_flag: treated as showing a minor, audited with the
+policy rescreen` finds them (a dry run by default) and, with ``--apply``, marks them with the upload
+screening itself (services.intake.screen_words: treated as showing a minor, audited with the
 rules version; a photo already decided by a moderator goes back to review).
 """
 
@@ -14,11 +14,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.policy import PolicyDecision, QueryPolicy, get_query_policy
+from core.policy import QueryPolicy, get_query_policy
 from db.engine import session_scope
-from db.models import Photo
-from db.moderation import record_text_flag
 from db.rescreen import lock_photo, photos_to_rescreen
+from services.intake import screen_words, screened_field
 
 RESCREEN_ACTOR = "policy-rescreen"
 DEFAULT_PAGE_SIZE = 500
@@ -40,16 +39,6 @@ class RescreenReport:
     applied: bool
     scanned: int = 0
     hits: list[RescreenHit] = field(default_factory=list)
-
-
-def screened_field(photo: Photo, check: Callable[[str], PolicyDecision]) -> tuple[str, str, PolicyDecision] | None:
-    """The first of the photo's own words that describe a child under ``check``: (field, text, decision)."""
-    for name, words in (("title", photo.title), ("original file name", photo.original_name)):
-        if words:
-            decision = check(words)
-            if decision.blocked:
-                return name, words, decision
-    return None
 
 
 def rescreen_photos(
@@ -84,9 +73,8 @@ def rescreen_photos(
                 if on_hit is not None:
                     on_hit(hit)
                 if apply:
+                    # The upload screening itself, on the row locked and read afresh, as this command's actor.
                     locked = lock_photo(session, photo.id)
                     if locked is not None and not locked.depicts_minor:
-                        record_text_flag(
-                            session, locked, name, decision.matched_terms, decision.rules_version, actor=RESCREEN_ACTOR
-                        )
+                        screen_words(session, locked, actor=RESCREEN_ACTOR, check=policy.check)
     return report

@@ -37,28 +37,13 @@ class Services:
 
 
 def reset_cached_state() -> None:
-    """Settings, engine and Celery app are process-wide caches: rebuild them after changing the environment."""
-    import core.embedding
-    import core.moderation
-    from core.settings import get_settings
-    from db.engine import dispose_engine, get_engine, get_sessionmaker
-    from db.photos import forget_active_model
+    """Settings, engine, model, policy, classifier, queue producer and caches are process-wide: after changing the
+    environment, forget them all (they are rebuilt from the new settings on next use)."""
+    from core.runtime import runtime
 
-    forget_active_model()  # the process's cached answer to "which model is active"
-    core.embedding._default = None  # the model singleton follows WITHSENSE_MODEL
-    core.moderation._moderator = None
-    core.moderation.load_rules.cache_clear()
-    dispose_engine()
-    get_engine.cache_clear()
-    get_sessionmaker.cache_clear()
-    get_settings.cache_clear()
-    from workers.celery_app import celery_app
+    import workers.celery_app  # noqa: F401 - registers the worker app's reconfiguration with the reset
 
-    celery_app.conf.broker_url = get_settings().broker_url or celery_app.conf.broker_url
-    # Drop the connection and producer pools bound to the previous broker.
-    celery_app.close()
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
+    runtime.reset()
 
 
 @pytest.fixture(scope="session")

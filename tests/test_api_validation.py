@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, reload_settings
 from tests.images import jpeg_bytes, png_declaring, solid
 
 pytestmark = pytest.mark.usefixtures("clean_db")
@@ -110,7 +110,7 @@ def test_the_api_process_runs_torch_with_the_configured_threads(
     from api.app import create_app
 
     monkeypatch.setenv("WITHSENSE_API_TORCH_THREADS", str(threads))
-    get_settings.cache_clear()
+    reload_settings()
     try:
         with TestClient(create_app()) as client:
             assert client.get("/healthz").status_code == 200
@@ -123,4 +123,4 @@ def test_the_api_process_runs_torch_with_the_configured_threads(
             assert seen == [threads]
     finally:
         monkeypatch.delenv("WITHSENSE_API_TORCH_THREADS")
-        get_settings.cache_clear()
+        reload_settings()

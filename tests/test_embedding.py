@@ -362,7 +362,8 @@ def test_missing_text_model_names_its_setting(tiny_clip_path: Path, tmp_path: Pa
 
 
 def test_from_settings_and_lazy_singleton(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:  # noqa: F811
-    from core.settings import Settings, get_settings
+    from core.runtime import runtime
+    from core.settings import Settings
 
     monkeypatch.setenv("WITHSENSE_MODEL", str(tiny_clip_path))
     monkeypatch.setenv("WITHSENSE_DEVICE", "cpu")
@@ -370,15 +371,14 @@ def test_from_settings_and_lazy_singleton(monkeypatch: pytest.MonkeyPatch, tiny_
     configured = ClipEmbedder.from_settings(Settings())
     assert configured.model_name == str(tiny_clip_path) and configured.image_batch_size == 3
 
-    get_settings.cache_clear()
-    monkeypatch.setattr(embedding, "_default", None)
+    runtime.reset()  # settings read again, the process's embedder forgotten
     try:
         first = get_embedder()
         assert first is get_embedder()
         assert not first.is_loaded  # created lazily, loaded only on first use
         assert first.embed_texts(["a red circle"]).shape == (1, 64)
     finally:
-        get_settings.cache_clear()
+        runtime.reset()
 
 
 def test_load_runs_once_across_threads(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:  # noqa: F811

@@ -137,7 +137,7 @@ def _register(api, images: list[bytes], name: str = "x.jpg") -> list[str]:  # ty
 def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
     import redis
 
-    from workers.enqueue import enqueue_ingest_batch
+    from services.queue import enqueue_ingest_batch
 
     ids = _register(api, [_large_jpeg(seed, (1200, 800)) for seed in range(12)])
     redis.Redis.from_url(own_broker.url).delete("photos")  # drop the uploads' single tasks: this test is about a batch

@@ -79,7 +79,8 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
 ) -> None:  # type: ignore[no-untyped-def]
     old_model = os.environ["WITHSENSE_MODEL"]
     new_model = str(_another_model(tiny_clip_path, tmp_path / "clip-v2"))
-    workers = [WorkerProcess(services.home)]  # the running worker, on the current model
+    # The running worker, on the current model; it trusts its answer to "which model is active" for 0.5 s.
+    workers = [WorkerProcess(services.home, extra_env={"WITHSENSE_ACTIVE_MODEL_TTL_S": "0.5"})]
     workers[0].start()
     try:
         colours = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (240, 220, 20)]
@@ -114,7 +115,7 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
         assert _coverage()[new_model][0] is True and _coverage()[old_model][0] is False
 
         # A worker still on the old model refuses new uploads instead of indexing them out of search's sight.
-        time.sleep(10.5)  # past the worker's cached answer to "which model is active" (ACTIVE_MODEL_TTL_S)
+        time.sleep(1.0)  # past the worker's cached answer to "which model is active" (WITHSENSE_ACTIVE_MODEL_TTL_S)
         waiting = upload(api, Image.new("RGB", (120, 90), (120, 40, 160))).json()["id"]
         deadline = time.monotonic() + 60
         while api.get(f"/v1/photos/{waiting}").json()["error"] is None and time.monotonic() < deadline:
@@ -126,8 +127,12 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
         for worker in workers:
             worker.stop()
 
-    # The API still on the old model refuses to rank with it (503 naming both models), and says so in /readyz.
+    # The API still on the old model refuses to rank with it (503 naming both models), and says so in /readyz;
+    # `withsense search` on the old model refuses the same way (the same service call).
     reset_cached_state()
+    refused_cli = _cli("search", "a red photo")
+    assert refused_cli.exit_code == 1, refused_cli.output
+    assert "the active model" in refused_cli.output and new_model in refused_cli.output, refused_cli.output
     with TestClient(api.app, headers=api.headers) as old_api:
         old_api.get("/v1/search", params={"q": "warm up the model"})
         refused_search = old_api.get("/v1/search", params={"q": "a red photo"})

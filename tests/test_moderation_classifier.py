@@ -21,12 +21,13 @@ from pydantic import ValidationError
 from core.embedding import ClipEmbedder
 from core.moderation import (
     DEFAULT_PROMPTS_PATH,
-    PROMPTS_FILE_ENV,
     CategoryRules,
     ModerationRules,
     ModerationVerdict,
     ZeroShotModerator,
+    load_rules,
 )
+from core.settings import Settings
 from evaluation.synthetic import render_image
 
 TEST_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
@@ -287,13 +288,13 @@ def test_the_shipped_and_the_test_prompt_files_load() -> None:
     assert test.version == "test-stand-ins-1"
 
 
-def test_the_environment_names_the_prompt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_setting_names_the_prompt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "prompts.yaml"
     path.write_text(yaml.safe_dump(_rules("from-env-3").model_dump()), encoding="utf-8")
-    monkeypatch.setenv(PROMPTS_FILE_ENV, str(path))
-    assert ModerationRules.load().version == "from-env-3"
-    monkeypatch.delenv(PROMPTS_FILE_ENV)
-    assert ModerationRules.load().version == ModerationRules.load(DEFAULT_PROMPTS_PATH).version
+    monkeypatch.setenv("WITHSENSE_MODERATION_PROMPTS", str(path))
+    assert load_rules(Settings().moderation_prompts).version == "from-env-3"
+    monkeypatch.delenv("WITHSENSE_MODERATION_PROMPTS")
+    assert load_rules(Settings().moderation_prompts).version == ModerationRules.load(DEFAULT_PROMPTS_PATH).version
 
 
 def _prompt_file(**changes: Any) -> dict[str, Any]:

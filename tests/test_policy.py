@@ -25,6 +25,7 @@ from core.policy import (
     get_query_policy,
     normalize_query,
 )
+from core.runtime import runtime
 
 RULES: dict[str, Any] = yaml.safe_load(DEFAULT_RULES_PATH.read_text(encoding="utf-8"))
 
@@ -929,6 +930,7 @@ def test_the_disclaimer_is_the_sentence_the_law_requires() -> None:
 
 def test_check_query_uses_the_packaged_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(POLICY_FILE_ENV, raising=False)
+    runtime.reset()
     decision = check_query("children on a beach")
     assert decision == PolicyDecision(
         blocked=True, matched_terms=("child",), rules_version=str(RULES["version"]), category="minors"
@@ -970,9 +972,12 @@ def test_a_custom_rules_file_is_used_by_load_and_by_the_environment(
     assert custom.check("two sprogs").rules_version == "test-7"
 
     monkeypatch.setenv(POLICY_FILE_ENV, str(path))
+    runtime.reset()  # the policy is loaded once per process, from the settings of that moment
     assert get_query_policy().version == "test-7"
     assert check_query("sprogs").blocked
     monkeypatch.delenv(POLICY_FILE_ENV)
+    assert get_query_policy().version == "test-7", "loaded once: a changed environment needs a reset"
+    runtime.reset()
     assert get_query_policy().version == str(RULES["version"])
 
 

@@ -119,12 +119,12 @@ def _newer_rules(tmp_path: Path) -> tuple[Path, str]:
 def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(  # type: ignore[no-untyped-def]
     api, free_region, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
 
-    from cli.main import app
     from core.policy import POLICY_FILE_ENV
+    from tests.conftest import reset_cached_state
 
     monkeypatch.delenv(POLICY_FILE_ENV, raising=False)
+    reset_cached_state()
     searcher = TestClient(api.app, headers={"Authorization": f"Bearer {create_api_key('search')}"})
     old = upload(api, Image.new("RGB", (96, 96), (20, 160, 60)), title="наши чадушки на пляже").json()["id"]
     beach = upload(api, Image.new("RGB", (96, 96), (40, 90, 200)), title="пляж на закате").json()["id"]
@@ -133,7 +133,19 @@ def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(  # type: igno
     assert _found(searcher, old, "RU")
 
     newer, version = _newer_rules(tmp_path)
-    monkeypatch.setenv(POLICY_FILE_ENV, str(newer))
+    monkeypatch.setenv(POLICY_FILE_ENV, str(newer))  # WITHSENSE_POLICY_FILE: the rules changed
+    reset_cached_state()  # a process reads its settings once; the next command starts with the new ones
+    try:
+        _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version)
+    finally:
+        monkeypatch.delenv(POLICY_FILE_ENV)
+        reset_cached_state()
+
+
+def _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cli.main import app
 
     dry = CliRunner().invoke(app, ["policy", "rescreen"])
     assert dry.exit_code == 0, dry.output

@@ -1,67 +1,48 @@
-"""The Celery application, configured in one place from settings."""
+"""The worker's Celery application: the shared configuration (services.queue) plus the task modules and signals.
+
+Configured lazily, when Celery first reads its configuration, so importing this module reads no settings.
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_init, worker_process_init
 
+from core.runtime import runtime
 from core.settings import get_settings
+from services.queue import celery_config
+
+log = logging.getLogger(__name__)
+
+celery_app = Celery("withsense", include=["workers.tasks"])
 
 
-def make_celery() -> Celery:
-    settings = get_settings()
-    broker = settings.broker_url or "redis://127.0.0.1:6379/0"
-    app = Celery("withsense", broker=broker, include=["workers.tasks"])
-    app.conf.update(
-        task_acks_late=True,  # a task is acknowledged only after it finished: a crash means redelivery
-        task_reject_on_worker_lost=True,  # ... including a worker child killed mid-task
-        worker_prefetch_multiplier=1,  # never hoard tasks that another worker could run
-        worker_concurrency=settings.worker_concurrency,  # `celery worker -c N` overrides it
-        task_ignore_result=True,  # status lives in the photos table, not in a result backend
-        task_serializer="json",
-        accept_content=["json"],
-        task_time_limit=settings.task_time_limit_s,
-        task_soft_time_limit=max(5, settings.task_time_limit_s - 30),
-        # One visibility timeout above the longest task, so Redis does not redeliver a running task.
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3,
-        task_default_queue="photos",
-        # `reindex` is consumed only by workers started for a model upgrade (`-Q reindex`): a worker
-        # still on the old model must never take those tasks.
-        task_routes={
-            "photos.*": {"queue": "photos"},
-            "maintenance.*": {"queue": "maintenance"},
-            "reindex.*": {"queue": "reindex"},
-        },
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
-        worker_hijack_root_logger=False,
-        # The reconciler re-enqueues photos whose task was lost (Redis restarted, worker gone).
-        beat_schedule={
-            "reconcile-stale-photos": {
-                "task": "maintenance.reconcile",
-                "schedule": float(settings.reconcile_every_s),
-                "kwargs": {"older_than_s": settings.reconcile_after_s},
-            }
-        },
-        enable_utc=True,
-    )
-    return app
+@celery_app.on_configure.connect
+def _configure(sender: Celery, **_kwargs: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
 
 
-celery_app = make_celery()
+def _reconfigure() -> None:
+    # After a reset (tests change WITHSENSE_BROKER_URL): settings read again, the old broker's pools dropped.
+    if celery_app.configured:
+        celery_app.close()
+        celery_app.conf.update(celery_config(get_settings()))
 
+
+runtime.on_reset(_reconfigure)
 
 # The pool size this worker was started with (`celery worker -c N`), read in the parent before it forks.
-_pool_processes: int | None = None
+_pool = runtime.slot("worker-pool-size", lambda: 0)
 
 
 @celeryd_init.connect
 def _remember_pool_size(options: dict[str, object] | None = None, **_kwargs: object) -> None:
-    global _pool_processes
     concurrency = (options or {}).get("concurrency")
-    _pool_processes = int(concurrency) if concurrency else None  # type: ignore[call-overload]
+    _pool.set(int(str(concurrency)) if concurrency else 0)
 
 
 @worker_process_init.connect
@@ -71,14 +52,11 @@ def _configure_child(**_kwargs: object) -> None:
     The cores are shared by the pool's processes: `-c N` when the worker was started with it,
     WITHSENSE_WORKER_CONCURRENCY otherwise, so N children never run N x cores threads.
     """
-    import logging
-    import os
-
     import torch
 
     from db.engine import dispose_engine
 
-    threads = get_settings().torch_threads_for(_pool_processes)
+    threads = get_settings().torch_threads_for(_pool.get() or None)
     torch.set_num_threads(threads)
     dispose_engine()
-    logging.getLogger(__name__).info("worker child %d: torch threads %d", os.getpid(), threads)
+    log.info("worker child %d: torch threads %d", os.getpid(), threads)

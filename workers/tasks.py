@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from core.settings import get_settings
-from db import photos as photo_sql
-from db.engine import session_scope
+from services import indexing
 from workers.celery_app import celery_app
-from workers.enqueue import enqueue_ingest_batch
-from workers.indexing import index_photos, reembed_photos, registered_model
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +31,7 @@ RETRY_OPTIONS: dict[str, object] = {
 @celery_app.task(name="photos.ingest", **RETRY_OPTIONS)
 def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
     """Decode, make the 224x224 derivative, embed, moderate, and store with status `indexed`."""
-    result = index_photos([uuid.UUID(photo_id)])
+    result = indexing.index_photos([uuid.UUID(photo_id)])
     if result.indexed:
         return {"photo_id": photo_id, "result": "indexed"}
     if result.failed:
@@ -47,27 +42,19 @@ def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
 @celery_app.task(name="photos.ingest_batch", **RETRY_OPTIONS)
 def ingest_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
     """Index several photos with one forward pass per chunk (backfills and the reconciler)."""
-    return index_photos([uuid.UUID(p) for p in photo_ids]).as_dict()
+    return indexing.index_photos([uuid.UUID(p) for p in photo_ids]).as_dict()
 
 
 @celery_app.task(name="reindex.embed", **RETRY_OPTIONS)
 def reindex_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
     """Embed indexed photos with this worker's model, for a model upgrade (queue `reindex`, `withsense reindex`)."""
-    return reembed_photos([uuid.UUID(p) for p in photo_ids])
+    return indexing.reembed_photos([uuid.UUID(p) for p in photo_ids])
 
 
 @celery_app.task(name="maintenance.reconcile")
 def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[str, int]:
     """Re-enqueue photos left pending or processing too long (their task was lost, e.g. Redis restarted)."""
-    with session_scope() as session:
-        stale = photo_sql.stale_photo_ids(session, timedelta(seconds=older_than_s), limit)
-        photo_sql.touch(session, stale)
-    batch = get_settings().ingest_batch_size
-    for start in range(0, len(stale), batch):
-        enqueue_ingest_batch(stale[start : start + batch])
-    if stale:
-        log.info("reconciler re-enqueued %d stale photos", len(stale))
-    return {"requeued": len(stale)}
+    return {"requeued": indexing.reconcile_stale_photos(older_than_s, limit)}
 
 
 __all__ = [
@@ -75,6 +62,5 @@ __all__ = [
     "ingest_photo",
     "ingest_photo_batch",
     "reconcile_stale_photos",
-    "registered_model",
     "reindex_photo_batch",
 ]

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import SearchPrincipal
-from api.deps import SessionDep, ensure_query_model
-from core.embedding import get_embedder
-from core.policy import check_query
+from api.deps import SessionDep
+from api.schemas import ErrorOut
+from services import search as search_service
 
 router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
 
 
 class TextEmbeddingIn(BaseModel):
-    texts: list[str] = Field(min_length=1, max_length=64, description="1 to 64 texts of up to 1000 characters")
+    texts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        min_length=1, max_length=64, description="1 to 64 texts of 1 to 1000 characters, not blank"
+    )
 
 
 class TextEmbedding(BaseModel):
@@ -31,26 +35,19 @@ class TextEmbeddingOut(BaseModel):
     data: list[TextEmbedding]
 
 
-@router.post("/text", response_model=TextEmbeddingOut)
+@router.post("/text", response_model=TextEmbeddingOut, responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}})
 async def embed_text(body: TextEmbeddingIn, session: SessionDep, _principal: SearchPrincipal) -> TextEmbeddingOut:
     """L2-normalised embeddings in the space of the indexed photos (pass them to `search_photos`).
 
     503 when this API's model is not the active one: such vectors would not match the index.
     """
-    for text in body.texts:
-        if not text.strip() or len(text) > 1000:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "every text must be 1 to 1000 characters, not blank"
-            )
-    await run_in_threadpool(ensure_query_model, session)
-    embedder = get_embedder()
-    vectors = await run_in_threadpool(embedder.embed_texts, body.texts)
+    result = await run_in_threadpool(search_service.embed_texts, session, body.texts)
     return TextEmbeddingOut(
-        model=embedder.model_name,
-        revision=embedder.revision,
-        dimension=embedder.dimension,
+        model=result.model,
+        revision=result.revision,
+        dimension=result.dimension,
         data=[
-            TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=check_query(t).blocked)
-            for t, v in zip(body.texts, vectors, strict=True)
+            TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=minor)
+            for t, v, minor in zip(body.texts, result.vectors, result.describes_minor, strict=True)
         ],
     )

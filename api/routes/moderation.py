@@ -6,15 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import ModeratorPrincipal
 from api.deps import SessionDep
-from api.presenters import photo_out
+from api.presenters import base_url, photo_out
 from api.schemas import ErrorOut, PhotoOut
-from db import moderation as moderation_sql
 from db.models import ModerationStatus
+from services import moderation as moderation_service
+from services.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["moderation"])
 
@@ -61,29 +62,29 @@ def moderation_queue(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> QueueOut:
     """Indexed photos waiting for a moderator, oldest first, with the classifier's scores."""
-    items = [
-        QueueItem(photo=photo_out(photo, str(request.base_url)), scores=scores)
-        for photo, scores in moderation_sql.review_queue(session, limit, offset)
-    ]
-    return QueueOut(total=moderation_sql.queue_size(session), items=items)
+    total, page = moderation_service.review_queue(session, limit, offset)
+    base = base_url(request)
+    return QueueOut(
+        total=total, items=[QueueItem(photo=photo_out(photo, base), scores=scores) for photo, scores in page]
+    )
 
 
 @router.post("/photos/{photo_id}/moderation", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
 def moderate_photo(
     photo_id: uuid.UUID, body: ModerationIn, request: Request, session: SessionDep, principal: ModeratorPrincipal
 ) -> PhotoOut:
-    """Set moderation status, the minor flag, parental consent or the unsafe flag; effective for every search at once."""
-    decision = moderation_sql.ModeratorDecision(
+    """Set the moderation status, the minor flag, parental consent or the unsafe flag; effective for search at once."""
+    decision = moderation_service.ModeratorDecision(
         status=ModerationStatus(body.status) if body.status else None,
         depicts_minor=body.depicts_minor,
         parental_consent=body.parental_consent,
         unsafe=body.unsafe,
         reason=body.reason,
     )
-    photo = moderation_sql.apply_moderator_decision(session, photo_id, decision, principal.actor)
+    photo = moderation_service.apply_moderator_decision(session, photo_id, decision, principal.actor)
     if photo is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"photo {photo_id} does not exist")
-    return photo_out(photo, str(request.base_url))
+        raise NotFound(f"photo {photo_id} does not exist")
+    return photo_out(photo, base_url(request))
 
 
 @router.get("/photos/{photo_id}/moderation", response_model=list[AuditEntry])
@@ -91,5 +92,5 @@ def moderation_history(photo_id: uuid.UUID, session: SessionDep, _principal: Mod
     """Every moderation change of a photo, by people and by the classifier, oldest first (kept after deletion)."""
     return [
         AuditEntry(id=a.id, actor=a.actor, action=a.action, changes=a.changes, reason=a.reason, created_at=a.created_at)
-        for a in moderation_sql.audit_trail(session, photo_id)
+        for a in moderation_service.audit_trail(session, photo_id)
     ]

@@ -1,24 +1,25 @@
-"""The producer side of the pipeline, shared by the upload API and `withsense ingest`:
-identify the bytes, store the original under a generated name, insert the row as pending,
-commit, and only then enqueue `photos.ingest`."""
+"""Intake, shared by the upload API and `withsense ingest`: identify the bytes, store the original under a
+generated name, insert the row as pending (declarations recorded, its words screened), commit, and only then
+enqueue `photos.ingest`."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from core.images import ImageInfo, inspect_image
-from core.policy import check_query
+from core.policy import PolicyDecision, check_query
 from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import Photo
-from db.moderation import record_declaration, record_text_flag
-from workers.enqueue import enqueue_ingest
+from services.moderation import record_declaration, record_text_flag
+from services.queue import enqueue_ingest
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,34 @@ class IntakeResult:
     created: bool
 
 
-def screen_words(session: Session, photo: Photo) -> None:
-    """The query policy applied to the photo's title: "my kids at the beach" marks it as showing a minor."""
+def screened_field(
+    photo: Photo, check: Callable[[str], PolicyDecision] = check_query
+) -> tuple[str, str, PolicyDecision] | None:
+    """The first of the photo's own words (title, then file name) that describe a child: (field, words, decision)."""
     for field, words in (("title", photo.title), ("original file name", photo.original_name)):
         if words:
-            decision = check_query(words)
+            decision = check(words)
             if decision.blocked:
-                record_text_flag(
-                    session, photo, field, decision.matched_terms, decision.rules_version, actor=TEXT_SCREEN_ACTOR
-                )
-                return
+                return field, words, decision
+    return None
+
+
+def screen_words(
+    session: Session,
+    photo: Photo,
+    *,
+    actor: str = TEXT_SCREEN_ACTOR,
+    check: Callable[[str], PolicyDecision] = check_query,
+) -> tuple[str, str, PolicyDecision] | None:
+    """The query policy applied to the photo's words: "my kids at the beach" marks it as showing a minor (audited).
+
+    Returns what marked it, or None. `withsense policy rescreen` calls it too, as its own actor.
+    """
+    found = screened_field(photo, check)
+    if found is not None:
+        field, _, decision = found
+        record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version, actor=actor)
+    return found
 
 
 def find_duplicate(sha256: str) -> Photo | None:
@@ -67,7 +86,7 @@ def register_photo(
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
 
     Raises core.images.ImageRejected subclasses for bytes we do not accept (nothing is stored),
-    and workers.enqueue.QueueUnavailable when the queue is down (the row and file are removed again).
+    and services.queue.QueueUnavailable when the queue is down (the row and file are removed again).
     With `enqueue=False` the caller queues the photo itself (in batches); until it does, the photo is
     pending and the reconciler would queue it.
     """
@@ -119,3 +138,11 @@ def register_photo(
         remove_quietly(destination)
         raise
     return IntakeResult(photo, True)
+
+
+def display_name(filename: str | None) -> str | None:
+    """The client's file name, for display only: control characters and any path stripped, at most 255 characters."""
+    if not filename:
+        return None
+    name = "".join(ch for ch in filename if ch.isprintable()).replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:255] or None

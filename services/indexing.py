@@ -1,6 +1,7 @@
-"""Indexing a batch of photos: claim, decode in parallel with the model, embed in one pass, store.
+"""Indexing a batch of photos: claim, decode in parallel with the model, embed in one pass, moderate, store.
 
-Shared by the single-photo task (uploads) and the batch task (`withsense ingest`, the reconciler).
+Called by the worker's tasks: the single-photo task (uploads), the batch task (`withsense ingest`, the
+reconciler) and the reindex task (a model upgrade). No Celery here: the tasks are thin wrappers in workers/.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,48 +22,48 @@ from PIL import Image
 
 from core.images import ImageRejected, encode_jpeg, load_rgb, make_derivative
 from core.moderation import ModerationVerdict, get_moderator
+from core.runtime import runtime
 from core.settings import Settings, get_settings
 from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import EmbeddingModel
-from db.moderation import ClassifierOutcome, apply_classifier
+from services.moderation import ClassifierOutcome, apply_classifier
+from services.queue import enqueue_in_batches, enqueue_ingest
 
 if TYPE_CHECKING:
     from core.embedding import ClipEmbedder
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_registered_model: EmbeddingModel | None = None
-_decoder: ThreadPoolExecutor | None = None
-_writer: ThreadPoolExecutor | None = None
+
+def _register_loaded_model() -> EmbeddingModel:
+    from core.embedding import get_embedder
+
+    embedder = get_embedder()
+    embedder.load()
+    with session_scope() as session:
+        model = photo_sql.register_model(session, embedder.model_name, embedder.revision, embedder.dimension)
+        session.flush()
+        session.expunge(model)
+    if not model.active:
+        log.warning(
+            "this worker's model %s@%s is registered but not active: search uses another model. Photos it "
+            "indexes are found once it is activated; `withsense reindex` embeds the rest of the catalogue "
+            "with it, then `withsense models activate %s` switches search over.",
+            model.name,
+            model.revision,
+            model.name,
+        )
+    return model
+
+
+_registered = runtime.slot("registered-model", _register_loaded_model)
 
 
 def registered_model() -> EmbeddingModel:
     """The embedding_models row of the model this process loaded (registered once per process)."""
-    global _registered_model
-    with _lock:
-        if _registered_model is None:
-            from core.embedding import get_embedder
-
-            embedder = get_embedder()
-            embedder.load()
-            with session_scope() as session:
-                model = photo_sql.register_model(session, embedder.model_name, embedder.revision, embedder.dimension)
-                session.flush()
-                session.expunge(model)
-            _registered_model = model
-            if not model.active:
-                log.warning(
-                    "this worker's model %s@%s is registered but not active: search uses another model. Photos it "
-                    "indexes are found once it is activated; `withsense reindex` embeds the rest of the catalogue "
-                    "with it, then `withsense models activate %s` switches search over.",
-                    model.name,
-                    model.revision,
-                    model.name,
-                )
-        return _registered_model
+    return _registered.get()
 
 
 class ModelNotActive(RuntimeError):
@@ -101,24 +103,20 @@ def _lower_priority() -> None:
             log.warning("could not lower the priority of the %s thread: %s", threading.current_thread().name, exc)
 
 
-def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
+def _new_decode_pool() -> ThreadPoolExecutor:
     # Pillow and the image processor release the GIL for the heavy parts, so threads decode alongside the model.
-    global _decoder
-    with _lock:
-        if _decoder is None:
-            _decoder = ThreadPoolExecutor(
-                max_workers=settings.decode_threads, thread_name_prefix="decode", initializer=_lower_priority
-            )
-        return _decoder
+    return ThreadPoolExecutor(
+        max_workers=get_settings().decode_threads, thread_name_prefix="decode", initializer=_lower_priority
+    )
 
 
-def _store_pool() -> ThreadPoolExecutor:
+def _new_store_pool() -> ThreadPoolExecutor:
     # One thread: chunks are written in order, each in its own transaction, while the model embeds the next.
-    global _writer
-    with _lock:
-        if _writer is None:
-            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store", initializer=_lower_priority)
-        return _writer
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="store", initializer=_lower_priority)
+
+
+_decoder = runtime.slot("decode-threads", _new_decode_pool, close=lambda pool: pool.shutdown(wait=True))
+_writer = runtime.slot("store-thread", _new_store_pool, close=lambda pool: pool.shutdown(wait=True))
 
 
 def outcome_of(verdict: ModerationVerdict) -> ClassifierOutcome:
@@ -154,6 +152,11 @@ def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, sto
         return _Decoded(photo_id, failure=exc.reason)
     write_atomically(derivative_path(settings, photo_id), encode_jpeg(derivative, settings.derivative_quality))
     return _Decoded(photo_id, prepared=embedder.prepare_image(derivative))
+
+
+def _inputs(ready: list[_Decoded]) -> list[np.ndarray | Image.Image]:
+    """The model inputs of decoded photos (every one of `ready` has one)."""
+    return [item.prepared for item in ready if item.prepared is not None]
 
 
 @dataclass(frozen=True)
@@ -220,8 +223,6 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     skipped = [str(p) for p in photo_ids if p not in claimed]
     retried = any(claim.attempts > 1 for claim in claimed.values())
     if allow_split and retried and len(claimed) > 1:
-        from workers.enqueue import enqueue_ingest
-
         with session_scope() as session:
             for photo_id in claimed:  # give back the attempt this claim took; each single task counts its own
                 photo_sql.release_claim(session, photo_id)
@@ -261,12 +262,12 @@ def _index_claimed(
     embedder = get_embedder()
     model = registered_model()
     moderator = get_moderator()
-    pool = _decode_pool(settings)
+    pool = _decoder.get()
     futures: list[Future[_Decoded]] = [
         pool.submit(_decode, settings, embedder, pid, claim.storage_key) for pid, claim in claimed.items()
     ]
 
-    writer = _store_pool()
+    writer = _writer.get()
     writes: list[Future[_Written]] = []
     seconds = {"decode_wait": 0.0, "model": 0.0, "database": 0.0}
     chunk = max(1, settings.image_batch_size)
@@ -278,7 +279,7 @@ def _index_claimed(
             ready = [item for item in decoded if item.prepared is not None]
             seconds["decode_wait"] += time.perf_counter() - mark
             mark = time.perf_counter()
-            embeddings = embedder.embed_prepared([item.prepared for item in ready])  # type: ignore[misc]
+            embeddings = embedder.embed_prepared(_inputs(ready))
             vectors = {item.photo_id: vector for item, vector in zip(ready, embeddings, strict=True)}
             outcomes = {photo_id: outcome_of(moderator.score(vector)) for photo_id, vector in vectors.items()}
             seconds["model"] += time.perf_counter() - mark
@@ -339,7 +340,7 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     model = registered_model()
     with session_scope() as session:
         todo = photo_sql.photos_missing_embedding(session, model, photo_ids)
-    pool = _decode_pool(settings)
+    pool = _decoder.get()
     decoded = list(pool.map(lambda item: _decode_for_reindex(settings, embedder, *item), todo.items()))
     failed = {str(item.photo_id): item.failure for item in decoded if item.failure}
     ready = [item for item in decoded if item.prepared is not None]
@@ -347,9 +348,7 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     chunk = max(1, settings.image_batch_size)
     for start in range(0, len(ready), chunk):
         part = ready[start : start + chunk]
-        vectors.update(
-            zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]), strict=True)
-        )  # type: ignore[misc]
+        vectors.update(zip([item.photo_id for item in part], embedder.embed_prepared(_inputs(part)), strict=True))
     with session_scope() as session:
         stored = photo_sql.add_embeddings(session, model, vectors)
     for photo_id, reason in failed.items():
@@ -360,3 +359,15 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
         "failed": failed,
         "skipped": len(photo_ids) - len(todo),
     }  # already embedded with this model, or no longer indexed
+
+
+def reconcile_stale_photos(older_than_s: int, limit: int = 1000) -> int:
+    """Queue again photos left pending or processing longer than `older_than_s` (their task was lost: Redis
+    restarted, a worker vanished). Returns how many; the tasks are idempotent, so a photo queued twice is harmless."""
+    with session_scope() as session:
+        stale = photo_sql.stale_photo_ids(session, timedelta(seconds=older_than_s), limit)
+        photo_sql.touch(session, stale)
+    enqueue_in_batches(stale, get_settings().ingest_batch_size)
+    if stale:
+        log.info("reconciler re-enqueued %d stale photos", len(stale))
+    return len(stale)

@@ -1,0 +1,44 @@
+"""Readiness: whether the database, the queue and the model can serve, each with the reason when not."""
+
+from __future__ import annotations
+
+import redis
+from sqlalchemy import text
+
+from core.embedding import get_embedder
+from core.settings import get_settings
+from db.engine import get_engine, session_scope
+from services.search import model_mismatch
+
+
+def database_problem() -> str | None:
+    """None when Postgres answers, else why not."""
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed: it is the readiness answer
+        return f"database unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def broker_problem() -> str | None:
+    """None when Redis answers, else why not."""
+    url = get_settings().broker_url or "redis://127.0.0.1:6379/0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported as the readiness answer
+        return f"broker unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def model_state(database_ok: bool) -> tuple[str, bool]:
+    """("ok" | "loading" | the mismatch, whether that is a problem): queries must use the active model."""
+    if not get_embedder().is_loaded:
+        return "loading", False  # the first search waits for it; nothing is wrong
+    if not database_ok:
+        return "unknown (the database is unreachable)", False
+    with session_scope() as session:
+        problem = model_mismatch(session)
+    return (problem, True) if problem else ("ok", False)
