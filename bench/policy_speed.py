@@ -1,6 +1,6 @@
 """How long the query policy takes per query: p50/p99 on this machine (target: p99 under 1 ms).
 
-    .venv/bin/python bench/policy_speed.py [--passes 5] [--seed 7]
+    .venv/bin/python -m bench.policy_speed [--passes 5] [--seed 7]
 
 The queries are the labelled list (evaluation/policy_queries.csv, English and Russian, every kind)
 read four ways:
@@ -43,12 +43,20 @@ def _stats(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _time_all(check: object, queries: Sequence[str]) -> list[float]:
+def _time_all(check: object, queries: Sequence[str], cpu: list[float] | None = None) -> list[float]:
+    """Wall-clock seconds per query; the thread's CPU seconds per query are appended to ``cpu``.
+
+    On a shared machine the wall-clock tail is mostly the scheduler (a preempted thread waits a whole
+    time slice); the CPU time is what the check itself costs.
+    """
     timings = []
     for query in queries:
+        cpu_started = time.thread_time()
         started = time.perf_counter()
         check(query)  # type: ignore[operator]
         timings.append(time.perf_counter() - started)
+        if cpu is not None:
+            cpu.append(time.thread_time() - cpu_started)
     return timings
 
 
@@ -100,13 +108,14 @@ def main() -> None:
     load_s = time.perf_counter() - started
     check = policy.check  # type: ignore[attr-defined]
 
-    cold = _time_all(check, queries)
-    warm = [t for _ in range(args.passes) for t in _time_all(check, queries)]
+    cpu: dict[str, list[float]] = {"cold": [], "warm": [], "unseen": [], "long": []}
+    cold = _time_all(check, queries, cpu["cold"])
+    warm = [t for _ in range(args.passes) for t in _time_all(check, queries, cpu["warm"])]
     unseen_queries = [_with_random_edit(q, rng) for _ in range(args.passes) for q in queries]
-    unseen = _time_all(check, unseen_queries)
+    unseen = _time_all(check, unseen_queries, cpu["unseen"])
     vocabulary = [w for q in queries for w in q.split()]
     long_queries = [" ".join(rng.choices(vocabulary, k=rng.randint(60, 200))) for _ in range(200)]
-    long = _time_all(check, long_queries)
+    long = _time_all(check, long_queries, cpu["long"])
 
     info = machine_info()
     flags = set(info["cpu_flags"])  # type: ignore[arg-type]
@@ -123,18 +132,31 @@ def main() -> None:
         "unseen slips (one random edit each)": _stats(unseen),
         "long (60-200 words)": _stats(long),
     }
+    cpu_results = {
+        "cold, CPU time": _stats(cpu["cold"]),
+        "warm, CPU time": _stats(cpu["warm"]),
+        "unseen slips, CPU time": _stats(cpu["unseen"]),
+        "long, CPU time": _stats(cpu["long"]),
+    }
     print(f"CPU: {info['cpu_model']}, {info['nproc']} cores")
     print(
         "vector extensions: " + ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in vector_extensions.items())
     )
     print(f"policy {policy.version}: loaded in {load_s:.2f} s (dictionaries and rules, once per process)")  # type: ignore[attr-defined]
     print_table(
-        ["queries", "n", "p50 ms", "p99 ms", "max ms", "mean ms"],
-        [[name, s["n"], s["p50_ms"], s["p99_ms"], s["max_ms"], s["mean_ms"]] for name, s in results.items()],
+        ["queries (wall clock, then the thread's CPU time)", "n", "p50 ms", "p99 ms", "max ms", "mean ms"],
+        [
+            [name, s["n"], s["p50_ms"], s["p99_ms"], s["max_ms"], s["mean_ms"]]
+            for name, s in [*results.items(), *cpu_results.items()]
+        ],
     )
-    short = [results[name]["p99_ms"] for name in list(results)[:3]]
-    verdict = "met" if max(short) < TARGET_P99_MS else "MISSED"
-    print(f"target p99 < {TARGET_P99_MS} ms per query (cold, warm, unseen slips): {verdict}")
+    wall = max(results[name]["p99_ms"] for name in list(results)[:3])
+    own = max(cpu_results[name]["p99_ms"] for name in list(cpu_results)[:3])
+    print(
+        f"target p99 < {TARGET_P99_MS} ms per query (cold, warm, unseen slips): wall clock {wall} ms "
+        f"({'met' if wall < TARGET_P99_MS else 'missed'}), CPU time {own} ms "
+        f"({'met' if own < TARGET_P99_MS else 'missed'}); load average {info['load_average_at_start']}"
+    )
     emit(
         "policy_speed",
         {
@@ -143,6 +165,7 @@ def main() -> None:
             "policy_version": policy.version,  # type: ignore[attr-defined]
             "load_s": round(load_s, 2),
             "results": results,
+            "cpu_time_results": cpu_results,
             "target_p99_ms": TARGET_P99_MS,
         },
     )

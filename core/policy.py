@@ -683,6 +683,8 @@ class _AgePattern:
     not_after: frozenset[str] = frozenset()
     not_before: frozenset[str] = frozenset()
     not_after_spelled: frozenset[str] = frozenset()
+    # A pattern with a number matches only where the query has a digit or a number word: skipped otherwise.
+    needs_number: bool = True
 
 
 @dataclass(frozen=True)
@@ -826,6 +828,7 @@ class QueryPolicy:
     _thing_heads: _Heads = field(repr=False, compare=False)
     _number_words: Mapping[str, int] = field(repr=False, compare=False)
     _age_patterns: tuple[_AgePattern, ...] = field(repr=False, compare=False)
+    _number_trigger: re.Pattern[str] = field(repr=False, compare=False, default=re.compile(r"\d"))
     _emoji_table: Mapping[int, str] = field(repr=False, compare=False, default_factory=dict)
     _emoji_sequences: tuple[tuple[str, str], ...] = field(repr=False, compare=False, default=())
     _negations: Mapping[str, tuple[Phrase, ...]] = field(repr=False, compare=False, default_factory=dict)
@@ -986,7 +989,9 @@ class QueryPolicy:
                 if unknown:
                     raise PolicyRulesError(f"{source}: age pattern {spec.id!r} names unknown age_contexts {unknown}")
                 contexts.append(frozenset(_fold(w) for name in names for w in rules.age_contexts[name]))
-            patterns.append(_AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1], contexts[2]))
+            patterns.append(
+                _AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1], contexts[2], "num" in regex.groupindex)
+            )
 
         return cls(
             version=rules.version,
@@ -1003,6 +1008,9 @@ class QueryPolicy:
             _thing_heads=_Heads.compile(rules.aged_things),
             _number_words=MappingProxyType({**numbers, **ordinals}),
             _age_patterns=tuple(patterns),
+            _number_trigger=re.compile(
+                r"\d" + "".join(f"|\\b{re.escape(w)}" for w in sorted({*numbers, *ordinals}, key=len, reverse=True))
+            ),
             _emoji_table=MappingProxyType(_emoji_table(rules.emoji)),
             _emoji_sequences=tuple((seq, word) for seq, word in rules.emoji.items() if len(seq) > 1),
             _negations=MappingProxyType(
@@ -1080,13 +1088,20 @@ class QueryPolicy:
             joined = tokens[first].raw
             for last in range(first + 1, min(len(tokens), first + self._joining.max_pieces)):
                 joined += tokens[last].raw
-                variants = _word_variants(joined)
-                if variants.isdisjoint(self._single_terms):
+                # Plain letters of one script (nearly always): one lookup, no readings to build.
+                plain = joined.isalpha() and not _mixes_scripts(joined) and not _RUN_RE.search(joined)
+                variants = frozenset({_fold(joined)}) if plain else _word_variants(joined)
+                if not self._names_a_term(variants):
                     continue
                 if all(self._is_common_word(_fold(token.raw)) for token in tokens[first : last + 1]):
                     continue
                 extras.append(_Extra(first, last, variants))
         return extras
+
+    def _names_a_term(self, variants: frozenset[str]) -> bool:
+        # Hash lookups of the few readings: `isdisjoint` with the mapping would walk all its keys.
+        terms = self._single_terms
+        return any(variant in terms for variant in variants)
 
     def _is_common_word(self, word: str) -> bool:
         """A word of its own, not a fragment: "min", "or"; not "ki", "ds", "де", "chil"."""
@@ -1120,7 +1135,7 @@ class QueryPolicy:
             return list(tokens)
         out: list[_Token] = []
         for token in tokens:
-            if not token.variants.isdisjoint(self._single_terms):
+            if self._names_a_term(token.variants):
                 out.append(token)
                 continue
             slips = self._slips(token)
@@ -1265,7 +1280,13 @@ class QueryPolicy:
                 starts.append(position)
                 position += len(word) + 1
             rendered = " ".join(words)
-            for pattern in self._age_patterns:
+            # Most queries have no number at all (digits, or a number word starting a word: "семилетка"):
+            # then only the patterns without one (годовалый, "a year old") need reading.
+            if self._number_trigger.search(rendered):
+                patterns: Sequence[_AgePattern] = self._age_patterns
+            else:
+                patterns = [pattern for pattern in self._age_patterns if not pattern.needs_number]
+            for pattern in patterns:
                 for match in pattern.regex.finditer(rendered):
                     if not self._age_counts(pattern, match.groupdict().get("num")):
                         continue

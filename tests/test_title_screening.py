@@ -143,6 +143,7 @@ def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(  # type: igno
 
 
 def _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version) -> None:  # type: ignore[no-untyped-def]
+    """Dry run: listed, nothing changed. --apply: marked, audited, hidden where the law applies. Again: nothing."""
     from typer.testing import CliRunner
 
     from cli.main import app
@@ -159,11 +160,13 @@ def _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version) ->
     assert applied.exit_code == 0, applied.output
     assert f"marked 1 of 2 photos as showing a minor (rules {version})" in applied.output
     body = api.get(f"/v1/photos/{old}").json()
-    assert body["depicts_minor"] is True
+    # Classified already, so a person looks again (as for a new title): hidden until then, everywhere.
+    assert body["depicts_minor"] is True and body["moderation_status"] == "pending_review"
     screened = [e for e in api.get(f"/v1/photos/{old}/moderation").json() if e["action"] == "screened"]
     assert len(screened) == 1 and screened[0]["actor"] == "policy-rescreen"
     assert "the title describes a minor (чадушки" in screened[0]["reason"] and version in screened[0]["reason"]
-    assert not _found(searcher, old, "RU") and _found(searcher, old, free_region)
+    assert old in {item["photo"]["id"] for item in api.get("/v1/moderation/queue").json()["items"]}
+    assert not _found(searcher, old, "RU") and not _found(searcher, old, free_region)
     assert _found(searcher, beach, "RU")
     blocked = searcher.get(f"/v1/photos/{old}/thumbnail", params={"region": "RU"})
     assert blocked.status_code == 451
