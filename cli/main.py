@@ -581,6 +581,49 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's number fro
     typer.echo(f"key {key_id} revoked")
 
 
+policy_app = typer.Typer(
+    help="The query content policy: check a text, rescreen photos after a rules change.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(text: Annotated[str, typer.Argument(help="a query or a title")]) -> None:
+    """Print what the policy in force decides about TEXT, with the terms that decided it."""
+    from core.policy import get_query_policy
+
+    policy = get_query_policy()
+    decision = policy.check(text)
+    verdict = "blocked where the minors law applies" if decision.blocked else "allowed"
+    typer.echo(f"{verdict} (rules {decision.rules_version})")
+    typer.echo(f"read as: {' '.join(policy.normalized_words(text))}")
+    if decision.matched_terms:
+        typer.echo(f"matched: {', '.join(decision.matched_terms)}")
+
+
+@policy_app.command("rescreen")
+def policy_rescreen(
+    apply: Annotated[bool, typer.Option("--apply", help="mark the photos found (default: only list them)")] = False,
+    page_size: Annotated[int, typer.Option(min=1, max=10000, help="photos read per transaction")] = 500,
+) -> None:
+    """Find photos whose title or file name the rules in force mark as describing a child; --apply marks them."""
+    from services.rescreen import RescreenHit, rescreen_photos
+
+    def show(hit: RescreenHit) -> None:
+        typer.echo(f"{hit.photo_id}  {hit.field}: {hit.text!r}  ({', '.join(hit.matched_terms)})")
+
+    report = rescreen_photos(apply=apply, page_size=page_size, on_hit=show)
+    if apply:
+        typer.echo(
+            f"marked {len(report.hits)} of {report.scanned} photos as showing a minor (rules {report.rules_version})"
+        )
+    else:
+        typer.echo(
+            f"{len(report.hits)} of {report.scanned} photos would be marked (rules {report.rules_version}); "
+            "dry run, nothing changed: run with --apply to mark them"
+        )
+
+
 regions_app = typer.Typer(help="Where the minors law applies (the default '*' is restricted).", no_args_is_help=True)
 app.add_typer(regions_app, name="regions")
 

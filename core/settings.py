@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     moderation_prompts: Path | None = None
 
+    # The model's second opinion on text queries: the query's embedding scored against the zero-shot child
+    # prompts that screen images. It may block a query the rules allow, never the reverse. Off by default;
+    # choose the threshold for the deployed model with `python -m evaluation.policy_check --model NAME`.
+    policy_model_check: bool = False
+    policy_model_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+
     # Worker and queue.
     worker_concurrency: int = Field(default=1, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64)

@@ -9,6 +9,7 @@ scan, so nothing is filtered afterwards in Python.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.images import load_rgb, make_derivative
 from core.moderation import get_moderator
-from core.policy import DISCLAIMER, check_query
+from core.policy import DISCLAIMER, PolicyDecision, check_query, model_child_score, with_model_opinion
 from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
@@ -29,6 +30,8 @@ from db.search import SearchHit
 from services.errors import Conflict, InvalidRequest, Unavailable
 from services.model_loader import query_embedder
 from services.photos import load_visible
+
+log = logging.getLogger(__name__)
 
 
 class ModelMismatch(Unavailable):
@@ -87,16 +90,44 @@ def _nearest(session: Session, vector: np.ndarray, k: int, region: str | None, *
         raise InvalidRequest(str(exc)) from None  # a caller's vector of another dimension
 
 
+def with_second_opinion(decision: PolicyDecision, vector: np.ndarray) -> PolicyDecision:
+    """The rules' decision with the model's opinion added when `policy_model_check` is on (it never unblocks)."""
+    settings = get_settings()
+    if not settings.policy_model_check or decision.blocked:
+        return decision
+    return with_model_opinion(decision, model_child_score(vector, get_moderator()), settings.policy_model_threshold)
+
+
+def _log_blocked(decision: PolicyDecision, region: str | None) -> None:
+    # The decision's record: which rules version and which terms (or the model's score) blocked it, and where.
+    log.info(
+        "text query blocked in region %s by query policy %s: %s",
+        region or "*",
+        decision.rules_version,
+        ", ".join(decision.matched_terms),
+    )
+
+
 def search_text(session: Session, query: str, k: int, region: str | None) -> SearchOutcome:
-    """Photos that best match a text description, best first, scored by cosine similarity."""
+    """Photos that best match a text description, best first, scored by cosine similarity.
+
+    The rules decide first, before anything is embedded; with `policy_model_check` on, the query's embedding is
+    also scored against the zero-shot child prompts and may block what the rules let through.
+    """
     text = query.strip()
     if not text:
         raise InvalidRequest("the query is empty")
-    if text_is_blocked(session, text, region):
+    decision = check_query(text)
+    if decision.blocked and region_is_restricted(session, region):
+        _log_blocked(decision, region)
         return SearchOutcome(blocked=True, query=text, region=region)
     ensure_query_model(session)
     embedder = query_embedder()
     vector = embedder.embed_texts([text])[0]
+    opinion = with_second_opinion(decision, vector)
+    if opinion.blocked and not decision.blocked and region_is_restricted(session, region):
+        _log_blocked(opinion, region)
+        return SearchOutcome(blocked=True, query=text, region=region)
     truncated = embedder.truncated_texts([text])[0]
     hits = _nearest(session, vector, k, region, for_query=True)
     return SearchOutcome(hits, query=text, region=region, truncated=truncated)
@@ -190,6 +221,8 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
         revision=embedder.revision,
         dimension=embedder.dimension,
         vectors=list(vectors),
-        describes_minor=[check_query(text).blocked for text in texts],
+        describes_minor=[
+            with_second_opinion(check_query(text), vector).blocked for text, vector in zip(texts, vectors, strict=True)
+        ],
         truncated=embedder.truncated_texts(texts),
     )
