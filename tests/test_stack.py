@@ -258,7 +258,6 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
             [sys.executable, "-m", "cli.main", "ingest", str(folder), "--wait", "--timeout", "180"],
             cwd=ROOT,
             env=env,
-            check=False,
             capture_output=True,
             text=True,
             check=False,  # what it printed (and its exit status) is asserted below
@@ -270,7 +269,6 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
             [sys.executable, "-m", "cli.main", "ingest", str(folder)],
             cwd=ROOT,
             env=env,
-            check=False,
             capture_output=True,
             text=True,
             check=False,  # what it printed (and its exit status) is asserted below
@@ -283,7 +281,6 @@ def test_up_ingest_search_and_clean_stop(tiny_clip_path: Path) -> None:
             [sys.executable, "-m", "cli.main", "search", f"a {target.colour} {target.shape}", "-k", "5"],
             cwd=ROOT,
             env=env,
-            check=False,
             capture_output=True,
             text=True,
             check=False,  # what it printed (and its exit status) is asserted below
