@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class _FieldTooLong(Exception):
         self.name = name
 
 
-def _field_cap(name: str):  # type: ignore[no-untyped-def]
+def _field_cap(name: str) -> Callable[[bytes], None]:
     """A validator that stops a text field at MAX_TEXT_FIELD_BYTES, naming the field."""
     seen = 0
 
