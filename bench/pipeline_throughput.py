@@ -371,7 +371,7 @@ def main() -> None:
         reload_settings()
         upgrade(postgres.url)
         settings = get_settings()
-        dsn = f"host={postgres.host} port={postgres.port} user=postgres dbname={postgres.database}"
+        dsn = postgres.dsn
 
         # Files: distinct pictures first, then byte variants, warm-up set separate from the timed set.
         total = args.warmup + args.count

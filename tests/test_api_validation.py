@@ -126,3 +126,54 @@ def test_the_api_process_runs_torch_with_the_configured_threads(
     finally:
         monkeypatch.delenv("WITHSENSE_API_TORCH_THREADS")
         reload_settings()
+
+
+def test_docs_and_redoc_work_offline_from_the_apps_own_files(api) -> None:  # type: ignore[no-untyped-def]
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = api.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert f"/static/docs/{asset}" in html.text
+        assert "cdn." not in html.text and "fonts.googleapis" not in html.text, html.text  # nothing from outside
+        script = api.get(f"/static/docs/{asset}")
+        assert script.status_code == 200 and len(script.content) > 100_000  # the real bundle, not a stub
+    assert api.get("/static/docs/swagger-ui.css").status_code == 200
+
+
+def test_the_openapi_document_tells_the_truth_about_errors(api) -> None:  # type: ignore[no-untyped-def]
+    schema = api.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components  # FastAPI's default array of errors is not what 422 sends
+    assert components["ValidationErrorOut"]["properties"]["detail"]["type"] == "string"
+    assert schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "500" in responses, (method, path)
+            if path.startswith("/v1/"):
+                assert {"401", "403", "422", "503"} <= responses.keys(), (method, path, sorted(responses))
+                assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ValidationErrorOut")
+            if operation.get("requestBody"):
+                assert "400" in responses, (method, path)
+    assert "429" in schema["paths"]["/v1/search"]["get"]["responses"]
+    assert "429" in schema["paths"]["/v1/photos"]["post"]["responses"]
+    # The real constraints: what the API refuses, the schema refuses too.
+    q = next(p for p in schema["paths"]["/v1/search"]["get"]["parameters"] if p["name"] == "q")["schema"]
+    assert q["minLength"] == 1 and q["maxLength"] == 1000 and "\\u0000" in q["pattern"]
+    offset = next(p for p in schema["paths"]["/v1/moderation/queue"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 1_000_000
+    patch = components["PhotoChange"]
+    assert patch["additionalProperties"] is False and {"required": ["title"]} in patch["anyOf"]
+    texts = components["TextEmbeddingIn"]["properties"]["texts"]["items"]
+    assert texts["minLength"] == 1 and "pattern" in texts
+    upload_file = schema["paths"]["/v1/photos"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload_file["schema"]["properties"]["file"]["minLength"] == 1
+
+
+def test_the_search_vector_schema_names_the_models_dimension_once_loaded(api) -> None:  # type: ignore[no-untyped-def]
+    from core.embedding import get_embedder
+
+    api.get("/v1/search", params={"q": "load the model"})
+    dimension = get_embedder().dimension
+    embedding = api.get("/openapi.json").json()["components"]["schemas"]["VectorSearchIn"]["properties"]["embedding"]
+    assert embedding["minItems"] == embedding["maxItems"] == dimension
+    assert embedding["contains"] == {"not": {"const": 0}}

@@ -269,9 +269,9 @@ def test_the_read_only_role_can_call_every_function_it_is_granted(
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
     try:
-        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+        with psycopg.connect(services.postgres.dsn_for(role, f"{role}-pw"), autocommit=True) as conn:
             assert conn.execute("SELECT region_is_restricted('*')").fetchone() == (True,)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT * FROM region_rules")

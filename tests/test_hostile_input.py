@@ -466,3 +466,194 @@ def test_callers_without_a_key_are_rate_limited_per_client_address(services: Ser
         assert [busy.get("/v1/search", params={"q": "a red circle"}).status_code for _ in range(3)] == [200, 200, 429]
     with TestClient(app, client=("203.0.113.8", 50000)) as other:
         assert other.get("/v1/search", params={"q": "a red circle"}).status_code == 200
+
+
+# 25. NUL and control characters in any text a client sends, texts past the model's context, integers past 64 bits:
+# a 4xx with a message, never a 5xx, and nothing stored.
+CONTROL_CHARACTERS = ["\x00", "\x07", "\x1b", "\x7f", "\x85"]
+
+
+def _refused(response, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert isinstance(body["detail"], str) and isinstance(body["errors"], list), body
+    for word in words:
+        assert word in body["detail"], body
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS)
+def test_control_characters_in_any_text_parameter_are_422(api, char: str) -> None:  # type: ignore[no-untyped-def]
+    photo = "00000000-0000-0000-0000-000000000001"
+    _refused(api.get("/v1/search", params={"q": f"a red{char} circle"}), "q", "control characters")
+    _refused(api.get("/v1/search", params={"q": "a red circle", "region": f"DE{char}"}), "region", "control")
+    _refused(
+        api.get("/v1/search", params={"q": "a red circle"}, headers={"X-Region": f"DE{char}".encode("latin-1")}),
+        "region",
+    )
+    _refused(api.get(f"/v1/photos/{photo}", params={"region": f"{char}DE"}), "region")
+    _refused(api.get(f"/v1/photos/{photo}/similar", headers={"X-Region": char.encode("latin-1")}), "region")
+    _refused(api.post("/v1/embeddings/text", json={"texts": ["fine", f"not{char}fine"]}), "texts.1", "control")
+    _refused(api.post("/v1/search/vector", json={"embedding": [1.0], "region": f"D{char}"}), "region")
+    _refused(
+        api.post("/v1/search/vector", json={"embedding": [1.0]}, headers={"X-Region": f"D{char}".encode("latin-1")}),
+        "region",
+    )
+    _refused(api.patch(f"/v1/photos/{photo}", json={"title": f"x{char}y"}), "title", "control")
+    _refused(api.patch(f"/v1/photos/{photo}", json={"photographer": f"x{char}y"}), "photographer")
+    _refused(api.post(f"/v1/photos/{photo}/moderation", json={"status": "approved", "reason": f"ok{char}ok"}), "reason")
+    _refused(api.get("/v1/photos", params={"cursor": f"1.{char}"}), "cursor")
+    _refused(api.get("/v1/moderation/queue", params={"cursor": f"{char}"}), "cursor")
+    for field in ("title", "photographer"):
+        _refused(upload(api, solid((1, 2, 3)), **{field: f"a{char}b"}), field, "control characters")
+    _nothing_stored()
+
+
+def test_lone_surrogates_and_blank_texts_are_422_not_500(api) -> None:  # type: ignore[no-untyped-def]
+    body = b'{"texts": ["a \\ud800 b"]}'  # valid JSON, not valid Unicode text
+    _refused(api.post("/v1/embeddings/text", content=body, headers={"content-type": "application/json"}), "texts")
+    _refused(api.post("/v1/embeddings/text", json={"texts": ["   "]}), "blank")
+    _refused(api.post("/v1/embeddings/text", json={"texts": [""]}), "texts")
+    _refused(api.get("/v1/search", params={"q": " \t "}), "q")
+    # Free text may hold line breaks and tabs (a moderator's reason, a pasted query); one-line fields may not.
+    assert api.get("/v1/search", params={"q": "a red\tcircle\non grass"}).status_code == 200
+    _refused(api.patch("/v1/photos/00000000-0000-0000-0000-000000000001", json={"title": "two\nlines"}), "title")
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/moderation/queue", {"offset": str(2**64)}),
+        ("/v1/moderation/queue", {"offset": "233039880910569406464"}),
+        ("/v1/moderation/queue", {"limit": str(2**63)}),
+        ("/v1/photos", {"limit": str(2**70)}),
+        ("/v1/search", {"q": "a red circle", "k": str(2**64)}),
+        ("/v1/photos/00000000-0000-0000-0000-000000000001/similar", {"k": "-9223372036854775809"}),
+    ],
+)
+def test_integers_past_their_bounds_are_422(api, path: str, params: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    _refused(api.get(path, params=params))
+
+
+def test_json_numbers_that_are_not_finite_and_zero_vectors_are_422(api) -> None:  # type: ignore[no-untyped-def]
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = f'{{"embedding": [1.0, {literal}]}}'.encode()
+        _refused(api.post("/v1/search/vector", content=body, headers={"content-type": "application/json"}))
+    _refused(api.post("/v1/search/vector", json={"embedding": [0.0, -0.0, 0.0]}), "zero")
+    _refused(api.post("/v1/search/vector", json={"embedding": [1.0], "k": 2**64}), "k")
+
+
+def test_queries_longer_than_the_model_reads_are_cut_and_say_so(api) -> None:  # type: ignore[no-untyped-def]
+    long_query = " ".join(["a bright red circle on a dark blue background"] * 20)  # ~200 CLIP tokens, < 1000 chars
+    assert len(long_query) <= 1000
+    found = api.get("/v1/search", params={"q": long_query})
+    assert found.status_code == 200, found.text
+    assert found.json()["truncated"] is True
+    assert api.get("/v1/search", params={"q": "a red circle"}).json()["truncated"] is False
+
+    embedded = api.post("/v1/embeddings/text", json={"texts": [long_query, "a red circle"]})
+    assert embedded.status_code == 200, embedded.text
+    assert [item["truncated"] for item in embedded.json()["data"]] == [True, False]
+    # Cut, not garbled: the long query's vector is the one of its first 77 tokens, near the short one's subject.
+    vectors = np.asarray([item["embedding"] for item in embedded.json()["data"]])
+    assert np.all(np.isfinite(vectors)) and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-3
+
+
+def test_a_tokenizer_that_claims_no_limit_is_capped_at_the_text_tower(tiny_clip_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+
+    from core.embedding import ClipEmbedder
+
+    folder = tmp_path / "unbounded-tokenizer"
+    shutil.copytree(tiny_clip_path, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 1000000000000000019884624838656  # what transformers writes for "no limit"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    embedder = ClipEmbedder(str(folder), device="cpu")
+    embedder.load()
+    assert embedder._model.tokenizer.model_max_length == 77  # type: ignore[union-attr]  # the text positions
+    long_text = "a red circle and a blue square " * 30
+    assert embedder.embed_texts([long_text]).shape == (1, embedder.dimension)
+    assert embedder.truncated_texts([long_text, "a red circle"]) == [True, False]
+
+
+def test_an_unexpected_error_is_500_with_a_request_id_and_logged(services, admin_key, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app()
+
+    @app.get("/v1/test-only-broken")
+    def broken() -> None:
+        raise RuntimeError("a bug the handlers do not know")
+
+    with TestClient(app, headers={"Authorization": f"Bearer {admin_key}"}) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/v1/test-only-broken")
+        assert response.status_code == 500
+        body = response.json()
+        assert body["detail"] == "internal error" and re.fullmatch(r"[0-9a-f]{32}", body["request_id"]), body
+        assert response.headers["x-request-id"] == body["request_id"]
+        assert "Traceback" not in response.text and "a bug" not in response.text
+        logged = [r for r in caplog.records if body["request_id"] in r.getMessage()]
+        assert logged and logged[0].exc_info is not None, caplog.text  # the id leads to the traceback in the log
+        # Every answer carries an id; a client's own plain id is kept, anything else is replaced.
+        assert client.get("/healthz", headers={"X-Request-ID": "trace-42"}).headers["x-request-id"] == "trace-42"
+        assert client.get("/healthz", headers={"X-Request-ID": "bad id\x01"}).headers["x-request-id"] != "bad id\x01"
+
+
+def test_a_malformed_json_body_is_400_or_422_never_500(api) -> None:  # type: ignore[no-untyped-def]
+    for content in (b"\xff\x1a", b"{", b"[1, 2", b'{"texts": ["a"]} trailing'):
+        response = api.post("/v1/embeddings/text", content=content, headers={"content-type": "application/json"})
+        assert response.status_code in (400, 422), (content, response.text)
+        assert isinstance(response.json()["detail"], str)
+
+
+# 26. A photo the caller may not see is the same 404 on every route as a photo that does not exist.
+@pytest.mark.usefixtures("worker")
+def test_a_photo_the_caller_may_not_see_is_404_on_every_route(api, services) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import uuid
+
+    from fastapi.testclient import TestClient
+
+    from services import intake
+
+    def indexed(colour: tuple[int, int, int]) -> str:
+        return upload(api, solid(colour, (96, 72))).json()["id"]
+
+    visible, private, rejected = indexed((200, 40, 40)), indexed((40, 200, 40)), indexed((40, 40, 200))
+    whole = jpeg_bytes(Image.effect_noise((800, 600), 60).convert("RGB"))
+    truncated = whole[: len(whole) // 3]  # the header reads (accepted), the pixels do not (failed by the worker)
+    failed = api.post("/v1/photos", files={"file": ("t.jpg", truncated, "image/jpeg")}).json()["id"]
+    final = wait_for_status(api, [visible, private, rejected, failed])
+    assert final[failed]["status"] == "failed" and final[visible]["status"] == "indexed", final
+    assert api.patch(f"/v1/photos/{private}", json={"visibility": "private"}).status_code == 200
+    moderated = api.post(f"/v1/photos/{rejected}/moderation", json={"status": "rejected", "reason": "test: hidden"})
+    assert moderated.status_code == 200
+    # Registered but never queued: pending for as long as the test runs (the CLI's intake path).
+    spooled = services.home / "pending.png"
+    spooled.write_bytes(png_bytes(solid((120, 120, 0), (64, 64))))
+    data = spooled.read_bytes()
+    pending = intake.register_photo(
+        get_settings(), spooled, sha256=hashlib.sha256(data).hexdigest(), size=len(data), enqueue=False
+    ).photo.id
+
+    hidden = {"private": private, "rejected": rejected, "failed": failed, "pending": str(pending)}
+    unknown = str(uuid.uuid4())
+    routes = ("/v1/photos/{id}", "/v1/photos/{id}/thumbnail", "/v1/photos/{id}/similar")
+    with TestClient(api.app, headers={"Authorization": f"Bearer {create_api_key('search')}"}) as searcher:
+        for route in routes:
+            assert searcher.get(route.format(id=visible)).status_code == 200, route  # the control: visible is seen
+            missing = searcher.get(route.format(id=unknown))
+            assert missing.status_code == 404
+            expected = missing.json()["detail"].replace(unknown, "{id}")
+            for state, photo_id in hidden.items():
+                response = searcher.get(route.format(id=photo_id))
+                assert response.status_code == 404, (state, route, response.text)
+                assert response.json()["detail"].replace(photo_id, "{id}") == expected, (state, route, response.json())
+    # Their owner (here an admin) still sees every one of them.
+    for photo_id in hidden.values():
+        assert api.get(f"/v1/photos/{photo_id}").status_code == 200

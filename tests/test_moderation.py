@@ -235,8 +235,8 @@ def test_read_only_role_sees_only_what_moderation_allows(
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
-    reader_dsn = admin_dsn.replace("postgres@", f"{role}@")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
+    reader_dsn = services.postgres.dsn_for(role, f"{role}-pw")
     try:
         with psycopg.connect(reader_dsn, autocommit=True) as conn:
             for table in ("photos", "photo_embeddings", "moderation_scores", "moderation_audit", "api_keys"):
@@ -270,6 +270,9 @@ def test_read_only_role_sees_only_what_moderation_allows(
                 (literal,),
             ).fetchall()
             assert [row[0] for row in joined] == ["ana"]
+            # Dropped here, not at disconnect: the server drops temp tables after the client has gone, which
+            # can be after the DROP ROLE below.
+            conn.execute("DROP TABLE favourites")
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")

@@ -83,29 +83,34 @@ def test_an_uploader_lists_its_own_photos_newest_first_page_by_page(
     theirs = upload(bob, _image(20)).json()["id"]
 
     first = alice.get("/v1/photos", params={"limit": 2}).json()
-    assert [p["id"] for p in first["photos"]] == mine[::-1][:2]
-    pages, cursor = [first], first["next_before"]
+    assert [p["id"] for p in first["items"]] == mine[::-1][:2]
+    pages, cursor = [first], first["next_cursor"]
     while cursor:
-        pages.append(alice.get("/v1/photos", params={"limit": 2, "before": cursor}).json())
-        cursor = pages[-1]["next_before"]
-    assert [p["id"] for page in pages for p in page["photos"]] == mine[::-1]
+        pages.append(alice.get("/v1/photos", params={"limit": 2, "cursor": cursor}).json())
+        cursor = pages[-1]["next_cursor"]
+    assert [p["id"] for page in pages for p in page["items"]] == mine[::-1]
     assert len(pages) == 3
 
-    assert [p["id"] for p in bob.get("/v1/photos").json()["photos"]] == [theirs]
-    assert alice.get("/v1/photos", params={"status": "indexed"}).json()["photos"] == []
-    assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["photos"]} == {"pending"}
+    assert [p["id"] for p in bob.get("/v1/photos").json()["items"]] == [theirs]
+    assert alice.get("/v1/photos", params={"status": "indexed"}).json()["items"] == []
+    assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["items"]} == {"pending"}
 
     assert alice.get("/v1/photos", params={"all_uploaders": "true"}).status_code == 403
     everyone = (
-        _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["photos"]
+        _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["items"]
     )
     assert {p["id"] for p in everyone} == set(mine) | {theirs}
 
-    gone = alice.get("/v1/photos", params={"before": str(uuid.uuid4())})
-    assert gone.status_code == 422 and "next_before" in gone.json()["detail"]
-    # Another uploader's photo is no cursor either: the answer must not tell whether it exists.
-    leak = alice.get("/v1/photos", params={"before": theirs})
-    assert leak.status_code == 422 and "next_before" in leak.json()["detail"]
+    # A cursor is a place in the order, not a photo: it still works when its photo is deleted meanwhile ...
+    boundary = first["next_cursor"]
+    assert alice.delete(f"/v1/photos/{mine[3]}").status_code == 204
+    after_delete = alice.get("/v1/photos", params={"limit": 10, "cursor": boundary}).json()
+    assert [p["id"] for p in after_delete["items"]] == mine[::-1][2:] and after_delete["next_cursor"] is None
+    # ... and anything else is refused with a message, never a lookup that could say whether a photo exists.
+    for bad in (str(uuid.uuid4()), theirs, "1.zz", "12345678901234567.00000000000000000000000000000000"):
+        refused = alice.get("/v1/photos", params={"cursor": bad})
+        assert refused.status_code == 422 and "cursor" in refused.json()["detail"], (bad, refused.text)
+        assert refused.json()["errors"], refused.json()
     assert alice.get("/v1/photos", params={"limit": 0}).status_code == 422
 
 
