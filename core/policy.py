@@ -725,11 +725,10 @@ class _Heads:
         if word in self.words:
             return True
         # A Russian stem plus a short ending: "щенок" is "щен" + "ок".
-        if self.stems:
-            for cut in range(max(1, len(word) - self.stem_max_ending), len(word) + 1):
-                if word[:cut] in self.stems:
-                    return True
-        return False
+        if not self.stems:
+            return False
+        shortest = max(1, len(word) - self.stem_max_ending)
+        return any(word[:cut] in self.stems for cut in range(shortest, len(word) + 1))
 
     def at(self, tokens: Sequence[_Token], index: int) -> bool:
         """Whether one of these nouns ("elephant", "polar bear", "щенок") starts at ``index``."""

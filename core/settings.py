@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # fused graph) or "onnx-int8" (dynamically quantised, about 2x torch; BENCHMARKS.md). Needs the `onnx`
     # extra. The export is checked against torch (cosine >= 0.99) when loaded. GPUs always use torch fp16.
     image_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # A model that cannot be loaded is tried again in the background (API) or by one delayed task (worker),
+    # after 2 s, then twice as long each time up to this many seconds; nobody waits on a hub meanwhile.
+    model_retry_max_s: float = Field(default=300.0, ge=0.1, le=86400)
     onnx_cache_dir: Path | None = None  # default: WITHSENSE_HOME/onnx
 
     # Upload limits: checked while streaming, before anything is stored.

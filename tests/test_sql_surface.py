@@ -287,9 +287,9 @@ def test_the_reader_role_cannot_see_past_the_view(services, every_state) -> None
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
     try:
-        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+        with psycopg.connect(services.postgres.dsn_for(role, f"{role}-pw"), autocommit=True) as conn:
             seen: list[str] = []
             conn.add_notice_handler(lambda notice: seen.append(str(notice.message_primary)))
             conn.execute(
