@@ -118,7 +118,8 @@ def main() -> None:
     long = _time_all(check, long_queries, cpu["long"])
 
     info = machine_info()
-    flags = set(info["cpu_flags"])  # type: ignore[arg-type]
+    cpu_flags = info["cpu_flags"]
+    flags = {str(flag) for flag in cpu_flags} if isinstance(cpu_flags, list) else set()
     vector_extensions = {
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,

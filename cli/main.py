@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typer._click.core import Context as ClickContext  # the Context class TyperGroup.invoke is typed with
 
     from core.settings import Settings
+    from db.photos import ModelCoverage
     from services.photos import StatusReport
 
 
@@ -399,7 +400,7 @@ def _no_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()
 
 
 @app.command()
@@ -457,7 +458,7 @@ def status() -> None:
     _print_models(model_service.coverage())
 
 
-def _print_models(models) -> None:  # type: ignore[no-untyped-def]
+def _print_models(models: list[ModelCoverage]) -> None:
     if not models:
         typer.echo("models: none registered yet (a worker registers its model when it indexes the first photo)")
     for m in models:

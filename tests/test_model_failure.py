@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, WorkerProcess, reset_cached_state, upload
+from tests.conftest import ROOT, Services, WorkerProcess, reset_cached_state, upload
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -38,7 +38,9 @@ def _poll(fetch, done, timeout: float, what: str):  # type: ignore[no-untyped-de
 
 
 @pytest.fixture()
-def missing_model(services, own_broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def missing_model(
+    services: Services, own_broker: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """WITHSENSE_MODEL names a folder that does not exist yet, retried every second at most (API and worker)."""
     folder = tmp_path / "models" / "clip"
     monkeypatch.setenv("WITHSENSE_MODEL", str(folder))
@@ -52,8 +54,8 @@ def missing_model(services, own_broker, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_model_that_appears_later_is_loaded_and_the_waiting_photos_are_indexed(
-    services, missing_model: Path, admin_key: str, tiny_clip_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    services: Services, missing_model: Path, admin_key: str, tiny_clip_path: Path
+) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
