@@ -70,6 +70,19 @@ def _route_scopes(app: FastAPI) -> dict[tuple[str, str], tuple[str, ...]]:
     return found
 
 
+def _not_nullable(parameter: dict[str, Any]) -> None:
+    """A query parameter or header is left out, never null: FastAPI's `anyOf [..., null]` for an optional one would
+    have clients (and fuzzers) send the text `null`, which is not a region, a cursor or a status."""
+    schema = parameter.get("schema", {})
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list):
+        return
+    kept = [branch for branch in branches if branch.get("type") != "null"]
+    if len(kept) == 1 and len(kept) < len(branches):
+        schema.pop("anyOf")
+        parameter["schema"] = {**kept[0], **schema}
+
+
 def _amend(schema: dict[str, Any], scopes_of: dict[tuple[str, str], tuple[str, ...]], dimension: int | None) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in _ERROR_MODELS:
@@ -82,6 +95,8 @@ def _amend(schema: dict[str, Any], scopes_of: dict[tuple[str, str], tuple[str, .
 
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                _not_nullable(parameter)
             responses: dict[str, Any] = operation.setdefault("responses", {})
             scopes = scopes_of.get((path, method.upper()))
             if "422" in responses or operation.get("parameters") or operation.get("requestBody"):

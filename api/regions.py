@@ -13,6 +13,8 @@ from services.errors import InvalidRequest
 # What the schema promises about a region value: exactly what core.regions.normalise_region reads (ASCII spaces
 # around a country code such as DE or DEU, or a subdivision such as US-CA, in any case; blank is no region).
 REGION_PATTERN = r"^ *(?:[A-Za-z]{2,3}|[A-Za-z]{2}-[A-Za-z0-9]{1,3})? *$"
+# HTTP trims the spaces around a header value, so the header's pattern promises none (the server still reads them).
+REGION_HEADER_PATTERN = r"^(?:[A-Za-z]{2,3}|[A-Za-z]{2}-[A-Za-z0-9]{1,3})?$"
 REGION_MAX_LENGTH = 16
 REGION_DESCRIPTION = (
     "ISO 3166 code of the viewer's country (DE, DEU) or subdivision (US-CA): the minors law applies per region"
@@ -27,8 +29,8 @@ RegionHeader = Annotated[
     Header(
         alias="X-Region",
         max_length=REGION_MAX_LENGTH,
-        json_schema_extra={"pattern": REGION_PATTERN},
-        description="same as `region`",
+        json_schema_extra={"pattern": REGION_HEADER_PATTERN},
+        description="same as `region` (the query parameter wins when both are sent; each must be a region)",
     ),
 ]
 # A region in a JSON body (POST /v1/search/vector), read the same way.
@@ -37,8 +39,10 @@ RegionField = Annotated[str, Field(max_length=REGION_MAX_LENGTH, json_schema_ext
 
 def resolve_region(query_region: str | None, header_region: str | None) -> str | None:
     """The region as SQL reads it (core.regions; the query parameter wins over the header); None when neither is
-    given. Raises core.regions.InvalidRegion (a ValueError) for a value that is not a region code."""
-    return normalise_region(query_region or header_region)
+    given. Raises core.regions.InvalidRegion (a ValueError) for a value that is not a region code, in either place:
+    a wrong value is refused even where the other one would win."""
+    from_query, from_header = normalise_region(query_region), normalise_region(header_region)
+    return from_query or from_header
 
 
 def region_error(exc: ValueError) -> InvalidRequest:

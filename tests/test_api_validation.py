@@ -128,7 +128,7 @@ def test_the_api_process_runs_torch_with_the_configured_threads(
         reload_settings()
 
 
-def test_docs_and_redoc_work_offline_from_the_apps_own_files(api) -> None:  # type: ignore[no-untyped-def]
+def test_docs_and_redoc_work_offline_from_the_apps_own_files(api: TestClient) -> None:
     for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
         html = api.get(page)
         assert html.status_code == 200 and "text/html" in html.headers["content-type"]
@@ -139,7 +139,7 @@ def test_docs_and_redoc_work_offline_from_the_apps_own_files(api) -> None:  # ty
     assert api.get("/static/docs/swagger-ui.css").status_code == 200
 
 
-def test_the_openapi_document_tells_the_truth_about_errors(api) -> None:  # type: ignore[no-untyped-def]
+def test_the_openapi_document_tells_the_truth_about_errors(api: TestClient) -> None:
     schema = api.get("/openapi.json").json()
     components = schema["components"]["schemas"]
     assert "HTTPValidationError" not in components  # FastAPI's default array of errors is not what 422 sends
@@ -169,7 +169,7 @@ def test_the_openapi_document_tells_the_truth_about_errors(api) -> None:  # type
     assert upload_file["schema"]["properties"]["file"]["minLength"] == 1
 
 
-def test_the_search_vector_schema_names_the_models_dimension_once_loaded(api) -> None:  # type: ignore[no-untyped-def]
+def test_the_search_vector_schema_names_the_models_dimension_once_loaded(api: TestClient) -> None:
     from core.embedding import get_embedder
 
     api.get("/v1/search", params={"q": "load the model"})

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli.local_services import LocalRedis
 from cli.main import app
 from tests.conftest import Services, upload
 from tests.images import jpeg_bytes
@@ -125,7 +126,9 @@ def test_every_command_with_the_stack_down_prints_one_line_and_fails(setting: st
         assert "pw@" not in lines[0]  # never a password in the message
 
 
-def test_commands_that_queue_with_redis_down_print_one_line(api, services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_commands_that_queue_with_redis_down_print_one_line(
+    api: TestClient, services: Services, tmp_path: Path
+) -> None:
     """Postgres up, Redis gone: what needs the queue says so in one line (ingest registers nothing)."""
     from cli.local_services import free_port
     from services.photos import status_counts
@@ -152,8 +155,8 @@ def test_commands_that_queue_with_redis_down_print_one_line(api, services, tmp_p
 # Reasons, --pending, and what search shows --------------------------------------------------------------------
 
 
-def test_status_and_ingest_wait_show_why_photos_wait_and_redrive_pending_indexes_them(  # type: ignore[no-untyped-def]
-    api, services, own_broker, tmp_path: Path
+def test_status_and_ingest_wait_show_why_photos_wait_and_redrive_pending_indexes_them(
+    api: TestClient, services: Services, own_broker: LocalRedis, tmp_path: Path
 ) -> None:
     """A worker that cannot load its model leaves the photos pending with the reason: `ingest --wait` and
     `status` say it (and a photo that cannot be decoded fails with its own); once a worker with a model runs,
@@ -223,7 +226,7 @@ def test_status_and_ingest_wait_show_why_photos_wait_and_redrive_pending_indexes
     assert len(rows) == 4 and {count for _photo, count in rows} == {1}
 
 
-def test_redrive_pending_leaves_other_photos_alone(api, services, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_pending_leaves_other_photos_alone(api: TestClient, services: Services, own_broker: LocalRedis) -> None:
     """--pending queues the pending photos it is given (or all), nothing indexed or failed, and keeps attempts."""
     import redis
     from sqlalchemy import text as sql
@@ -248,7 +251,9 @@ def test_redrive_pending_leaves_other_photos_alone(api, services, own_broker) ->
     assert bodies[ids[0]]["attempts"] == 2  # kept: a photo that keeps crashing the worker still fails in the end
 
 
-def test_search_shows_titles_or_file_names_and_no_progress_bars(api, services, own_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_search_shows_titles_or_file_names_and_no_progress_bars(
+    api: TestClient, services: Services, own_broker: LocalRedis, tmp_path: Path
+) -> None:
     """What a user reads: the title or the file name a photo was ingested as, never a derivative's path, and
     no model-loading progress bars."""
     from tests.conftest import WorkerProcess, sample_of, wait_for_status

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from core.images import ImageTooLarge, UnsupportedFormat, inspect_image, load_rg
 from core.settings import Settings, get_settings
 from tests.conftest import Services, create_api_key, upload, wait_for_status
 from tests.images import jpeg_bytes, png_bytes, solid
+
+if TYPE_CHECKING:
+    import httpx2
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -473,7 +478,7 @@ def test_callers_without_a_key_are_rate_limited_per_client_address(services: Ser
 CONTROL_CHARACTERS = ["\x00", "\x07", "\x1b", "\x7f", "\x85"]
 
 
-def _refused(response, *words: str) -> None:  # type: ignore[no-untyped-def]
+def _refused(response: httpx2.Response, *words: str) -> None:
     assert response.status_code == 422, response.text
     body = response.json()
     assert isinstance(body["detail"], str) and isinstance(body["errors"], list), body
@@ -482,20 +487,20 @@ def _refused(response, *words: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("char", CONTROL_CHARACTERS)
-def test_control_characters_in_any_text_parameter_are_422(api, char: str) -> None:  # type: ignore[no-untyped-def]
+def test_control_characters_in_any_text_parameter_are_422(api: TestClient, char: str) -> None:
     photo = "00000000-0000-0000-0000-000000000001"
     _refused(api.get("/v1/search", params={"q": f"a red{char} circle"}), "q", "control characters")
     _refused(api.get("/v1/search", params={"q": "a red circle", "region": f"DE{char}"}), "region", "control")
     _refused(
-        api.get("/v1/search", params={"q": "a red circle"}, headers={"X-Region": f"DE{char}".encode("latin-1")}),
+        api.get("/v1/search", params={"q": "a red circle"}, headers={b"X-Region": f"DE{char}".encode("latin-1")}),
         "region",
     )
     _refused(api.get(f"/v1/photos/{photo}", params={"region": f"{char}DE"}), "region")
-    _refused(api.get(f"/v1/photos/{photo}/similar", headers={"X-Region": char.encode("latin-1")}), "region")
+    _refused(api.get(f"/v1/photos/{photo}/similar", headers={b"X-Region": char.encode("latin-1")}), "region")
     _refused(api.post("/v1/embeddings/text", json={"texts": ["fine", f"not{char}fine"]}), "texts.1", "control")
     _refused(api.post("/v1/search/vector", json={"embedding": [1.0], "region": f"D{char}"}), "region")
     _refused(
-        api.post("/v1/search/vector", json={"embedding": [1.0]}, headers={"X-Region": f"D{char}".encode("latin-1")}),
+        api.post("/v1/search/vector", json={"embedding": [1.0]}, headers={b"X-Region": f"D{char}".encode("latin-1")}),
         "region",
     )
     _refused(api.patch(f"/v1/photos/{photo}", json={"title": f"x{char}y"}), "title", "control")
@@ -508,7 +513,7 @@ def test_control_characters_in_any_text_parameter_are_422(api, char: str) -> Non
     _nothing_stored()
 
 
-def test_lone_surrogates_and_blank_texts_are_422_not_500(api) -> None:  # type: ignore[no-untyped-def]
+def test_lone_surrogates_and_blank_texts_are_422_not_500(api: TestClient) -> None:
     body = b'{"texts": ["a \\ud800 b"]}'  # valid JSON, not valid Unicode text
     _refused(api.post("/v1/embeddings/text", content=body, headers={"content-type": "application/json"}), "texts")
     _refused(api.post("/v1/embeddings/text", json={"texts": ["   "]}), "blank")
@@ -530,11 +535,11 @@ def test_lone_surrogates_and_blank_texts_are_422_not_500(api) -> None:  # type: 
         ("/v1/photos/00000000-0000-0000-0000-000000000001/similar", {"k": "-9223372036854775809"}),
     ],
 )
-def test_integers_past_their_bounds_are_422(api, path: str, params: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_integers_past_their_bounds_are_422(api: TestClient, path: str, params: dict[str, str]) -> None:
     _refused(api.get(path, params=params))
 
 
-def test_json_numbers_that_are_not_finite_and_zero_vectors_are_422(api) -> None:  # type: ignore[no-untyped-def]
+def test_json_numbers_that_are_not_finite_and_zero_vectors_are_422(api: TestClient) -> None:
     for literal in ("NaN", "Infinity", "-Infinity"):
         body = f'{{"embedding": [1.0, {literal}]}}'.encode()
         _refused(api.post("/v1/search/vector", content=body, headers={"content-type": "application/json"}))
@@ -542,7 +547,7 @@ def test_json_numbers_that_are_not_finite_and_zero_vectors_are_422(api) -> None:
     _refused(api.post("/v1/search/vector", json={"embedding": [1.0], "k": 2**64}), "k")
 
 
-def test_queries_longer_than_the_model_reads_are_cut_and_say_so(api) -> None:  # type: ignore[no-untyped-def]
+def test_queries_longer_than_the_model_reads_are_cut_and_say_so(api: TestClient) -> None:
     long_query = " ".join(["a bright red circle on a dark blue background"] * 20)  # ~200 CLIP tokens, < 1000 chars
     assert len(long_query) <= 1000
     found = api.get("/v1/search", params={"q": long_query})
@@ -558,7 +563,7 @@ def test_queries_longer_than_the_model_reads_are_cut_and_say_so(api) -> None:  #
     assert np.all(np.isfinite(vectors)) and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-3
 
 
-def test_a_tokenizer_that_claims_no_limit_is_capped_at_the_text_tower(tiny_clip_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_tokenizer_that_claims_no_limit_is_capped_at_the_text_tower(tiny_clip_path: Path, tmp_path: Path) -> None:
     import json
     import shutil
 
@@ -577,7 +582,9 @@ def test_a_tokenizer_that_claims_no_limit_is_capped_at_the_text_tower(tiny_clip_
     assert embedder.truncated_texts([long_text, "a red circle"]) == [True, False]
 
 
-def test_an_unexpected_error_is_500_with_a_request_id_and_logged(services, admin_key, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_an_unexpected_error_is_500_with_a_request_id_and_logged(
+    services: Services, admin_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
     import logging
 
     from fastapi.testclient import TestClient
@@ -604,7 +611,7 @@ def test_an_unexpected_error_is_500_with_a_request_id_and_logged(services, admin
         assert client.get("/healthz", headers={"X-Request-ID": "bad id\x01"}).headers["x-request-id"] != "bad id\x01"
 
 
-def test_a_malformed_json_body_is_400_or_422_never_500(api) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_json_body_is_400_or_422_never_500(api: TestClient) -> None:
     for content in (b"\xff\x1a", b"{", b"[1, 2", b'{"texts": ["a"]} trailing'):
         response = api.post("/v1/embeddings/text", content=content, headers={"content-type": "application/json"})
         assert response.status_code in (400, 422), (content, response.text)
@@ -613,7 +620,7 @@ def test_a_malformed_json_body_is_400_or_422_never_500(api) -> None:  # type: ig
 
 # 26. A photo the caller may not see is the same 404 on every route as a photo that does not exist.
 @pytest.mark.usefixtures("worker")
-def test_a_photo_the_caller_may_not_see_is_404_on_every_route(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_a_photo_the_caller_may_not_see_is_404_on_every_route(api: TestClient, services: Services) -> None:
     import hashlib
     import uuid
 

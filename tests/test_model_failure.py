@@ -81,7 +81,8 @@ def test_a_model_that_appears_later_is_loaded_and_the_waiting_photos_are_indexed
                 assert refused.status_code == 503, refused.text
                 assert str(missing_model) in refused.json()["detail"], refused.json()
                 assert int(refused.headers["retry-after"]) >= 1
-            assert time.monotonic() - started < 5, "a search waited for the model instead of answering 503"
+            # (A bound far below any hub timeout, and far above a loaded test machine's overhead.)
+            assert time.monotonic() - started < 15, "a search waited for the model instead of answering 503"
             assert api.post("/v1/embeddings/text", json={"texts": ["a red circle"]}).status_code == 503
 
             # Uploads need no model: they wait as pending, with the reason on each photo and no attempt used.

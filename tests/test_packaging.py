@@ -15,9 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT_PACKAGES = ("api", "cli", "workers", "services", "migrations", "evaluation", "db", "core")
 
-# `withsense eval` alone, without the rest of the operator command.
+# `withsense eval` alone, as a plain install of the wheel runs it: without the finder of an editable install of this
+# project (the test's own environment has one, which would find the checkout's stand-ins), then the command.
+PLAIN_INSTALL = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]\n"
+)
 EVAL_APP = (
-    "import typer; from evaluation.cli import eval_command; app = typer.Typer(); app.command()(eval_command); app()"
+    PLAIN_INSTALL
+    + "import typer; from evaluation.cli import eval_command; app = typer.Typer(); app.command()(eval_command); app()"
 )
 
 
@@ -56,6 +61,15 @@ def test_the_wheel_has_the_service_and_no_standins(installed_wheel: Path) -> Non
         assert needed in shipped
     assert any(path.startswith("migrations/versions/") for path in shipped)
     assert not [path for path in shipped if path.startswith("evaluation/standins")]
+    # The way the eval tests below run it imports this copy, and finds no stand-ins in it.
+    probe = PLAIN_INSTALL + (
+        "import evaluation; print(evaluation.__file__)\n"
+        "try:\n    import evaluation.standins\nexcept ModuleNotFoundError:\n    print('no stand-ins')\n"
+    )
+    found = _run(
+        [sys.executable, "-c", probe], cwd=installed_wheel.parent, env=dict(os.environ, PYTHONPATH=str(installed_wheel))
+    )
+    assert found.stdout.splitlines() == [str(installed_wheel / "evaluation" / "__init__.py"), "no stand-ins"], found
 
 
 @pytest.mark.parametrize(

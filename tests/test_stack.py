@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
@@ -24,6 +25,9 @@ from PIL import Image
 from cli.local_services import LocalPostgres, LocalRedis, free_port
 from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR
 from tests.images import jpeg_bytes
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +118,7 @@ class RunningStack:
     def owner_dsn(self) -> str:
         return self.stack_env()["WITHSENSE_DATABASE_URL"].replace("+psycopg", "")
 
-    def child(self, *words: str):  # type: ignore[no-untyped-def]
+    def child(self, *words: str) -> psutil.Process:
         """The process `withsense up` started whose command line holds all of `words`."""
         import psutil
 

@@ -65,7 +65,7 @@ def test_a_title_that_contradicts_the_declaration_goes_to_review(api: TestClient
     assert photo_id in {item["photo"]["id"] for item in queue["items"]}
 
 
-def test_the_same_bytes_again_with_a_new_title_update_it_screened_like_an_edit(api) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_bytes_again_with_a_new_title_update_it_screened_like_an_edit(api: TestClient) -> None:
     image = Image.new("RGB", (96, 96), (60, 60, 180))
     first = upload(api, image, title="a blue wall", photographer="Ann")
     photo_id = first.json()["id"]
@@ -98,7 +98,7 @@ NORMALISED_TITLES: list[tuple[str, str]] = [
 ]
 
 
-def test_titles_are_read_with_the_same_normalisation_as_queries(api, free_region) -> None:  # type: ignore[no-untyped-def]
+def test_titles_are_read_with_the_same_normalisation_as_queries(api: TestClient, free_region: str) -> None:
     """Each title above is screened through a real upload and worker: the photo is hidden where the law applies."""
     from core.policy import get_query_policy
 
@@ -138,8 +138,8 @@ def _newer_rules(tmp_path: Path) -> tuple[Path, str]:
     return path, version
 
 
-def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(  # type: ignore[no-untyped-def]
-    api, free_region, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(
+    api: TestClient, free_region: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
 
     from core.policy import POLICY_FILE_ENV
@@ -164,7 +164,9 @@ def test_rescreen_finds_and_marks_photos_the_newer_rules_describe(  # type: igno
         reset_cached_state()
 
 
-def _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version) -> None:  # type: ignore[no-untyped-def]
+def _rescreen_dry_then_apply(
+    api: TestClient, searcher: TestClient, free_region: str, old: str, beach: str, version: str
+) -> None:
     """Dry run: listed, nothing changed. --apply: marked, audited, hidden where the law applies. Again: nothing."""
     from typer.testing import CliRunner
 
@@ -190,8 +192,8 @@ def _rescreen_dry_then_apply(api, searcher, free_region, old, beach, version) ->
     assert old in {item["photo"]["id"] for item in api.get("/v1/moderation/queue").json()["items"]}
     assert not _found(searcher, old, "RU") and not _found(searcher, old, free_region)
     assert _found(searcher, beach, "RU")
-    blocked = searcher.get(f"/v1/photos/{old}/thumbnail", params={"region": "RU"})
-    assert blocked.status_code == 451
+    # Waiting for review, it is hidden from everyone but its managers: the same 404 as a photo that is not there.
+    assert searcher.get(f"/v1/photos/{old}/thumbnail", params={"region": "RU"}).status_code == 404
 
     again = CliRunner().invoke(app, ["policy", "rescreen", "--apply"])
     assert again.exit_code == 0 and "marked 0 of 1 photos" in again.output, again.output
