@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -156,6 +157,7 @@ def running_stack(tiny_clip_path: Path, *args: str, **env: str) -> Iterator[Runn
         yield stack
     finally:
         stack.kill_all()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _assert_stopped_cleanly(stack: RunningStack) -> None:
@@ -410,8 +412,6 @@ def test_local_servers_refuse_clients_without_their_password() -> None:
     finally:
         postgres.stop()
         valkey.stop()
-        import shutil
-
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -444,6 +444,7 @@ def test_a_data_folder_from_before_passwords_gets_one_and_loses_trust() -> None:
         assert "no password supplied" in _refused(server.dsn_for("postgres", None))
     finally:
         server.destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -575,6 +576,7 @@ def test_a_process_that_keeps_crashing_stops_the_stack(tiny_clip_path: Path) -> 
     finally:
         squatter.close()
         stack.kill_all()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -688,8 +690,6 @@ def test_a_cached_hub_model_loads_from_the_cache_without_asking_the_hub(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_clip_path: Path
 ) -> None:
     """A model downloaded before loads from the cache alone, hub reachable or not: no request about it."""
-    import shutil
-
     from huggingface_hub import constants
 
     from core.embedding import ClipEmbedder, model_unavailable_reason
