@@ -135,12 +135,13 @@ def up(
         raise KeyboardInterrupt  # SIGTERM while starting: stop what already runs, as Ctrl-C does
 
     def _stop_after(message: str) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
         typer.echo(message, err=True)
         stack.stop(echo=typer.echo)
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # a closed terminal: the children (own sessions) do not get it
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
     model_problem = _model_problem(stack.settings)
     if model_problem:  # said at once, and again in the summary: the stack still starts (uploads wait)

@@ -183,8 +183,12 @@ def _mode(path: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["while starting", "when ready"])
-def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str) -> None:
+@pytest.mark.parametrize(
+    ("when", "signum"),
+    [("while starting", signal.SIGTERM), ("when ready", signal.SIGTERM), ("when ready", signal.SIGHUP)],
+    ids=["SIGTERM while starting", "SIGTERM when ready", "SIGHUP (terminal closed) when ready"],
+)
+def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str, signum: int) -> None:
     home, ports, env = _stack_env(tiny_clip_path)
     log_path = home / "up.log"
     with open(log_path, "wb") as log:
@@ -203,7 +207,7 @@ def test_sigterm_stops_the_whole_stack(tiny_clip_path: Path, when: str) -> None:
             assert stack.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
-        stack.send_signal(signal.SIGTERM)
+        stack.send_signal(signum)
         code = stack.wait(90)
     finally:
         if stack.poll() is None:
