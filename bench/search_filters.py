@@ -142,7 +142,7 @@ def filter_cases(meta: Metadata) -> dict[str, tuple[dict[str, object], np.ndarra
     return cases
 
 
-def load_photos(conn, ids: list[uuid.UUID], meta: Metadata) -> float:  # type: ignore[no-untyped-def]
+def load_photos(conn, ids: list[uuid.UUID], meta: Metadata) -> float:
     """COPY the photo rows with their metadata (the generated columns fill themselves); returns seconds."""
     started = time.perf_counter()
     columns = (
@@ -183,7 +183,7 @@ def load_photos(conn, ids: list[uuid.UUID], meta: Metadata) -> float:  # type: i
     return time.perf_counter() - started
 
 
-def timed(conn, vectors: np.ndarray, words: list[str], filters: dict[str, object], mode: str, scan: str):  # type: ignore[no-untyped-def]
+def timed(conn, vectors: np.ndarray, words: list[str], filters: dict[str, object], mode: str, scan: str):
     """Run one case over the queries: (ids per query, seconds per query). `scan`: '' (the function decides),
     'on' (exact distances), 'off' (the HNSW scan)."""
     conn.execute("SELECT set_config('withsense.exact_scan', %s, false)", (scan,))
@@ -250,7 +250,7 @@ def main() -> None:
                     workers=args.build_workers,
                     maintenance_work_mem=args.maintenance_work_mem,
                 )
-                load["index_build_s"] = float(index["build_s"])  # type: ignore[arg-type]
+                load["index_build_s"] = float(index["build_s"])
                 print(f"HNSW index built in {load['index_build_s']}s", file=sys.stderr)
             marker.write_text(json.dumps({"n": args.n, "seed": args.seed, "model_id": model_id, "load": load}))
         saved = json.loads(marker.read_text())

@@ -5,14 +5,14 @@ enqueue `photos.ingest`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from core.images import ImageInfo, inspect_image
-from core.policy import check_query
+from core.policy import PolicyDecision, check_query
 from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
@@ -41,24 +41,41 @@ SCREENED_WORDS = {
 }
 
 
-def screen_words(session: Session, photo: Photo, fields: Iterable[str] = tuple(SCREENED_WORDS)) -> None:
-    """The query policy applied to the photo's words: a title, description or tag "my kids at the beach" marks it
-    as showing a minor (audited as `screened`, once: the first field that describes a child)."""
+def screened_field(
+    photo: Photo,
+    check: Callable[[str], PolicyDecision] = check_query,
+    fields: Iterable[str] = tuple(SCREENED_WORDS),
+) -> tuple[str, str, PolicyDecision] | None:
+    """The first of the photo's own words (title, file name, description, tags) that describe a child:
+    (field as named in the audit trail, words, decision)."""
     for name in fields:
         value = getattr(photo, name)
         words = ", ".join(value) if isinstance(value, list | tuple) else value
         if words:
-            decision = check_query(words)
+            decision = check(words)
             if decision.blocked:
-                record_text_flag(
-                    session,
-                    photo,
-                    SCREENED_WORDS[name],
-                    decision.matched_terms,
-                    decision.rules_version,
-                    actor=TEXT_SCREEN_ACTOR,
-                )
-                return
+                return SCREENED_WORDS[name], words, decision
+    return None
+
+
+def screen_words(
+    session: Session,
+    photo: Photo,
+    fields: Iterable[str] = tuple(SCREENED_WORDS),
+    *,
+    actor: str = TEXT_SCREEN_ACTOR,
+    check: Callable[[str], PolicyDecision] = check_query,
+) -> tuple[str, str, PolicyDecision] | None:
+    """The query policy applied to the photo's words: a title, description or tag "my kids at the beach" marks it
+    as showing a minor (audited, once: the first field that describes a child).
+
+    Returns what marked it, or None. `withsense policy rescreen` calls it too, as its own actor.
+    """
+    found = screened_field(photo, check, fields)
+    if found is not None:
+        field, _, decision = found
+        record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version, actor=actor)
+    return found
 
 
 def find_duplicate(sha256: str) -> Photo | None:

@@ -12,6 +12,7 @@ pages. Nothing is filtered afterwards in Python.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,11 +24,10 @@ from typing import Literal, get_args
 import numpy as np
 from sqlalchemy.orm import Session
 
-from core.embedding import get_embedder
 from core.images import load_rgb, make_derivative
 from core.metadata import ORIENTATIONS, normalise_tag
 from core.moderation import get_moderator
-from core.policy import DISCLAIMER, check_query
+from core.policy import DISCLAIMER, PolicyDecision, check_query, model_child_score, with_model_opinion
 from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
@@ -37,7 +37,10 @@ from db.policy import region_is_restricted
 from db.search import FoundPhoto
 from services import cursors
 from services.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from services.model_loader import query_embedder
 from services.photos import load_visible
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "semantic", "keyword"]
 Sort = Literal["relevance", "newest"]
@@ -199,6 +202,7 @@ class SearchOutcome:
     region: str | None = None
     next_cursor: str | None = None
     options: SearchOptions = field(default_factory=SearchOptions)
+    truncated: bool = False  # a text part was longer than the model reads and was cut to its context
 
     @property
     def disclaimer(self) -> str | None:
@@ -207,8 +211,7 @@ class SearchOutcome:
 
 def model_mismatch(session: Session) -> str | None:
     """Why this process's query vectors would not match the index (another model is active), or None."""
-    embedder = get_embedder()
-    embedder.load()  # its revision is known once it is loaded (at most once per process)
+    embedder = query_embedder()  # loaded, or ModelUnavailable (503) at once: never a wait on the hub
     active = photo_sql.cached_active_model(session)
     if active is None or active.revision == embedder.revision:  # the revision names the weights, whatever the path
         return None
@@ -230,6 +233,24 @@ def ensure_query_model(session: Session) -> None:
 def text_is_blocked(session: Session, text: str, region: str | None) -> bool:
     """Whether the query policy blocks `text` for a viewer in `region` (the disclaimer instead of results)."""
     return check_query(text).blocked and region_is_restricted(session, region)
+
+
+def with_second_opinion(decision: PolicyDecision, vector: np.ndarray) -> PolicyDecision:
+    """The rules' decision with the model's opinion added when `policy_model_check` is on (it never unblocks)."""
+    settings = get_settings()
+    if not settings.policy_model_check or decision.blocked:
+        return decision
+    return with_model_opinion(decision, model_child_score(vector, get_moderator()), settings.policy_model_threshold)
+
+
+def _log_blocked(decision: PolicyDecision, region: str | None) -> None:
+    # The decision's record: which rules version and which terms (or the model's score) blocked it, and where.
+    log.info(
+        "text query blocked in region %s by query policy %s: %s",
+        region or "*",
+        decision.rules_version,
+        ", ".join(decision.matched_terms),
+    )
 
 
 # --- the searches -------------------------------------------------------------------------------------------------
@@ -263,7 +284,7 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    vectors: np.ndarray = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    vectors: np.ndarray = query_embedder().embed_images([make_derivative(image, settings.derivative_size)])
     return np.asarray(vectors[0], dtype=np.float32)
 
 
@@ -327,17 +348,29 @@ def search_vector(
     a minor, and a service that searches on its own shows the disclaimer for those.
     """
     options = options or SearchOptions(mode="semantic")
-    array = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(array)) if array.size else 0.0
-    if array.ndim != 1 or not np.all(np.isfinite(array)) or norm < 1e-6:
-        raise InvalidRequest("the embedding must be finite and non-zero")
+    array = unit_vector(vector)
     words = _clean_text("text", query_text) if query_text is not None else None
     if words is not None and text_is_blocked(session, words, region):
         return SearchOutcome(blocked=True, query=words, region=region, options=options)
     if options.mode == "keyword" and words is None:
         raise InvalidRequest("`mode` keyword needs the query's words in `text`")
     parts = {"kind": "vector", "vector": hashlib.sha256(array.tobytes()).hexdigest(), "text": words}
-    return _run(session, array / norm, words, k, region, options, parts, for_query=False)
+    return _run(session, array, words, k, region, options, parts, for_query=False)
+
+
+def unit_vector(vector: np.ndarray | list[float]) -> np.ndarray:
+    """A caller's vector scaled to length 1 (float32); `InvalidRequest` unless it is finite and not all zero.
+
+    Scaled by its largest component first, so neither 1e-300 nor 1e300 components under- or overflow on the way.
+    """
+    array = np.asarray(vector, dtype=np.float64)
+    if array.ndim != 1 or not array.size or not np.all(np.isfinite(array)):
+        raise InvalidRequest("the embedding must be a list of finite numbers")
+    largest = float(np.max(np.abs(array)))
+    if largest == 0.0:
+        raise InvalidRequest("the embedding must not be all zeros: a zero vector points nowhere")
+    scaled = array / largest
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -347,6 +380,7 @@ class TextEmbeddings:
     dimension: int
     vectors: list[np.ndarray]
     describes_minor: list[bool]
+    truncated: list[bool]
 
 
 def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
@@ -355,14 +389,17 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
         if not text.strip():
             raise InvalidRequest("every text must have at least one non-blank character")
     ensure_query_model(session)
-    embedder = get_embedder()
+    embedder = query_embedder()
     vectors = embedder.embed_texts(texts)
     return TextEmbeddings(
         model=embedder.model_name,
         revision=embedder.revision,
         dimension=embedder.dimension,
         vectors=list(vectors),
-        describes_minor=[check_query(text).blocked for text in texts],
+        describes_minor=[
+            with_second_opinion(check_query(text), vector).blocked for text, vector in zip(texts, vectors, strict=True)
+        ],
+        truncated=embedder.truncated_texts(texts),
     )
 
 
@@ -387,11 +424,15 @@ def _composed(
     if options.mode == "keyword" and text is None:
         raise InvalidRequest("`mode` keyword needs the query's words (`q`)")
 
-    # The law first: any part that leads to children answers the disclaimer in restricted regions.
-    for part in (text, *negatives):
-        if part is not None and text_is_blocked(session, part, region):
+    # The law first: any part that leads to children answers the disclaimer in restricted regions. The rules
+    # decide before anything is embedded.
+    restricted = region_is_restricted(session, region)
+    decisions = {part: check_query(part) for part in (text, *negatives) if part is not None}
+    for decision in decisions.values():
+        if decision.blocked and restricted:
+            _log_blocked(decision, region)
             return SearchOutcome(blocked=True, query=text, region=region, options=options)
-    if image is not None and get_moderator().score(image[0]).depicts_minor and region_is_restricted(session, region):
+    if image is not None and restricted and get_moderator().score(image[0]).depicts_minor:
         return SearchOutcome(blocked=True, query=text, region=region, options=options)
     like_vector: np.ndarray | None = None
     if query.like_photo is not None:
@@ -400,9 +441,16 @@ def _composed(
             return SearchOutcome(blocked=True, query=text, region=region, options=options)
 
     ensure_query_model(session)
-    embedder = get_embedder()
-    texts = [value for value in (text, *negatives) if value is not None]
+    embedder = query_embedder()
+    texts = list(decisions)
     embedded = dict(zip(texts, embedder.embed_texts(texts), strict=True)) if texts else {}
+    if restricted:  # with `policy_model_check` on, the model's opinion of each text may block what the rules let by
+        for part, decision in decisions.items():
+            opinion = with_second_opinion(decision, embedded[part])
+            if opinion.blocked:
+                _log_blocked(opinion, region)
+                return SearchOutcome(blocked=True, query=text, region=region, options=options)
+    truncated = any(embedder.truncated_texts(texts)) if texts else False
     weights = query.weights
     parts: list[tuple[float, np.ndarray]] = []
     if text is not None:
@@ -423,9 +471,10 @@ def _composed(
         "weights": [weights.text, weights.like_photo, weights.image, weights.negative],
     }
     exclude = [query.like_photo] if query.like_photo is not None else []
-    return _run(
+    outcome = _run(
         session, vector, text, k, region, options, fingerprint, exclude=exclude, negative_text=" ".join(negatives)
     )
+    return replace(outcome, truncated=truncated)
 
 
 def _weighted_sum(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -15,7 +16,7 @@ from core.metadata import camera_name, orientation_of, parse_tags, read_metadata
 from tests.images import camera_exif, iptc_block, jpeg_bytes, with_segment, xmp_packet
 
 
-def _jpeg(size: tuple[int, int] = (64, 48), **save: object) -> bytes:
+def _jpeg(size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
     return jpeg_bytes(Image.new("RGB", size, (90, 120, 200)), **save)
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -119,8 +120,8 @@ def _search(
     text_query: str | None = None,
     *,
     exact_below: int | None = None,
-    **filters_and_options: object,
-):  # type: ignore[no-untyped-def]
+    **filters_and_options: Any,
+) -> list[Any]:
     """search_photos_filtered() through db/search.py (filters and options as the SQL function takes them)."""
     from db.engine import session_scope
     from db.search import search_filtered
@@ -135,7 +136,7 @@ def _search(
 OPTION_KEYS = {"mode", "sort", "min_score", "offset", "exclude", "negative_text"}
 
 # Filters that keep about 1% of the catalogue, and the same rule in Python.
-ONE_PERCENT: dict[str, tuple[dict[str, object], Callable[[int], bool]]] = {
+ONE_PERCENT: dict[str, tuple[dict[str, Any], Callable[[int], bool]]] = {
     "photographer": ({"photographer": ["person 7"]}, lambda g: g % 100 == 7),
     "tag": ({"tag": "t13"}, lambda g: g % 100 == 13),
     "two tags, both required": ({"tag": ["t26", "even"]}, lambda g: g % 100 == 26),
@@ -178,7 +179,7 @@ def test_a_one_percent_filter_returns_k_results_of_the_exact_scan(catalogue: Cat
 
 def test_where_the_law_does_not_apply_the_minors_are_back(catalogue: Catalogue, free_region: str) -> None:
     query = catalogue.query(3)
-    people = {"photographer": ["person 13", "person 19"]}  # Person 19's photos all show minors
+    people: dict[str, Any] = {"photographer": ["person 13", "person 19"]}  # Person 19's photos all show minors
 
     def keep(g: int) -> bool:
         return g % 100 in (13, 19)
@@ -201,7 +202,9 @@ def test_where_the_law_does_not_apply_the_minors_are_back(catalogue: Catalogue, 
         ("hybrid", "lake", {"photographer": ["Person 42", "Person 1", "Person 2"]}),
     ],
 )
-def test_pages_join_to_the_unpaged_top_n(catalogue: Catalogue, mode: str, words: str | None, filters: dict) -> None:  # type: ignore[type-arg]
+def test_pages_join_to_the_unpaged_top_n(
+    catalogue: Catalogue, mode: Any, words: str | None, filters: dict[str, Any]
+) -> None:
     from db.engine import session_scope
     from services.search import SearchFilters, SearchOptions, search_vector
 
@@ -359,8 +362,8 @@ def test_excluded_photos_and_negative_words(catalogue: Catalogue) -> None:
     ],
 )
 def test_the_sql_function_refuses_what_it_cannot_read(
-    catalogue: Catalogue, filters: dict, options: dict, message: str
-) -> None:  # type: ignore[type-arg]
+    catalogue: Catalogue, filters: dict[str, Any], options: dict[str, Any], message: str
+) -> None:
     from db.engine import session_scope
     from db.search import InvalidSearch, search_filtered
 

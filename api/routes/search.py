@@ -16,9 +16,10 @@ from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
-from api.regions import RegionHeader, ViewerRegion, resolve_region
+from api.regions import RegionField, RegionHeader, ViewerRegion, region_error, resolve_region
 from api.schemas import ErrorOut, SearchOut
 from api.uploads import parse_image_upload
+from api.validation import FreeText, JsonInteger, NonBlankLine
 from services import search as search_service
 from services.errors import InvalidRequest
 
@@ -28,7 +29,8 @@ KParam = Annotated[int, Query(ge=1, le=100, description="results per page, 1 to 
 
 # ISO 8601: a date, or a date and time with an optional zone (UTC when it has none).
 ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([zZ]|[+-]\d{2}:?\d{2})?)?$"
-FilterText = Annotated[str, Field(min_length=1, max_length=200)]
+FilterText = Annotated[NonBlankLine, Field(min_length=1, max_length=200)]
+QueryText = Annotated[FreeText, Field(min_length=1, max_length=1000)]
 Orientation = Literal["landscape", "portrait", "square"]
 Mode = Literal["hybrid", "semantic", "keyword"]
 Sort = Literal["relevance", "newest"]
@@ -43,9 +45,15 @@ MIN_SCORE_HELP = (
 )
 SORT_HELP = "relevance (default), or newest: capture time (else upload time) among the first 1,000 results"
 CURSOR_HELP = "`next_cursor` of the previous page, with the same query, filters, mode, min_score and sort"
-ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "a parameter, filter or cursor that is not valid, with a message"},
+    503: {"model": ErrorOut, "description": "the model is not loaded (with the reason) or not the active one"},
+}
 # Routes that take `like_photo`: 404 for a photo the caller may not see, 409 for one not indexed yet.
-LIKE_PHOTO_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+LIKE_PHOTO_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "`like_photo` is no photo this caller may see"},
+    409: {"model": ErrorOut, "description": "`like_photo` is not indexed yet, or shows a child the law hides here"},
+}
 
 
 def search_options(
@@ -108,17 +116,25 @@ async def search_text(
     principal: SearchPrincipal,
     region: ViewerRegion,
     options: OptionsDep,
-    q: Annotated[str, Query(min_length=1, max_length=1000, description="what the photo should show, in words")],
+    q: Annotated[
+        FreeText,
+        Query(
+            min_length=1,
+            max_length=1000,
+            description="what the photo should show, in words; the model reads the first 77 tokens (`truncated`)",
+        ),
+    ],
     k: KParam = 10,
     negative: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=1000)]] | None,
+        list[QueryText] | None,
         Query(max_length=10, description="words to steer away from (repeat); no result matches them as keywords"),
     ] = None,
     like_photo: Annotated[uuid.UUID | None, Query(description="an indexed photo the results should look like")] = None,
 ) -> SearchOut:
     """Photos that best match a text description (by what they show and by their words), best first.
 
-    Filters narrow the photos searched (inside the nearest-neighbour query); `next_cursor` pages on.
+    Filters narrow the photos searched (inside the nearest-neighbour query); `next_cursor` pages on. A query that
+    the content policy blocks in the viewer's region gets `blocked: true` with the disclaimer.
     """
     started = time.perf_counter()
     query = search_service.ComposedQuery(text=q, negative=tuple(negative or ()), like_photo=like_photo)
@@ -152,8 +168,8 @@ class SearchFiltersIn(BaseModel):
     taken_before: str | None = Field(None, pattern=ISO_MOMENT)
     uploaded_after: str | None = Field(None, pattern=ISO_MOMENT)
     uploaded_before: str | None = Field(None, pattern=ISO_MOMENT)
-    min_width: int | None = Field(None, ge=0, le=2**31 - 1)
-    min_height: int | None = Field(None, ge=0, le=2**31 - 1)
+    min_width: JsonInteger | None = Field(None, ge=0, le=2**31 - 1)
+    min_height: JsonInteger | None = Field(None, ge=0, le=2**31 - 1)
     mode: Mode = Field("hybrid", description=MODE_HELP)
     min_score: float | None = Field(None, ge=-1, le=1, description=MIN_SCORE_HELP)
     sort: Sort = Field("relevance", description=SORT_HELP)
@@ -185,8 +201,8 @@ class SearchFiltersIn(BaseModel):
 class ComposedParts(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    q: str | None = Field(None, min_length=1, max_length=1000, description="what the photo should show, in words")
-    negative: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+    q: QueryText | None = Field(None, description="what the photo should show, in words")
+    negative: list[QueryText] = Field(
         default_factory=list, max_length=10, description='texts to steer away from ("people" for a beach without)'
     )
     like_photo: uuid.UUID | None = Field(None, description="an indexed photo the results should look like")
@@ -208,8 +224,8 @@ class ComposedParts(BaseModel):
 class SearchIn(SearchFiltersIn, ComposedParts):
     """A composed query: `q`, `negative`, `like_photo` and `weights`, with every filter and option."""
 
-    k: int = Field(10, ge=1, le=100, description="results per page, 1 to 100")
-    region: str | None = Field(None, max_length=16, description="the viewer's region (else the X-Region header)")
+    k: JsonInteger = Field(10, ge=1, le=100, description="results per page, 1 to 100")
+    region: RegionField | None = Field(None, description="the viewer's region (else the X-Region header)")
 
 
 @router.post("/search", response_model=SearchOut, responses={**LIKE_PHOTO_ERRORS, **ERRORS})
@@ -267,9 +283,9 @@ class ImageQueryIn(SearchFiltersIn, ComposedParts):
     "/search/image",
     response_model=SearchOut,
     responses={
-        400: {"model": ErrorOut},
-        413: {"model": ErrorOut},
-        415: {"model": ErrorOut},
+        400: {"model": ErrorOut, "description": "malformed multipart, no `file` part, or bytes that do not decode"},
+        413: {"model": ErrorOut, "description": "the body or the image's pixel count is over the cap"},
+        415: {"model": ErrorOut, "description": "not multipart, or not an image in an accepted format"},
         **LIKE_PHOTO_ERRORS,
         **ERRORS,
     },
@@ -319,7 +335,11 @@ def _image_query(raw: str) -> ImageQueryIn:
 @router.get(
     "/photos/{photo_id}/similar",
     response_model=SearchOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, **ERRORS},
+    responses={
+        **ERRORS,
+        404: {"model": ErrorOut, "description": "no such photo, or not one this caller may see"},
+        409: {"model": ErrorOut, "description": "the photo is not indexed yet, or shows a child the law hides here"},
+    },
 )
 def search_similar(
     photo_id: uuid.UUID,
@@ -348,15 +368,30 @@ def search_similar(
 
 
 class VectorSearchIn(SearchFiltersIn):
-    embedding: list[float] = Field(min_length=1, max_length=4096, description="a query vector from /v1/embeddings/text")
-    text: str | None = Field(
-        None, min_length=1, max_length=1000, description="the query's words, for keyword and hybrid modes (screened)"
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    embedding: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        min_length=1,
+        max_length=4096,
+        description="a query vector from /v1/embeddings/text: finite numbers, not all zero",
+        json_schema_extra={"contains": {"not": {"const": 0}}},
     )
-    k: int = Field(10, ge=1, le=100)
-    region: str | None = Field(None, max_length=16)
+    text: QueryText | None = Field(None, description="the query's words, for keyword and hybrid modes (screened)")
+    k: JsonInteger = Field(10, ge=1, le=100, description="how many results, 1 to 100")
+    region: RegionField | None = Field(None, description="the viewer's region, as the `region` parameter of /v1/search")
 
 
-@router.post("/search/vector", response_model=SearchOut, responses=ERRORS)
+@router.post(
+    "/search/vector",
+    response_model=SearchOut,
+    responses={
+        **ERRORS,
+        422: {
+            "model": ErrorOut,
+            "description": "a vector of another dimension than the active model's, or a bad filter",
+        },
+    },
+)
 def search_vector(
     body: VectorSearchIn,
     request: Request,
@@ -368,7 +403,7 @@ def search_vector(
     filters and options of POST /v1/search, and keyword matching when `text` is given."""
     started = time.perf_counter()
     region = _region(body.region, x_region)
-    vector = np.asarray(body.embedding, dtype=np.float32)
+    vector = np.asarray(body.embedding, dtype=np.float64)
     outcome = search_service.search_vector(session, vector, body.k, region, body.options(), body.text)
     return search_out(_counted("vector", outcome, started), body.k, request)
 
@@ -377,4 +412,4 @@ def _region(body_region: str | None, header_region: str | None) -> str | None:
     try:
         return resolve_region(body_region, header_region)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+        raise region_error(exc) from None
