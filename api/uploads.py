@@ -97,6 +97,7 @@ class ParsedUpload:
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
     lists: dict[str, list[str]] = field(default_factory=dict)  # fields that may repeat, each value in order
+    empty: frozenset[str] = frozenset()  # text fields that were sent with nothing (or only spaces) in them
 
 
 def _boundary(content_type: str) -> bytes:
@@ -193,18 +194,22 @@ async def parse_image_upload(
         target.discard()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request has no `file` part, or it is empty")
     fields: dict[str, str] = {}
+    empty: set[str] = set()
     for name, value_target in values.items():
         raw = value_target.value
-        if raw:
-            text = _field_text(target, name, raw, FIELD_LIMITS.get(name, MAX_TEXT_FIELD_CHARS))
-            if text:
-                fields[name] = text
+        text = _field_text(target, name, raw, FIELD_LIMITS.get(name, MAX_TEXT_FIELD_CHARS)) if raw else ""
+        if text:
+            fields[name] = text
+        elif value_target._started:  # the part was sent, empty: the caller decides whether that means "not given"
+            empty.add(name)
     repeated: dict[str, list[str]] = {}
     for name, list_target in lists.items():
         texts = [_field_text(target, name, raw, MAX_LIST_FIELD_CHARS) for raw in list_target.value]
         if any(texts):
             repeated[name] = [text for text in texts if text]
-    return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename, lists=repeated)
+    return ParsedUpload(
+        file=target, fields=fields, filename=target.multipart_filename, lists=repeated, empty=frozenset(empty)
+    )
 
 
 def _field_text(target: SpoolingFileTarget, name: str, raw: bytes, limit: int) -> str:

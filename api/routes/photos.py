@@ -16,7 +16,7 @@ from api.metrics import UPLOADS
 from api.presenters import base_url, photo_out
 from api.regions import ViewerRegion
 from api.schemas import ErrorOut, PhotoOut, PhotoPage, UploadOut
-from api.uploads import FIELD_LIMITS, MAX_LIST_FIELD_CHARS, MAX_TEXT_FIELD_CHARS, parse_image_upload
+from api.uploads import FIELD_LIMITS, MAX_LIST_FIELD_CHARS, MAX_TEXT_FIELD_CHARS, ParsedUpload, parse_image_upload
 from api.validation import FREE_TEXT_PATTERN, LINE_PATTERN, FreeText, LineText, unset_means_unchanged
 from core.images import ImageRejected
 from core.metadata import MAX_DESCRIPTION, MAX_TAGS
@@ -124,8 +124,8 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
             photographer=upload.fields.get("photographer"),
             description=upload.fields.get("description"),
             tags=tuple(upload.lists.get("tags", ())),
-            depicts_minor=_parse_bool("depicts_minor", upload.fields.get("depicts_minor")),
-            parental_consent=_parse_bool("parental_consent", upload.fields.get("parental_consent")),
+            depicts_minor=_declaration(upload, "depicts_minor"),
+            parental_consent=_declaration(upload, "parental_consent"),
         )
         try:
             result = await run_in_threadpool(photo_service.upload_photo, settings, received, principal)
@@ -144,6 +144,14 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
     return JSONResponse(
         body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK
     )
+
+
+def _declaration(upload: ParsedUpload, name: str) -> bool | None:
+    """A declaration field: true or false; a field sent empty is a mistake (the schema says boolean), not "unsaid"."""
+    if name in upload.empty:
+        upload.file.discard()
+        raise InvalidRequest(f"`{name}` must be true or false, not empty")
+    return _parse_bool(name, upload.fields.get(name))
 
 
 def _parse_bool(name: str, value: str | None) -> bool | None:
