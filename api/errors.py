@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from core.embedding import ModelUnavailableError
 from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat
+from core.storage import StorageUnavailable
 from services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Restricted, ServiceError, Unavailable
 from services.queue import QueueUnavailable
 
@@ -57,6 +58,15 @@ def install(app: FastAPI) -> None:
     async def _queue_unavailable(_request: Request, exc: QueueUnavailable) -> JSONResponse:
         return JSONResponse(
             {"detail": f"{exc}; nothing was stored, retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_unavailable(_request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("photo store unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "the photo store is unavailable; nothing was stored, retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )

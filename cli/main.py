@@ -102,6 +102,9 @@ def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "
         raise typer.Exit(2)
     upgrade(settings.database_url, revision)
     typer.echo(f"database migrated to {revision}")
+    from services.photos import prepare_storage
+
+    typer.echo(f"photo store ready ({prepare_storage()})")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from core.embedding import get_embedder
 from core.settings import get_settings
 from db.engine import get_engine, session_scope
 from services.search import model_mismatch
+from storage import get_storage
 
 
 def database_problem() -> str | None:
@@ -31,6 +32,14 @@ def broker_problem() -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - reported as the readiness answer
         return f"broker unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def storage_problem() -> str | None:
+    """None when the photo store (folder or bucket) can serve, else why not."""
+    try:
+        return get_storage().problem()
+    except Exception as exc:  # noqa: BLE001 - a store that cannot even be built is the readiness answer
+        return f"photo store unusable: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def model_state(database_ok: bool) -> tuple[str, bool]:

@@ -6,6 +6,7 @@ reconciler) and the reindex task (a model upgrade). No Celery here: the tasks ar
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -24,12 +25,12 @@ from core.images import ImageRejected, encode_jpeg, load_rgb, make_derivative
 from core.moderation import ModerationVerdict, get_moderator
 from core.runtime import runtime
 from core.settings import Settings, get_settings
-from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import EmbeddingModel
 from services.moderation import ClassifierOutcome, apply_classifier
 from services.queue import enqueue_in_batches, enqueue_ingest
+from storage import get_storage
 
 if TYPE_CHECKING:
     from core.embedding import ClipEmbedder
@@ -137,20 +138,26 @@ class _Decoded:
 
 
 def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
-    """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing."""
+    """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing.
+
+    The original comes from the photo store (from the bucket into a temporary file of this host, with S3); a
+    store that cannot be reached raises StorageUnavailable, which fails the task for a retry, not the photo.
+    """
+    store = get_storage()
     try:
-        image = load_rgb(
-            original_path(settings, storage_key),
-            allowed_formats=settings.allowed_formats,
-            max_pixels=settings.max_image_pixels,
-            draft_size=settings.derivative_size,
-        )
+        with store.original_as_file(storage_key) as path:
+            image = load_rgb(
+                path,
+                allowed_formats=settings.allowed_formats,
+                max_pixels=settings.max_image_pixels,
+                draft_size=settings.derivative_size,
+            )
         derivative = make_derivative(image, settings.derivative_size)
     except FileNotFoundError:
         return _Decoded(photo_id, failure="the original file is missing from storage")
     except ImageRejected as exc:
         return _Decoded(photo_id, failure=exc.reason)
-    write_atomically(derivative_path(settings, photo_id), encode_jpeg(derivative, settings.derivative_quality))
+    store.store_derivative(photo_id, encode_jpeg(derivative, settings.derivative_quality))
     return _Decoded(photo_id, prepared=embedder.prepare_image(derivative))
 
 
@@ -180,7 +187,9 @@ def _store_chunk(
         apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
     gone = [photo_id for photo_id in vectors if photo_id not in set(stored)]
     for photo_id in gone:  # deleted while it was being embedded
-        derivative_path(settings, photo_id).unlink(missing_ok=True)
+        error = get_storage().remove_derivative(photo_id)
+        if error:
+            log.error("photo %s was deleted but its derivative could not be removed: %s", photo_id, error)
     return _Written([str(p) for p in stored], failed, [str(p) for p in gone])
 
 
@@ -316,9 +325,9 @@ def _decode_for_reindex(settings: Settings, embedder: ClipEmbedder, photo_id: uu
     """Embed from the saved 224x224 derivative (the picture indexing embedded, as a JPEG); from the original
     when the derivative is missing. A model with another input size resizes it in `prepare_image`."""
     try:
-        with Image.open(derivative_path(settings, photo_id)) as derivative:
+        with Image.open(io.BytesIO(get_storage().read_derivative(photo_id))) as derivative:
             return _Decoded(photo_id, prepared=embedder.prepare_image(derivative.convert("RGB")))
-    except (FileNotFoundError, OSError):
+    except (FileNotFoundError, OSError):  # StorageUnavailable is a ConnectionError: the original is tried too
         return _decode(settings, embedder, photo_id, storage_key)
 
 
@@ -343,9 +352,8 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     chunk = max(1, settings.image_batch_size)
     for start in range(0, len(ready), chunk):
         part = ready[start : start + chunk]
-        vectors.update(
-            zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]), strict=True)
-        )  # type: ignore[misc]
+        inputs = [i.prepared for i in part if i.prepared is not None]  # all of them: `ready` has only decoded ones
+        vectors.update(zip([item.photo_id for item in part], embedder.embed_prepared(inputs), strict=True))
     with session_scope() as session:
         stored = photo_sql.add_embeddings(session, model, vectors)
     for photo_id, reason in failed.items():

@@ -19,8 +19,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz() -> JSONResponse:
-    """Ready when the database and the queue answer and the API's model is the active one; else 503 naming why."""
-    checks = {"database": health.database_problem(), "broker": health.broker_problem()}
+    """Ready when the database, the queue and the photo store answer and the API's model is the active one; else
+    503 naming why."""
+    checks = {
+        "database": health.database_problem(),
+        "broker": health.broker_problem(),
+        "storage": health.storage_problem(),
+    }
     model_state, model_problem = health.model_state(checks["database"] is None)
     problems = [name for name, problem in checks.items() if problem] + (["model"] if model_problem else [])
     body = {
