@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from api import errors
 from api.routes import embeddings, health, moderation, photos, search
 from core.settings import get_settings
+from services.search import note_write
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,16 @@ def create_app() -> FastAPI:
 
     errors.install(app)
 
+    @app.middleware("http")
+    async def _read_your_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # After a key's successful write, its searches read the primary for a while (services.search.note_write).
+        response = await call_next(request)
+        if request.method in WRITE_METHODS and response.status_code < 400 and not _is_search(request.url.path):
+            principal = getattr(request.state, "principal", None)
+            if principal is not None:
+                note_write(principal)
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         messages = []
@@ -94,6 +105,14 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": "internal database error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     return app
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _is_search(path: str) -> bool:
+    """POSTs that only read: image and vector search, query embeddings."""
+    return path.startswith(("/v1/search", "/v1/embeddings"))
 
 
 def jsonable(errors: object) -> object:

@@ -218,13 +218,12 @@ def search(
     region: Annotated[str | None, typer.Option(help="viewer region (ISO code)")] = None,
 ) -> None:
     """Print the photos that best match QUERY (the same search as the API's: policy, region, model check)."""
-    from db.engine import session_scope
     from services import search as search_service
     from services.errors import ServiceError
 
     _settings()
     try:
-        with session_scope() as session:
+        with search_service.search_session() as session:  # a read replica when one is configured and healthy
             outcome = search_service.search_text(session, query, k, region.strip().upper() if region else None)
     except ServiceError as exc:
         typer.echo(f"error: {exc}", err=True)

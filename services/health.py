@@ -7,7 +7,9 @@ from sqlalchemy import text
 
 from core.embedding import get_embedder
 from core.settings import get_settings
-from db.engine import get_engine, session_scope
+from db.engine import ReplicaState, get_engine, has_replicas, session_scope
+from db.engine import replica_states as _replica_states
+from services.query_cache import CacheStats, query_cache
 from services.search import model_mismatch
 from storage import get_storage
 
@@ -51,3 +53,13 @@ def model_state(database_ok: bool) -> tuple[str, bool]:
     with session_scope() as session:
         problem = model_mismatch(session)
     return (problem, True) if problem else ("ok", False)
+
+
+def replica_states() -> list[ReplicaState]:
+    """Each read replica's health and replay lag, as this process measures them (none without replicas)."""
+    return _replica_states() if has_replicas() else []
+
+
+def query_cache_stats() -> CacheStats:
+    """Hits, misses and unanswered calls of this process's query-embedding cache."""
+    return query_cache().snapshot()

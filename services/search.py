@@ -9,7 +9,11 @@ scan, so nothing is filtered afterwards in Python.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +24,19 @@ from core.embedding import get_embedder
 from core.images import load_rgb, make_derivative
 from core.moderation import get_moderator
 from core.policy import DISCLAIMER, check_query
-from core.settings import Settings
+from core.runtime import runtime
+from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
 from db.api_keys import Principal
+from db.engine import has_replicas, read_session, session_scope
 from db.moderation import photo_visibility
 from db.policy import region_is_restricted
 from db.search import SearchHit
 from services.errors import Conflict, InvalidRequest, Unavailable
 from services.photos import load_visible
+from services.query_cache import normalise, query_cache
+from services.shared_state import shared_redis
 
 
 class ModelMismatch(Unavailable):
@@ -87,15 +95,35 @@ def _nearest(session: Session, vector: np.ndarray, k: int, region: str | None, *
         raise InvalidRequest(str(exc)) from None  # a caller's vector of another dimension
 
 
+def query_model_id() -> str:
+    """What a query vector depends on besides its words: the model and its revision, and the text tower."""
+    embedder = get_embedder()
+    return f"{embedder.model_name}@{embedder.revision}|text={embedder.text_model_name or ''}"
+
+
+def embed_query_text(text: str) -> np.ndarray:
+    """The query's vector: from the query-embedding cache when this model has embedded the same text recently,
+    else from the text tower (and then cached). `text` is already normalised."""
+    embedder = get_embedder()
+    cache = query_cache()
+    model_id = query_model_id()
+    cached = cache.get(model_id, text, embedder.dimension)
+    if cached is not None:
+        return cached
+    vector: np.ndarray = embedder.embed_texts([text])[0]
+    cache.put(model_id, text, vector)
+    return vector
+
+
 def search_text(session: Session, query: str, k: int, region: str | None) -> SearchOutcome:
     """Photos that best match a text description, best first, scored by cosine similarity."""
-    text = query.strip()
+    text = normalise(query)
     if not text:
         raise InvalidRequest("the query is empty")
     if text_is_blocked(session, text, region):
         return SearchOutcome(blocked=True, query=text, region=region)
     ensure_query_model(session)
-    vector = get_embedder().embed_texts([text])[0]
+    vector = embed_query_text(text)
     return SearchOutcome(_nearest(session, vector, k, region, for_query=True), query=text, region=region)
 
 
@@ -107,7 +135,8 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
+    vector: np.ndarray = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
+    return vector
 
 
 def search_image(session: Session, vector: np.ndarray, k: int, region: str | None) -> SearchOutcome:
@@ -176,3 +205,57 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
         vectors=list(vectors),
         describes_minor=[check_query(text).blocked for text in texts],
     )
+
+
+# Where searches read ---------------------------------------------------------------------------------------------
+
+WRITE_MARK_PREFIX = "withsense:wrote:"
+_recent_writes = runtime.slot("recent-writes", dict[int, float])
+_recent_writes_lock = threading.Lock()
+
+
+def read_your_writes_window_s() -> float:
+    """How long a key's searches stay on the primary after its own write: a replica serves only while its lag,
+    measured at most WITHSENSE_REPLICA_CHECK_EVERY_S ago, is under WITHSENSE_REPLICA_MAX_LAG_S, so after this
+    window every replica that may serve has replayed that write."""
+    settings = get_settings()
+    return settings.replica_max_lag_s + settings.replica_check_every_s + 1.0
+
+
+def note_write(principal: Principal | None) -> None:
+    """Record that this key just changed something (upload, edit, deletion, moderation): its next searches read
+    the primary, here and in the other API processes (a mark with a TTL in Redis; this process's own memory
+    when Redis does not answer)."""
+    if principal is None or not principal.key_id or not has_replicas():
+        return
+    window = read_your_writes_window_s()
+    with _recent_writes_lock:
+        marks = _recent_writes.get()
+        now = time.monotonic()
+        for key_id in [k for k, until in marks.items() if until < now]:  # keep the map small
+            del marks[key_id]
+        marks[principal.key_id] = now + window
+    shared_redis().run(lambda r: r.set(f"{WRITE_MARK_PREFIX}{principal.key_id}", 1, px=int(window * 1000)))
+
+
+def wrote_recently(principal: Principal | None) -> bool:
+    """Whether this key wrote within the read-your-writes window (in any API process that could tell Redis)."""
+    if principal is None or not principal.key_id:
+        return False
+    with _recent_writes_lock:
+        if _recent_writes.get().get(principal.key_id, 0.0) > time.monotonic():
+            return True
+    return bool(shared_redis().run(lambda r: r.exists(f"{WRITE_MARK_PREFIX}{principal.key_id}")))
+
+
+@contextmanager
+def search_session(principal: Principal | None = None) -> Iterator[Session]:
+    """The session a search reads from: a healthy read replica (WITHSENSE_DATABASE_REPLICA_URLS), or the primary
+    when there is none, none is healthy and caught up, or this key has just written (read your own writes)."""
+    if not has_replicas() or wrote_recently(principal):
+        with session_scope() as session:
+            session.info["replica"] = None
+            yield session
+        return
+    with read_session() as session:
+        yield session

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import SearchPrincipal
-from api.deps import SessionDep, SettingsDep
+from api.deps import ReadSessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
 from api.regions import RegionHeader, ViewerRegion, resolve_region
@@ -37,7 +37,7 @@ def _counted(kind: str, outcome: search_service.SearchOutcome, started: float) -
 @router.get("/search", response_model=SearchOut, responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}})
 async def search_text(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     _principal: SearchPrincipal,
     region: ViewerRegion,
     q: Annotated[str, Query(min_length=1, max_length=1000, description="what the photo should show, in words")],
@@ -57,7 +57,7 @@ async def search_text(
 )
 async def search_image(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     _principal: SearchPrincipal,
     region: ViewerRegion,
@@ -82,7 +82,7 @@ async def search_image(
 def search_similar(
     photo_id: uuid.UUID,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: SearchPrincipal,
     region: ViewerRegion,
     k: KParam = 10,
@@ -103,7 +103,7 @@ class VectorSearchIn(BaseModel):
 def search_vector(
     body: VectorSearchIn,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     _principal: SearchPrincipal,
     x_region: RegionHeader = None,
 ) -> SearchOut:
