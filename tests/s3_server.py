@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "withsense-test"
 SECRET_KEY = "withsense-test-secret"  # a throwaway credential of a loopback test server
@@ -81,7 +82,7 @@ class LocalS3:
                 self.process.wait()
         self.process = None
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
         """A boto3 client of this server, for the tests' own look at the bucket."""
         import boto3
         from botocore.config import Config

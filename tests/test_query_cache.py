@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_a_repeated_query_is_served_from_the_cache_with_the_same_ranking(  # typ
     assert [(r["id"], r["score"]) for r in again["results"]] == [(r["id"], r["score"]) for r in first["results"]]
     assert first["query"] == again["query"] == "a red circle"
 
-    client = redis.Redis.from_url(services.broker_url)
+    client: Any = redis.Redis.from_url(services.broker_url)
     key = cache_key(query_model_id(), "a red circle")
     stored = np.frombuffer(client.get(key), dtype=np.float32)
     expected = get_embedder().embed_texts(["a red circle"])[0]

@@ -254,10 +254,7 @@ def test_an_unreachable_bucket_refuses_uploads_and_fails_readiness(services: Ser
 
 
 @pytest.mark.parametrize("stack", ["s3"], indirect=True)  # presigned URLs exist only for object storage
-def test_thumbnail_redirects_to_a_short_lived_url_after_the_visibility_check(
-    api,  # type: ignore[no-untyped-def]
-    store: Stack,
-) -> None:
+def test_thumbnail_redirects_to_a_short_lived_url_after_the_visibility_check(api, store: Stack) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
     from api.app import create_app
