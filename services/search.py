@@ -135,8 +135,8 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    vector: np.ndarray = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
-    return vector
+    vectors = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    return np.asarray(vectors[0], dtype=np.float32)
 
 
 def search_image(session: Session, vector: np.ndarray, k: int, region: str | None) -> SearchOutcome:
