@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -102,12 +103,8 @@ class S3Storage(PhotoStorage):
             self.client.upload_file(
                 str(spooled), self.bucket, name, ExtraArgs={"ContentType": content_type}, Config=self.transfer
             )
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:  # the last: a failed part, wrapped by boto3
             raise self._failure(exc, name) from exc
-        except Exception as exc:  # s3transfer wraps some errors in its own classes
-            if isinstance(exc.__cause__, BotoCoreError | ClientError):
-                raise self._failure(exc.__cause__, name) from exc
-            raise
         spooled.unlink(missing_ok=True)
 
     @contextmanager
