@@ -102,10 +102,14 @@ def session_scope() -> Iterator[Session]:
 
 
 def dispose_engine() -> None:
-    """Drop pooled connections (after fork, or in tests that restart Postgres); the engine itself is kept."""
+    """Drop pooled connections (after fork, or in tests that restart Postgres), the replicas' too; the engines
+    themselves are kept."""
     engine = _engine.peek()
     if engine is not None:
         engine.dispose()
+    replicas = _replicas.peek()
+    if replicas is not None:
+        replicas.dispose()
 
 
 # Read replicas -------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class LocalStorage(PhotoStorage):
     @contextmanager
     def original_as_file(self, storage_key: str) -> Iterator[Path]:
         path = original_path(self.settings, storage_key)
-        if not path.is_file():
+        if not path.exists():  # anything else (a special file, no permission) is for the decoder to refuse
             raise FileNotFoundError(str(path))
         yield path
 
