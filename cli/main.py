@@ -431,6 +431,7 @@ def regions_set(
     note: Annotated[str | None, typer.Option(help="why (e.g. the law's reference)")] = None,
 ) -> None:
     """Declare whether the minors law applies in REGION; search obeys it at once."""
+    from core.regions import normalise_rule_region
     from services.errors import ServiceError
     from services.regions import set_rule
 
@@ -440,7 +441,7 @@ def regions_set(
     except (ServiceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"{region.upper()}: {'restricted' if restricted else 'unrestricted'}")
+    typer.echo(f"{normalise_rule_region(region)}: {'restricted' if restricted else 'unrestricted'}")
 
 
 def _register_eval() -> None:

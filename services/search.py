@@ -86,7 +86,7 @@ def text_is_blocked(session: Session, text: str, region: str | None) -> bool:
 
 def _nearest(session: Session, vector: np.ndarray, k: int, region: str | None, *, for_query: bool) -> list[SearchHit]:
     try:
-        return search_sql.search_by_vector(session, vector, k, region)
+        return search_sql.search_by_vector(session, vector, k, region, ef_search=get_settings().hnsw_ef_search)
     except search_sql.NoActiveModel:
         return []  # nothing indexed yet: an empty result, not an error
     except search_sql.DimensionMismatch as exc:
@@ -164,7 +164,7 @@ def search_similar(
     photo = load_visible(session, photo_id, principal, region)  # NotFound unless visible or the caller's to manage
     if photo.status != "indexed":
         raise Conflict(f"photo {photo_id} is not indexed yet (status {photo.status})")
-    hits = search_sql.similar_to_photo(session, photo_id, k, region)
+    hits = search_sql.similar_to_photo(session, photo_id, k, region, ef_search=get_settings().hnsw_ef_search)
     return SearchOutcome(hits, region=region)
 
 
