@@ -332,3 +332,19 @@ def test_two_worker_hosts_index_from_one_bucket(services: Services, s3_server: L
     # The workers' own homes keep nothing: the originals came from the bucket, the derivatives went there.
     for home in hosts[1:]:
         assert not any(p.is_file() for p in home.rglob("*") if p.suffix in {".jpg", ".png"}), home
+
+
+def test_storage_settings_are_checked_when_read() -> None:
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError, match="WITHSENSE_S3_BUCKET"):
+        Settings(storage="s3")
+    settings = Settings(storage="s3", s3_bucket="photos", s3_prefix="/catalogue/2026/")
+    assert settings.s3_prefix == "catalogue/2026/"  # one trailing slash, none in front
+    assert Settings(s3_prefix="").s3_prefix == ""
+    with pytest.raises(ValidationError):
+        Settings(s3_multipart_chunk_bytes=1024 * 1024)  # below S3's 5 MiB minimum part
+    replicas = Settings(database_replica_urls="postgresql://a/withsense, postgresql://b/withsense ,")
+    assert replicas.database_replica_urls == ("postgresql://a/withsense", "postgresql://b/withsense")
