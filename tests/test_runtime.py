@@ -28,6 +28,7 @@ def test_one_reset_rebuilds_settings_engine_and_policy_from_the_environment(
     from core.settings import get_settings
     from db.engine import get_engine
 
+    reset_cached_state()  # a fresh engine, whatever earlier tests left in this process's pool
     settings, engine, policy = get_settings(), get_engine(), get_query_policy()
     with engine.connect():
         pass

@@ -334,10 +334,13 @@ def test_two_worker_hosts_index_from_one_bucket(services: Services, s3_server: L
         assert not any(p.is_file() for p in home.rglob("*") if p.suffix in {".jpg", ".png"}), home
 
 
-def test_storage_settings_are_checked_when_read() -> None:
+def test_storage_settings_are_checked_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
     from core.settings import Settings
+
+    for name in [key for key in os.environ if key.startswith(("WITHSENSE_S3_", "WITHSENSE_STORAGE"))]:
+        monkeypatch.delenv(name)  # another test's store may be configured in this process
 
     with pytest.raises(ValidationError, match="WITHSENSE_S3_BUCKET"):
         Settings(storage="s3")
