@@ -350,5 +350,5 @@ def test_storage_settings_are_checked_when_read(monkeypatch: pytest.MonkeyPatch)
     assert Settings(s3_prefix="").s3_prefix == ""
     with pytest.raises(ValidationError):
         Settings(s3_multipart_chunk_bytes=1024 * 1024)  # below S3's 5 MiB minimum part
-    replicas = Settings(database_replica_urls="postgresql://a/withsense, postgresql://b/withsense ,")
-    assert replicas.database_replica_urls == ("postgresql://a/withsense", "postgresql://b/withsense")
+    monkeypatch.setenv("WITHSENSE_DATABASE_REPLICA_URLS", "postgresql://a/withsense, postgresql://b/withsense ,")
+    assert Settings().database_replica_urls == ("postgresql://a/withsense", "postgresql://b/withsense")
