@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -50,7 +51,7 @@ def build_engine(
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
         try:
             register_vector(dbapi_connection)
         except psycopg.ProgrammingError:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import redis
 from sqlalchemy import text
 
-from core.embedding import get_embedder
 from core.settings import get_settings
 from db.engine import ReplicaState, get_engine, has_replicas, session_scope
 from db.engine import replica_states as _replica_states
+from services.model_loader import model_loader
 from services.query_cache import CacheStats, query_cache
 from services.search import model_mismatch
 from storage import get_storage
@@ -45,9 +45,14 @@ def storage_problem() -> str | None:
 
 
 def model_state(database_ok: bool) -> tuple[str, bool]:
-    """("ok" | "loading" | the mismatch, whether that is a problem): queries must use the active model."""
-    if not get_embedder().is_loaded:
-        return "loading", False  # the first search waits for it; nothing is wrong
+    """("ok" | "loading" | why not, whether that is a problem): the model must load, and be the active one.
+
+    A first load in progress is not a problem (requests wait for it); a failed load is, with the model's name, the
+    reason and when the next attempt is, until the background retry loads it.
+    """
+    status = model_loader().status()
+    if status.state != "ready":
+        return status.describe(), status.state == "failed"
     if not database_ok:
         return "unknown (the database is unreachable)", False
     with session_scope() as session:
