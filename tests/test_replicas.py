@@ -26,7 +26,7 @@ SEARCHES_ON = "withsense-search"  # the application_name of the replica engines'
 def standby(services: Services) -> Iterator[object]:
     primary = services.postgres
     # track_functions: the standby counts calls of the search functions, so a test can tell who served them.
-    replica = primary.make_standby(services.home / "pg-standby", {"track_functions": "all"})  # type: ignore[attr-defined]
+    replica = primary.make_standby(services.home / "pg-standby", {"track_functions": "all"})
     replica.start()
     _wait_streaming(replica)
     values = {
@@ -74,11 +74,11 @@ def _search_calls(server: object) -> int:
         return int(row.fetchone()[0])  # type: ignore[index]
 
 
-def _samples(n: int, seed: int) -> list:  # type: ignore[type-arg]
+def _samples(n: int, seed: int) -> list:
     return [s for s in generate(n * 4, seed) if s.colour not in (MINOR_COLOUR, UNSAFE_COLOUR)][:n]
 
 
-def _index(api, samples: list) -> list[str]:  # type: ignore[no-untyped-def,type-arg]
+def _index(api, samples: list) -> list[str]:  # type: ignore[no-untyped-def]
     ids = []
     for sample in samples:
         response = api.post("/v1/photos", files={"file": ("p.jpg", jpeg_bytes(sample.image), "image/jpeg")})

@@ -123,7 +123,7 @@ def store(stack: Stack, clean_db: None) -> Stack:
     return stack
 
 
-def _samples(n: int, seed: int) -> list:  # type: ignore[type-arg]
+def _samples(n: int, seed: int) -> list:
     return [s for s in generate(n * 4, seed) if s.colour not in (MINOR_COLOUR, UNSAFE_COLOUR)][:n]
 
 
