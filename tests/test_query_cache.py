@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 
-from evaluation.synthetic import generate
+from evaluation.standins.synthetic import generate
 from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, Services, environment, wait_for_status
 from tests.images import jpeg_bytes
 

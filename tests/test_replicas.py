@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from evaluation.synthetic import generate
+from evaluation.standins.synthetic import generate
 from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, Services, create_api_key, reset_cached_state, wait_for_status
 from tests.images import jpeg_bytes
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from evaluation.synthetic import generate
+from evaluation.standins.synthetic import generate
 from tests.conftest import (
     MINOR_COLOUR,
     UNSAFE_COLOUR,
