@@ -28,6 +28,9 @@ PG_HBA = """\
 # scram-sha-256 password. The server listens on no unix socket, so there are no `local` lines.
 host    all             all             127.0.0.1/32            scram-sha-256
 host    all             all             ::1/128                 scram-sha-256
+# Streaming standbys (pg_basebackup -R, LocalPostgres.make_standby) log in the same way.
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
 """
 
 
@@ -321,7 +324,7 @@ class LocalPostgres(_ServerProcess):
 
         `pg_basebackup -R` copies the data folder over the replication protocol and writes `primary_conninfo`
         and `standby.signal`, so the copy starts as a hot standby that streams from this server. initdb's
-        pg_hba.conf already admits replication connections from loopback.
+        PG_HBA admits replication connections from loopback with the owner's scram-sha-256 password.
         """
         import stat
 
@@ -353,8 +356,11 @@ class LocalPostgres(_ServerProcess):
             check=True,
             capture_output=True,
             user=self._run_as,
+            env=dict(os.environ, PGPASSWORD=self.password or ""),  # -R writes it into primary_conninfo
         )
-        return LocalPostgres(target, database=self.database, server_settings=dict(server_settings or {}))
+        return LocalPostgres(
+            target, database=self.database, password=self.password, server_settings=dict(server_settings or {})
+        )
 
 
 @dataclass
