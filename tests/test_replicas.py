@@ -69,7 +69,7 @@ def _search_calls(server: object) -> int:
     with psycopg.connect(server.dsn, autocommit=True) as conn:  # type: ignore[attr-defined]
         row = conn.execute(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
-            "WHERE funcname IN ('search_photos', 'similar_photos')"
+            "WHERE funcname IN ('search_photos', 'similar_photos', 'search_photos_filtered', 'similar_photos_filtered')"
         )
         return int(row.fetchone()[0])  # type: ignore[index]
 
