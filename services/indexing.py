@@ -277,12 +277,14 @@ def _store_chunk(
                 log.warning("photo %s failed: %s", item.photo_id, item.failure)
                 photo_sql.mark_failed(session, item.photo_id, item.failure)
                 failed[str(item.photo_id)] = item.failure
-        stored = photo_sql.store_embeddings(session, model, vectors)
+        stored = photo_sql.mark_indexed(session, model, vectors)
         # The file's metadata and the screening of its words before the classifier: a caption that describes a
         # child counts when the classifier's decision is made, and the photo becomes searchable with both.
         metadata = {item.photo_id: item.metadata for item in decoded if item.photo_id in set(stored)}
         file_metadata.apply_to_photos(session, metadata, store_gps=settings.store_gps)
         apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
+        # The vectors last, in the same transaction: each row is written once, its visibility flags final.
+        photo_sql.insert_embeddings(session, model, vectors, stored)
     gone = [photo_id for photo_id in vectors if photo_id not in set(stored)]
     for photo_id in gone:  # deleted while it was being embedded
         error = get_storage().remove_derivative(photo_id)
