@@ -602,6 +602,32 @@ def metadata_backfill(
     )
 
 
+embeddings_app = typer.Typer(help="The vectors' table: its partitions (the way to Citus, SCALING.md).")
+app.add_typer(embeddings_app, name="embeddings")
+
+
+@embeddings_app.command("partition")
+def embeddings_partition(
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="hash partitions of photo id (default WITHSENSE_EMBEDDING_PARTITIONS)"),
+    ] = None,
+) -> None:
+    """Rebuild photo_embeddings as hash partitions of photo id, each with its own HNSW index (1: one table).
+
+    One transaction: searches and vector writes wait until it ends (about one HNSW build per model).
+    """
+    from services import partitions as partition_service
+
+    settings = _settings()
+    wanted = partitions if partitions is not None else settings.embedding_partitions
+    result = partition_service.repartition(wanted)
+    if result.before == result.after:
+        typer.echo(f"photo_embeddings already has {result.after} partition(s)")
+    else:
+        typer.echo(f"photo_embeddings: {result.before} -> {result.after} partition(s), HNSW indexes rebuilt")
+
+
 @app.command()
 def reindex(
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="photos per task")] = 128,
