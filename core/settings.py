@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     derivative_quality: int = Field(default=90, ge=1, le=100)
 
     # photo_embeddings as this many hash partitions of photo id, each with its own HNSW index (1: one table, the
-    # layout before migration 0010). Applied by the migrations and by `withsense embeddings partition`; the
-    # searches are one query whatever the number (SCALING.md has the figures and the way on to Citus).
+    # layout before migration 0010). Applied by migration 0010 when it runs and by `withsense embeddings
+    # partition`; the searches are one query whatever the number (SCALING.md: the figures, the way on to Citus).
     embedding_partitions: int = Field(default=1, ge=1, le=256)
 
     # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.

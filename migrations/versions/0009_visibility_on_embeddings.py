@@ -2,7 +2,7 @@
 
 - photo_embeddings: `visible_restricted` and `visible_unrestricted`, photo_is_visible() of the row's photo for
   both answers of minors_allowed, kept by two triggers in the writing transaction (never stale):
-  db/sql/photo_embedding_visibility/0009.sql.
+  db/sql/photo_embedding_visibility/0009.sql and db/sql/photo_visibility_to_embeddings/0009.sql.
 - search_photos and search_photos_filtered test the flag inside the HNSW scan and join photos only for the
   rows they return (or, with filters on photos' columns, for the rows the flag lets through).
 
@@ -51,6 +51,7 @@ def upgrade() -> None:
         """
     )
     op.execute(sql.statement("photo_embedding_visibility", at=revision))
+    op.execute(sql.statement("photo_visibility_to_embeddings", at=revision))
     for name in indexed:
         op.execute(sa.text("SELECT ensure_embedding_index(:id)").bindparams(id=int(name.rsplit("_", 1)[1])))
     op.execute("ANALYZE photo_embeddings")

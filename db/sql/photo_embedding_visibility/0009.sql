@@ -4,7 +4,7 @@
 -- of minors_allowed:
 --   visible_restricted    photo_is_visible(p, false): shown where the minors law applies
 --   visible_unrestricted  photo_is_visible(p, true):  shown where it does not
--- Never stale, by two triggers in the writing transaction itself:
+-- Never stale, by two triggers in the writing transaction itself (this one, and photo_visibility_to_embeddings):
 -- - photo_embeddings, BEFORE INSERT OR UPDATE: the flags are computed from the photo's row, whatever the
 --   statement set them to (nobody can write a flag by hand). The photo's row is read FOR SHARE: a concurrent
 --   change of the photo then waits for this transaction to end and its own trigger sees the new embedding
@@ -28,24 +28,7 @@ BEGIN
     NEW.visible_unrestricted := FOUND AND coalesce(photo_is_visible(photo, true), false);
     RETURN NEW;
 END $$;
-CREATE OR REPLACE FUNCTION photo_visibility_to_embeddings() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public, pg_temp
-AS $$
-BEGIN
-    IF photo_is_visible(NEW, false) IS DISTINCT FROM photo_is_visible(OLD, false)
-       OR photo_is_visible(NEW, true) IS DISTINCT FROM photo_is_visible(OLD, true)
-       OR NEW.id IS DISTINCT FROM OLD.id THEN
-        -- The values are recomputed by photo_embedding_visibility(); the assignment only makes the row change.
-        UPDATE photo_embeddings SET visible_restricted = photo_is_visible(NEW, false) WHERE photo_id = NEW.id;
-    END IF;
-    RETURN NULL;
-END $$;
 REVOKE ALL ON FUNCTION photo_embedding_visibility() FROM PUBLIC;
-REVOKE ALL ON FUNCTION photo_visibility_to_embeddings() FROM PUBLIC;
 CREATE OR REPLACE TRIGGER photo_embedding_visibility
     BEFORE INSERT OR UPDATE ON photo_embeddings
     FOR EACH ROW EXECUTE FUNCTION photo_embedding_visibility();
-CREATE OR REPLACE TRIGGER photo_visibility_to_embeddings
-    AFTER UPDATE ON photos
-    FOR EACH ROW EXECUTE FUNCTION photo_visibility_to_embeddings();
