@@ -10,6 +10,8 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY core ./core
 COPY db ./db
+COPY services ./services
+COPY storage ./storage
 COPY workers ./workers
 COPY cli ./cli
 COPY evaluation ./evaluation

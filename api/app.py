@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -17,6 +17,7 @@ from api.routes import embeddings, health, moderation, photos, search
 from core.embedding import get_embedder
 from core.settings import get_settings
 from services.model_loader import model_loader
+from services.search import note_write
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,26 @@ def create_app() -> FastAPI:
     errors.install(app)
     openapi.install(app, _vector_dimension)
     _serve_docs(app)
+
+    @app.middleware("http")
+    async def _read_your_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # After a key's successful write, its searches read the primary for a while (services.search.note_write).
+        response = await call_next(request)
+        if request.method in WRITE_METHODS and response.status_code < 400 and not _is_search(request.url.path):
+            principal = getattr(request.state, "principal", None)
+            if principal is not None:
+                note_write(principal)
+        return response
+
     return app
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _is_search(path: str) -> bool:
+    """POSTs that only read: image and vector search, query embeddings."""
+    return path.startswith(("/v1/search", "/v1/embeddings"))
 
 
 def _serve_docs(app: FastAPI) -> None:

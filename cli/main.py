@@ -221,6 +221,9 @@ def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "
         raise typer.Exit(2)
     upgrade(settings.database_url, revision)
     typer.echo(f"database migrated to {revision}")
+    from services.photos import prepare_storage
+
+    typer.echo(f"photo store ready ({prepare_storage()})")
 
 
 @app.command()
@@ -385,7 +388,6 @@ def search(
     page: Annotated[int, typer.Option("--page", min=1, help="which page of k results")] = 1,
 ) -> None:
     """Print the photos that best match QUERY: the API's search (policy, region, model check, filters, pages)."""
-    from db.engine import session_scope
     from services import search as search_service
     from services.errors import ServiceError
     from services.health import database_problem
@@ -412,7 +414,7 @@ def search(
             sort=sort,  # type: ignore[arg-type]
         )
         query_parts = search_service.ComposedQuery(text=query, negative=tuple(negative or ()))
-        with session_scope() as session:
+        with search_service.search_session() as session:  # a read replica when one is configured and healthy
             outcome = search_service.search_composed(session, query_parts, k, viewer, options)
             reached = 1
             while reached < page and not outcome.blocked and outcome.next_cursor is not None:
@@ -598,6 +600,32 @@ def metadata_backfill(
     typer.echo(
         f"{result.read} photos read: {result.filled} gained metadata, {result.unreadable} files could not be read"
     )
+
+
+embeddings_app = typer.Typer(help="The vectors' table: its partitions (the way to Citus, SCALING.md).")
+app.add_typer(embeddings_app, name="embeddings")
+
+
+@embeddings_app.command("partition")
+def embeddings_partition(
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="hash partitions of photo id (default WITHSENSE_EMBEDDING_PARTITIONS)"),
+    ] = None,
+) -> None:
+    """Rebuild photo_embeddings as hash partitions of photo id, each with its own HNSW index (1: one table).
+
+    One transaction: searches and vector writes wait until it ends (about one HNSW build per model).
+    """
+    from services import partitions as partition_service
+
+    settings = _settings()
+    wanted = partitions if partitions is not None else settings.embedding_partitions
+    result = partition_service.repartition(wanted)
+    if result.before == result.after:
+        typer.echo(f"photo_embeddings already has {result.after} partition(s)")
+    else:
+        typer.echo(f"photo_embeddings: {result.before} -> {result.after} partition(s), HNSW indexes rebuilt")
 
 
 @app.command()

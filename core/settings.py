@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.runtime import runtime
@@ -19,6 +19,34 @@ class Settings(BaseSettings):
     home: Path = Path("./var")
     database_url: str | None = None
     broker_url: str | None = None
+    # Streaming standbys of that database (comma-separated URLs). Text, image, similar and vector search read
+    # from a healthy one in turn; everything else, and searches right after a key's own write, read the primary.
+    database_replica_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    # A replica whose replay is further behind than this is skipped (the primary serves when none is left).
+    replica_max_lag_s: float = Field(default=5.0, ge=0, le=3600)
+    # How often a process measures each replica's lag, and how long it leaves alone one that failed.
+    replica_check_every_s: float = Field(default=1.0, ge=0.05, le=300)
+    replica_retry_after_s: float = Field(default=5.0, ge=0.1, le=3600)
+
+    # Where originals and 224x224 derivatives live: "local" (under WITHSENSE_HOME) or "s3" (any S3-compatible
+    # object store: AWS S3, MinIO, Ceph RGW, ...), which every API and worker host shares.
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""  # objects are <prefix>originals/... and <prefix>derivatives/...
+    s3_endpoint_url: str | None = None  # unset: AWS S3 of s3_region
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None  # unset: boto3's own chain (environment, instance profile, ...)
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"  # "path" for MinIO behind one host name
+    # Uploads go up in parts of this size from the spooled file (S3's minimum part is 5 MiB).
+    s3_multipart_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    # Thumbnails: "proxy" streams the object through the API; "redirect" answers 307 to a presigned URL that
+    # is valid for s3_presign_ttl_s seconds, signed for s3_public_endpoint_url (the address clients reach).
+    s3_thumbnails: Literal["proxy", "redirect"] = "proxy"
+    s3_presign_ttl_s: int = Field(default=60, ge=1, le=3600)
+    s3_public_endpoint_url: str | None = None
+    # `withsense migrate` creates the bucket when it is missing (MinIO in docker-compose; off for managed S3).
+    s3_create_bucket: bool = False
 
     # The embedding model: a sentence-transformers name on the Hugging Face hub or a local folder.
     model: str = "clip-ViT-B-32"
@@ -44,8 +72,19 @@ class Settings(BaseSettings):
     derivative_size: int = 224
     derivative_quality: int = Field(default=90, ge=1, le=100)
 
+    # photo_embeddings as this many hash partitions of photo id, each with its own HNSW index (1: one table, the
+    # layout before migration 0010). Applied by migration 0010 when it runs and by `withsense embeddings
+    # partition`; the searches are one query whatever the number (SCALING.md: the figures, the way on to Citus).
+    embedding_partitions: int = Field(default=1, ge=1, le=256)
+
     # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+    # The query-embedding cache in Redis (WITHSENSE_QUERY_CACHE_URL, default the broker): text searches skip the
+    # text tower for a query seen within the TTL. At most query_cache_max_entries (about 2.2 KB each for a
+    # 512-d model), least recently used dropped first. A TTL of 0 turns the cache off.
+    query_cache_ttl_s: int = Field(default=86400, ge=0, le=30 * 86400)
+    query_cache_max_entries: int = Field(default=20_000, ge=1, le=10_000_000)
+    query_cache_url: str | None = None
     # Search pages: the key that signs cursors (shared by every API process that serves the same clients); unset:
     # a key kept in WITHSENSE_HOME/search-cursor.key, made on first use.
     search_cursor_secret: SecretStr | None = None
@@ -111,6 +150,25 @@ class Settings(BaseSettings):
             return tuple(part.strip().upper() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("database_replica_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("s3_prefix", mode="after")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("WITHSENSE_STORAGE=s3 needs WITHSENSE_S3_BUCKET")
+        return self
+
     @field_validator("anonymous_scopes", mode="before")
     @classmethod
     def _split_scopes(cls, value: object) -> object:
@@ -129,6 +187,11 @@ class Settings(BaseSettings):
     @property
     def derivatives_dir(self) -> Path:
         return self.home / "derivatives"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Temporary files of this host: uploads while they stream in, originals fetched from object storage."""
+        return self.home / "tmp"
 
     @property
     def postgres_dir(self) -> Path:

@@ -163,6 +163,11 @@ class PhotoEmbedding(Base):
     )
     embedding: Mapped[object] = mapped_column(HALFVEC())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # photo_is_visible() of the photo for both answers of minors_allowed, kept by triggers in the writing
+    # transaction (db/sql/photo_embedding_visibility/): the HNSW scan tests them without a lookup into photos.
+    # Whatever a statement writes here is replaced by the trigger's answer.
+    visible_restricted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    visible_unrestricted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     photo: Mapped[Photo] = relationship(back_populates="embeddings")
 

@@ -186,16 +186,50 @@ def store_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid
     Idempotent: an embedding already present for (photo, model) is kept as it is. Returns the photos
     stored; a photo deleted while it was being embedded is left out.
     """
-    stored = add_embeddings(session, model, vectors)
-    if not stored:
-        return []
-    session.execute(
-        update(Photo)
-        .where(Photo.id.in_(stored))
-        .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
-        .execution_options(synchronize_session=False)
-    )
+    stored = mark_indexed(session, model, vectors)
+    insert_embeddings(session, model, vectors, stored)
     return stored
+
+
+def mark_indexed(session: Session, model: EmbeddingModel, vectors: dict[uuid.UUID, np.ndarray]) -> list[uuid.UUID]:
+    """The first half of store_embeddings: validate the vectors, lock the photos still present and mark them
+    indexed; returns those photos. `insert_embeddings` writes the vectors after whatever else the transaction
+    changes on the photos (metadata, the classifier's decision): the embedding rows are then written once, with
+    their visibility flags final (db/sql/photo_embedding_visibility/), rather than written and updated again."""
+    for vector in vectors.values():
+        validate_embedding(vector, model.dimension)
+    stored = _lock_present(session, list(vectors))
+    if stored:
+        session.execute(
+            update(Photo)
+            .where(Photo.id.in_(stored))
+            .values(status=PhotoStatus.INDEXED, error=None, indexed_at=func.now(), updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+    return stored
+
+
+def insert_embeddings(
+    session: Session, model: EmbeddingModel, vectors: dict[uuid.UUID, np.ndarray], stored: list[uuid.UUID]
+) -> None:
+    """The second half of store_embeddings: the vectors of the photos `mark_indexed` returned (existing kept)."""
+    session.flush()  # the ORM's pending changes to these photos first: the rows' flags are computed from them
+    rows = [
+        {"photo_id": p, "model_id": model.id, "embedding": HalfVector(validate_embedding(vectors[p], model.dimension))}
+        for p in stored
+    ]
+    if rows:
+        session.execute(
+            insert(PhotoEmbedding)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
+        )
+
+
+def _lock_present(session: Session, photo_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """These photos that still exist, locked for this transaction, in the order given."""
+    present = set(session.scalars(select(Photo.id).where(Photo.id.in_(photo_ids)).with_for_update()))
+    return [photo_id for photo_id in photo_ids if photo_id in present]
 
 
 def mark_failed(session: Session, photo_id: uuid.UUID, reason: str) -> None:
@@ -432,8 +466,7 @@ def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.U
     normalised = {photo_id: validate_embedding(vector, model.dimension) for photo_id, vector in vectors.items()}
     if not normalised:
         return []
-    present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
-    stored = [photo_id for photo_id in normalised if photo_id in present]
+    stored = _lock_present(session, list(normalised))
     rows = [{"photo_id": p, "model_id": model.id, "embedding": HalfVector(normalised[p])} for p in stored]
     if rows:
         session.execute(

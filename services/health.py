@@ -6,9 +6,12 @@ import redis
 from sqlalchemy import text
 
 from core.settings import get_settings
-from db.engine import get_engine, session_scope
+from db.engine import ReplicaState, get_engine, has_replicas, session_scope
+from db.engine import replica_states as _replica_states
 from services.model_loader import model_loader
+from services.query_cache import CacheStats, query_cache
 from services.search import model_mismatch
+from storage import get_storage
 
 
 def database_problem() -> str | None:
@@ -33,6 +36,14 @@ def broker_problem() -> str | None:
         return f"broker unreachable: {type(exc).__name__}: {str(exc)[:200]}"
 
 
+def storage_problem() -> str | None:
+    """None when the photo store (folder or bucket) can serve, else why not."""
+    try:
+        return get_storage().problem()
+    except Exception as exc:  # noqa: BLE001 - a store that cannot even be built is the readiness answer
+        return f"photo store unusable: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 def model_state(database_ok: bool) -> tuple[str, bool]:
     """("ok" | "loading" | why not, whether that is a problem): the model must load, and be the active one.
 
@@ -47,3 +58,13 @@ def model_state(database_ok: bool) -> tuple[str, bool]:
     with session_scope() as session:
         problem = model_mismatch(session)
     return (problem, True) if problem else ("ok", False)
+
+
+def replica_states() -> list[ReplicaState]:
+    """Each read replica's health and replay lag, as this process measures them (none without replicas)."""
+    return _replica_states() if has_replicas() else []
+
+
+def query_cache_stats() -> CacheStats:
+    """Hits, misses and unanswered calls of this process's query-embedding cache."""
+    return query_cache().snapshot()

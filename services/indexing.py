@@ -6,6 +6,7 @@ reconciler) and the reindex task (a model upgrade). No Celery here: the tasks ar
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -26,13 +27,13 @@ from core.metadata import PhotoMetadata
 from core.moderation import ModerationVerdict, get_moderator
 from core.runtime import runtime
 from core.settings import Settings, get_settings
-from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import EmbeddingModel
 from services import metadata as file_metadata
 from services.moderation import ClassifierOutcome, apply_classifier
 from services.queue import QueueUnavailable, enqueue_in_batches, enqueue_ingest, enqueue_resume_after_model_failure
+from storage import get_storage
 
 if TYPE_CHECKING:
     from core.embedding import ClipEmbedder
@@ -224,25 +225,29 @@ class _Decoded:
 
 
 def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
-    """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing."""
+    """Everything per photo before the forward pass: decode, 224x224 derivative (saved), model preprocessing.
+
+    The original comes from the photo store (from the bucket into a temporary file of this host, with S3); a
+    store that cannot be reached raises StorageUnavailable, which fails the task for a retry, not the photo.
+    """
+    store = get_storage()
     try:
-        image = load_rgb(
-            original_path(settings, storage_key),
-            allowed_formats=settings.allowed_formats,
-            max_pixels=settings.max_image_pixels,
-            draft_size=settings.derivative_size,
-        )
+        with store.original_as_file(storage_key) as path:
+            image = load_rgb(
+                path,
+                allowed_formats=settings.allowed_formats,
+                max_pixels=settings.max_image_pixels,
+                draft_size=settings.derivative_size,
+            )
+            # Read while the original is on this host (a temporary copy of the object, with S3).
+            metadata = file_metadata.read_path_metadata(settings, path, storage_key)
         derivative = make_derivative(image, settings.derivative_size)
     except FileNotFoundError:
         return _Decoded(photo_id, failure="the original file is missing from storage")
     except ImageRejected as exc:
         return _Decoded(photo_id, failure=exc.reason)
-    write_atomically(derivative_path(settings, photo_id), encode_jpeg(derivative, settings.derivative_quality))
-    return _Decoded(
-        photo_id,
-        prepared=embedder.prepare_image(derivative),
-        metadata=file_metadata.read_file_metadata(settings, storage_key),
-    )
+    store.store_derivative(photo_id, encode_jpeg(derivative, settings.derivative_quality))
+    return _Decoded(photo_id, prepared=embedder.prepare_image(derivative), metadata=metadata)
 
 
 def _inputs(ready: list[_Decoded]) -> list[np.ndarray | Image.Image]:
@@ -272,15 +277,19 @@ def _store_chunk(
                 log.warning("photo %s failed: %s", item.photo_id, item.failure)
                 photo_sql.mark_failed(session, item.photo_id, item.failure)
                 failed[str(item.photo_id)] = item.failure
-        stored = photo_sql.store_embeddings(session, model, vectors)
+        stored = photo_sql.mark_indexed(session, model, vectors)
         # The file's metadata and the screening of its words before the classifier: a caption that describes a
         # child counts when the classifier's decision is made, and the photo becomes searchable with both.
         metadata = {item.photo_id: item.metadata for item in decoded if item.photo_id in set(stored)}
         file_metadata.apply_to_photos(session, metadata, store_gps=settings.store_gps)
         apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
+        # The vectors last, in the same transaction: each row is written once, its visibility flags final.
+        photo_sql.insert_embeddings(session, model, vectors, stored)
     gone = [photo_id for photo_id in vectors if photo_id not in set(stored)]
     for photo_id in gone:  # deleted while it was being embedded
-        derivative_path(settings, photo_id).unlink(missing_ok=True)
+        error = get_storage().remove_derivative(photo_id)
+        if error:
+            log.error("photo %s was deleted but its derivative could not be removed: %s", photo_id, error)
     return _Written([str(p) for p in stored], failed, [str(p) for p in gone])
 
 
@@ -429,9 +438,9 @@ def _decode_for_reindex(settings: Settings, embedder: ClipEmbedder, photo_id: uu
     """Embed from the saved 224x224 derivative (the picture indexing embedded, as a JPEG); from the original
     when the derivative is missing. A model with another input size resizes it in `prepare_image`."""
     try:
-        with Image.open(derivative_path(settings, photo_id)) as derivative:
+        with Image.open(io.BytesIO(get_storage().read_derivative(photo_id))) as derivative:
             return _Decoded(photo_id, prepared=embedder.prepare_image(derivative.convert("RGB")))
-    except (FileNotFoundError, OSError):
+    except (FileNotFoundError, OSError):  # StorageUnavailable is a ConnectionError: the original is tried too
         return _decode(settings, embedder, photo_id, storage_key)
 
 

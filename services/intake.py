@@ -1,6 +1,6 @@
 """Intake, shared by the upload API and `withsense ingest`: identify the bytes, store the original under a
-generated name, insert the row as pending (declarations recorded, its words screened), commit, and only then
-enqueue `photos.ingest`."""
+generated name (in this process's photo store: the local folder or the bucket), insert the row as pending
+(declarations recorded, its words screened), commit, and only then enqueue `photos.ingest`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 from core.images import ImageInfo, inspect_image
 from core.policy import PolicyDecision, check_query
 from core.settings import Settings
-from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
+from core.storage import new_storage_key
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import Photo
 from services.moderation import record_declaration, record_text_flag
 from services.queue import enqueue_ingest
+from storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def register_photo(
     """Move `spooled` (a temporary file that is ours to consume) into storage and queue it.
 
     Raises core.images.ImageRejected subclasses for bytes we do not accept (nothing is stored),
-    and services.queue.QueueUnavailable when the queue is down (the row and file are removed again).
+    core.storage.StorageUnavailable when the store is down (nothing is stored), and
+    services.queue.QueueUnavailable when the queue is down (the row and file are removed again).
     With `enqueue=False` the caller queues the photo itself (in batches); until it does, the photo is
     pending and the reconciler would queue it.
     """
@@ -115,8 +117,9 @@ def register_photo(
         info = inspect_image(spooled, allowed_formats=settings.allowed_formats, max_pixels=settings.max_image_pixels)
 
     storage_key = new_storage_key(info.format)
-    destination = original_path(settings, storage_key)
-    move_into_place(spooled, destination)
+    store = get_storage()
+    # Stored before the row exists: a worker that sees the row always finds the file.
+    store.store_original(storage_key, spooled)
     try:
         with session_scope() as session:
             photo, created = photo_sql.insert_photo(
@@ -142,10 +145,10 @@ def register_photo(
                 )
                 screen_words(session, photo)
     except BaseException:
-        remove_quietly(destination)
+        _remove_original(store.remove_original(storage_key), storage_key)
         raise
     if not created:  # lost a race with a concurrent upload of the same bytes
-        remove_quietly(destination)
+        _remove_original(store.remove_original(storage_key), storage_key)
         return IntakeResult(photo, False)
     if not enqueue:
         return IntakeResult(photo, True)
@@ -155,9 +158,14 @@ def register_photo(
         # Nothing half-done: without a queued task the upload is undone and the client retries later.
         with session_scope() as session:
             photo_sql.delete_photo(session, photo.id)
-        remove_quietly(destination)
+        _remove_original(store.remove_original(storage_key), storage_key)
         raise
     return IntakeResult(photo, True)
+
+
+def _remove_original(error: str | None, storage_key: str) -> None:
+    if error:
+        log.error("an original that no row refers to could not be removed (%s): %s", storage_key, error)
 
 
 def display_name(filename: str | None) -> str | None:

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import func
@@ -19,11 +20,11 @@ from sqlalchemy.orm import Session
 
 from core.metadata import PhotoMetadata, merge_tags, read_metadata
 from core.settings import Settings
-from core.storage import original_path
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import Photo
 from services import intake
+from storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,22 @@ SCREENED_FIELDS = ("title", "description", "tags")
 
 
 def read_file_metadata(settings: Settings, storage_key: str) -> PhotoMetadata | None:
-    """The original's metadata, or None when the file cannot be read at all (the photo's decode says why)."""
+    """The original's metadata, or None when the file cannot be read at all (the photo's decode says why).
+
+    The original comes from the photo store (a temporary copy of the object, with S3)."""
+    try:
+        with get_storage().original_as_file(storage_key) as path:
+            return read_path_metadata(settings, path, storage_key)
+    except FileNotFoundError:
+        log.warning("metadata of %s not read: the original is missing from storage", storage_key)
+        return None
+
+
+def read_path_metadata(settings: Settings, path: Path, storage_key: str) -> PhotoMetadata | None:
+    """The metadata of an original already on this host at `path` (inside the store's `original_as_file`)."""
     try:
         return read_metadata(
-            original_path(settings, storage_key),
+            path,
             allowed_formats=settings.allowed_formats,
             max_pixels=settings.max_image_pixels,
             include_gps=settings.store_gps,

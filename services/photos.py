@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.metadata import MAX_DESCRIPTION, clean_text, parse_tags
 from core.settings import Settings
-from core.storage import derivative_path, original_path, remove_quietly
+from core.storage import ObjectRead
 from db import photos as photo_sql
 from db.api_keys import Principal
 from db.engine import session_scope
@@ -29,6 +29,7 @@ from services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Restr
 from services.moderation import record_declaration
 from services.pages import decode_cursor, encode_cursor
 from services.queue import enqueue_in_batches
+from storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,17 @@ def load_managed(session: Session, photo_id: uuid.UUID, principal: Principal, ve
     return photo
 
 
-def thumbnail_file(
-    session: Session, settings: Settings, photo_id: uuid.UUID, principal: Principal, region: str | None
-) -> Path:
-    """The 224x224 derivative of a photo this caller may see, once it is indexed."""
+def thumbnail(session: Session, photo_id: uuid.UUID, principal: Principal, region: str | None) -> ObjectRead:
+    """The 224x224 derivative of a photo this caller may see, once it is indexed: a local file, a stream from the
+    bucket, or a short-lived presigned URL (WITHSENSE_S3_THUMBNAILS), decided only after the visibility check."""
     photo = load_visible(session, photo_id, principal, region)
-    path = derivative_path(settings, photo.id)
-    if photo.status != PhotoStatus.INDEXED or not path.exists():
-        raise NotFound(f"the thumbnail of photo {photo_id} is not ready (status {photo.status})")
-    return path
+    not_ready = NotFound(f"the thumbnail of photo {photo_id} is not ready (status {photo.status})")
+    if photo.status != PhotoStatus.INDEXED:
+        raise not_ready
+    try:
+        return get_storage().serve_derivative(photo.id)
+    except FileNotFoundError:
+        raise not_ready from None
 
 
 @dataclass(frozen=True)
@@ -207,12 +210,13 @@ def _apply_edits(session: Session, photo: Photo, changes: Mapping[str, object]) 
 
 
 def delete_photo(settings: Settings, photo_id: uuid.UUID, principal: Principal) -> None:
-    """Delete the photo: gone from search when the transaction commits; its files are removed after the commit."""
+    """Delete the photo: gone from search when the transaction commits; its original and derivative are removed
+    from the store after the commit (a failed removal is logged; the photo is gone either way)."""
     with session_scope() as session:
         storage_key = load_managed(session, photo_id, principal, "delete").storage_key  # locked until the commit
         photo_sql.delete_photo(session, photo_id)
         audit(session, photo_id, principal.actor, "deleted", {}, "photo deleted")
-    for error in remove_quietly(original_path(settings, storage_key), derivative_path(settings, photo_id)):
+    for error in get_storage().remove(storage_key, photo_id):
         log.error("photo %s deleted but a file could not be removed: %s", photo_id, error)
 
 
@@ -280,6 +284,13 @@ def redrive_one(settings: Settings, photo_id: uuid.UUID) -> None:
         current = photo.status
     if not redrive(settings, [photo_id]):
         raise Conflict(f"photo {photo_id} is {current}, not failed")
+
+
+def prepare_storage() -> str:
+    """Create what the photo store needs (folders; the bucket where WITHSENSE_S3_CREATE_BUCKET allows); says which."""
+    store = get_storage()
+    store.prepare()
+    return store.kind
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,10 +31,12 @@ from core.images import load_rgb, make_derivative
 from core.metadata import ORIENTATIONS, normalise_tag
 from core.moderation import get_moderator
 from core.policy import DISCLAIMER, PolicyDecision, check_query, model_child_score, with_model_opinion
+from core.runtime import runtime
 from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
 from db.api_keys import Principal
+from db.engine import has_replicas, read_session, session_scope
 from db.moderation import photo_visibility
 from db.policy import region_is_restricted
 from db.search import FoundPhoto
@@ -39,6 +44,8 @@ from services import cursors
 from services.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from services.model_loader import query_embedder
 from services.photos import load_visible
+from services.query_cache import normalise, query_cache
+from services.shared_state import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +261,37 @@ def _log_blocked(decision: PolicyDecision, region: str | None) -> None:
     )
 
 
+def query_model_id() -> str:
+    """What a query vector depends on besides its words: the model and its revision, and the text tower."""
+    embedder = query_embedder()
+    return f"{embedder.model_name}@{embedder.revision}|text={embedder.text_model_name or ''}"
+
+
+def embed_query_text(text: str) -> np.ndarray:
+    """The query's vector: from the query-embedding cache when this model has embedded the same text recently,
+    else from the text tower (and then cached). `text` is already normalised."""
+    return embed_query_texts([text])[0]
+
+
+def embed_query_texts(texts: list[str]) -> list[np.ndarray]:
+    """The vectors of a query's texts (its words and its negatives), in order: each from the query-embedding cache
+    when this model embedded the same text recently, the others from the text tower in one batch (then cached)."""
+    embedder = query_embedder()
+    cache = query_cache()
+    model_id = query_model_id()
+    found: dict[str, np.ndarray] = {}
+    for text in dict.fromkeys(texts):
+        cached = cache.get(model_id, text, embedder.dimension)
+        if cached is not None:
+            found[text] = cached
+    missing = [text for text in dict.fromkeys(texts) if text not in found]
+    if missing:
+        for text, vector in zip(missing, embedder.embed_texts(missing), strict=True):
+            found[text] = np.asarray(vector, dtype=np.float32)
+            cache.put(model_id, text, found[text])
+    return [found[text] for text in texts]
+
+
 # --- the searches -------------------------------------------------------------------------------------------------
 
 
@@ -404,6 +442,60 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
     )
 
 
+# Where searches read ---------------------------------------------------------------------------------------------
+
+WRITE_MARK_PREFIX = "withsense:wrote:"
+_recent_writes = runtime.slot("recent-writes", dict[int, float])
+_recent_writes_lock = threading.Lock()
+
+
+def read_your_writes_window_s() -> float:
+    """How long a key's searches stay on the primary after its own write: a replica serves only while its lag,
+    measured at most WITHSENSE_REPLICA_CHECK_EVERY_S ago, is under WITHSENSE_REPLICA_MAX_LAG_S, so after this
+    window every replica that may serve has replayed that write."""
+    settings = get_settings()
+    return settings.replica_max_lag_s + settings.replica_check_every_s + 1.0
+
+
+def note_write(principal: Principal | None) -> None:
+    """Record that this key just changed something (upload, edit, deletion, moderation): its next searches read
+    the primary, here and in the other API processes (a mark with a TTL in Redis; this process's own memory
+    when Redis does not answer)."""
+    if principal is None or not principal.key_id or not has_replicas():
+        return
+    window = read_your_writes_window_s()
+    with _recent_writes_lock:
+        marks = _recent_writes.get()
+        now = time.monotonic()
+        for key_id in [k for k, until in marks.items() if until < now]:  # keep the map small
+            del marks[key_id]
+        marks[principal.key_id] = now + window
+    shared_redis().run(lambda r: r.set(f"{WRITE_MARK_PREFIX}{principal.key_id}", 1, px=int(window * 1000)))
+
+
+def wrote_recently(principal: Principal | None) -> bool:
+    """Whether this key wrote within the read-your-writes window (in any API process that could tell Redis)."""
+    if principal is None or not principal.key_id:
+        return False
+    with _recent_writes_lock:
+        if _recent_writes.get().get(principal.key_id, 0.0) > time.monotonic():
+            return True
+    return bool(shared_redis().run(lambda r: r.exists(f"{WRITE_MARK_PREFIX}{principal.key_id}")))
+
+
+@contextmanager
+def search_session(principal: Principal | None = None) -> Iterator[Session]:
+    """The session a search reads from: a healthy read replica (WITHSENSE_DATABASE_REPLICA_URLS), or the primary
+    when there is none, none is healthy and caught up, or this key has just written (read your own writes)."""
+    if not has_replicas() or wrote_recently(principal):
+        with session_scope() as session:
+            session.info["replica"] = None
+            yield session
+        return
+    with read_session() as session:
+        yield session
+
+
 # --- the flow -----------------------------------------------------------------------------------------------------
 
 
@@ -416,10 +508,11 @@ def _composed(
     principal: Principal | None,
     image: tuple[np.ndarray, str] | None,
 ) -> SearchOutcome:
-    text = _clean_text("q", query.text) if query.text is not None else None
+    # The texts in the form that is checked, embedded and cached (NFC, one space between words).
+    text = normalise(_clean_text("q", query.text)) if query.text is not None else None
     if len(query.negative) > MAX_NEGATIVES:
         raise InvalidRequest(f"at most {MAX_NEGATIVES} negative texts")
-    negatives = tuple(_clean_text("negative", value) for value in query.negative)
+    negatives = tuple(normalise(_clean_text("negative", value)) for value in query.negative)
     if text is None and query.like_photo is None and image is None:
         raise InvalidRequest("give the query's words (`q`), a photo to look like (`like_photo`), or an image")
     if options.mode == "keyword" and text is None:
@@ -444,7 +537,7 @@ def _composed(
     ensure_query_model(session)
     embedder = query_embedder()
     texts = list(decisions)
-    embedded = dict(zip(texts, embedder.embed_texts(texts), strict=True)) if texts else {}
+    embedded = dict(zip(texts, embed_query_texts(texts), strict=True)) if texts else {}
     if restricted:  # with `policy_model_check` on, the model's opinion of each text may block what the rules let by
         for part, decision in decisions.items():
             opinion = with_second_opinion(decision, embedded[part])

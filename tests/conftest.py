@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,24 @@ def reset_cached_state() -> None:
     from core.runtime import runtime
 
     runtime.reset()
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """WITHSENSE_* (or any) variables set for this block, the process's objects rebuilt from them, and both
+    restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    reset_cached_state()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_cached_state()
 
 
 @pytest.fixture(scope="session")

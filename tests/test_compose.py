@@ -67,3 +67,28 @@ def test_cpu_override_drops_the_gpu_reservation() -> None:
     # The faster CPU encoder is on by default there, and the image has ONNX Runtime for it.
     assert override["services"]["worker"]["environment"]["WITHSENSE_IMAGE_ENCODER"].endswith(":-onnx-int8}")
     assert 'pip install ".[onnx]"' in (ROOT / "Dockerfile").read_text()
+
+
+def test_compose_stores_photos_in_minio_for_every_process() -> None:
+    services = _load("docker-compose.yml")["services"]
+    assert services["minio"]["image"].startswith("minio/minio")
+    assert services["minio"]["command"][:2] == ["server", "/data"]
+    for name in ("api", "worker", "beat", "migrate"):
+        env = services[name]["environment"]
+        assert env["WITHSENSE_STORAGE"] == "s3"
+        assert env["WITHSENSE_S3_ENDPOINT_URL"].endswith("http://minio:9000}")
+        assert env["WITHSENSE_S3_BUCKET"] and env["WITHSENSE_S3_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD")
+        assert services[name]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_compose_has_an_optional_streaming_standby() -> None:
+    services = _load("docker-compose.yml")["services"]
+    replica = services["postgres-replica"]
+    assert replica["profiles"] == ["replica"]
+    script = replica["command"][0]
+    assert "pg_basebackup -h postgres" in script and " -R " in script and "exec postgres" in script
+    assert replica["image"] == services["postgres"]["image"]  # the same server and pgvector as the primary
+    assert "WITHSENSE_DATABASE_REPLICA_URLS" in services["api"]["environment"]
+    init = ROOT / "deploy" / "postgres" / "10-replication.sh"
+    assert "host replication" in init.read_text()
+    assert any(str(v).startswith("./deploy/postgres/10-replication.sh:") for v in services["postgres"]["volumes"])

@@ -134,8 +134,9 @@ def _plans_inside(conn: psycopg.Connection, query: str, params: tuple[object, ..
 
 def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors: ManyVectors, services: Services) -> None:
     """The real plan of search_photos' own query: the model's partial HNSW index drives the nearest-neighbour
-    loop, and the visibility rule, inlined to plain column tests, filters inside it (for the minors condition,
-    only where the region restricts)."""
+    scan, and the visibility rule, as kept on the embedding rows (migration 0009), filters inside it with no lookup
+    into photos; photos is joined only for the k rows found, where the rule, inlined to plain column tests, is
+    tested once more (for the minors condition, only where the region restricts)."""
     model, *_ = many_vectors
     query = "[" + ",".join(["0.125"] * model.dimension) + "]"
     with psycopg.connect(services.database_url.replace("+psycopg", "")) as conn:
@@ -156,13 +157,23 @@ def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors: M
             lines = [line.strip() for line in plans[0].splitlines()]
             lines = lines[next(i for i, line in enumerate(lines) if "(cost=" in line) :]
             plan = "\n".join(lines)
+            scan = next(
+                i
+                for i, line in enumerate(lines)
+                if f"Index Scan using ix_photo_embeddings_hnsw_model_{model.id}" in line
+            )
             node = {
                 marker: next(i for i, line in enumerate(lines) if marker in line)
-                for marker in ("Limit", "Nested Loop", f"Index Scan using ix_photo_embeddings_hnsw_model_{model.id}")
+                for marker in ("Nested Loop", "Limit", f"Index Scan using ix_photo_embeddings_hnsw_model_{model.id}")
             }
-            assert sorted(node.values()) == list(node.values()), plan  # Limit > Nested Loop > the HNSW scan
+            # Nested Loop (photos for the k rows) > Limit > the HNSW scan: the limit is reached inside the scan.
+            assert sorted(node.values()) == list(node.values()), plan
+            flag = "visible_restricted" if restricted else "visible_unrestricted"
+            scan_filter = next(line for line in lines[scan:] if line.startswith("Filter:"))
+            assert scan_filter == f"Filter: {flag}", plan  # the flag alone, on the row the scan reads
             assert "photo_is_visible" not in plan, "the rule is inlined, not called per row"
             rule = next(line for line in lines if line.startswith("Filter:") and "moderation_status" in line)
+            assert lines.index(rule) > scan, "the rule on photos runs after the scan, on the rows it returned"
             assert "status = 'indexed'" in rule and "visibility = 'public'" in rule
             assert ("depicts_minor" in rule) is restricted, rule
         conn.rollback()

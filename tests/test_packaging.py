@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT_PACKAGES = ("api", "cli", "workers", "services", "migrations", "evaluation", "db", "core")
+PRODUCT_PACKAGES = ("api", "cli", "workers", "services", "migrations", "evaluation", "db", "storage", "core")
 
 # `withsense eval` alone, as a plain install of the wheel runs it: without the finder of an editable install of this
 # project (the test's own environment has one, which would find the checkout's stand-ins), then the command.

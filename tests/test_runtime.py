@@ -31,6 +31,7 @@ def test_one_reset_rebuilds_settings_engine_and_policy_from_the_environment(
     from core.settings import get_settings
     from db.engine import get_engine
 
+    reset_cached_state()  # a fresh engine, whatever earlier tests left in this process's pool
     settings, engine, policy = get_settings(), get_engine(), get_query_policy()
     pool = engine.pool
     assert isinstance(pool, QueuePool)

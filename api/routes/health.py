@@ -21,6 +21,7 @@ class HealthOut(BaseModel):
 class ReadyChecks(BaseModel):
     database: str = Field(description="`ok`, or why Postgres cannot be reached")
     broker: str = Field(description="`ok`, or why Redis cannot be reached")
+    storage: str = Field(description="`ok`, or why the photo store (folder or bucket) cannot serve")
     model: str = Field(
         description="`ok`; `loading` while the first load runs; else why not: the model that could not be loaded "
         "with the reason and the next attempt, or the mismatch with the active model"
@@ -44,8 +45,13 @@ def healthz() -> HealthOut:
     responses={503: {"model": ReadyOut, "description": "a dependency is missing; `checks` names it and why"}},
 )
 def readyz() -> JSONResponse:
-    """Ready when the database and the queue answer and the API's model is loaded and the active one; else 503."""
-    checks = {"database": health.database_problem(), "broker": health.broker_problem()}
+    """Ready when the database, the queue and the photo store answer and the API's model is loaded and the active
+    one; else 503."""
+    checks = {
+        "database": health.database_problem(),
+        "broker": health.broker_problem(),
+        "storage": health.storage_problem(),
+    }
     model_state, model_problem = health.model_state(checks["database"] is None)
     problems = [name for name, problem in checks.items() if problem] + (["model"] if model_problem else [])
     body = ReadyOut(
@@ -65,5 +71,5 @@ def readyz() -> JSONResponse:
     },
 )
 def metrics() -> Response:
-    """Upload and search counters and latencies, for Prometheus."""
+    """Upload and search counters and latencies, the query cache's hits and misses, each read replica's lag."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import AdminPrincipal, CuratorPrincipal, UploadPrincipal, ViewerPrincipal
@@ -202,6 +203,9 @@ def get_photo(
     return photo_out(photo_service.load_visible(session, photo_id, principal, region), base_url(request))
 
 
+THUMBNAIL_HEADERS = {"Cache-Control": "private, no-cache", "Vary": "Authorization, X-Region"}
+
+
 @router.get(
     "/{photo_id}/thumbnail",
     response_class=FileResponse,
@@ -210,19 +214,41 @@ def get_photo(
             "description": "the 224x224 JPEG",
             "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
         },
+        307: {"description": "with WITHSENSE_S3_THUMBNAILS=redirect: a presigned URL of the JPEG, valid briefly"},
         404: {"model": ErrorOut, "description": "no such photo, not one this caller may see, or not indexed yet"},
         451: RESTRICTED,
+        503: {"model": ErrorOut, "description": "the photo store is unavailable"},
     },
 )
 def get_thumbnail(
-    photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: ViewerPrincipal, region: ViewerRegion
-) -> FileResponse:
-    """The 224x224 JPEG derivative, once the photo is indexed."""
-    path = photo_service.thumbnail_file(session, settings, photo_id, principal, region)
+    photo_id: uuid.UUID, session: SessionDep, principal: ViewerPrincipal, region: ViewerRegion
+) -> Response:
+    """The 224x224 JPEG derivative, once the photo is indexed (the same visibility rules as the photo itself)."""
+    stored = photo_service.thumbnail(session, photo_id, principal, region)
     # Revalidated on every view: a moderation decision or a deletion takes effect at once, also in browsers.
-    return FileResponse(
-        path, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache", "Vary": "Authorization, X-Region"}
-    )
+    if stored.redirect_url:
+        # The URL is a bearer token until it expires (WITHSENSE_S3_PRESIGN_TTL_S): the redirect itself is never cached.
+        return RedirectResponse(
+            stored.redirect_url,
+            status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+            headers={"Cache-Control": "no-store", "Vary": "Authorization, X-Region"},
+        )
+    if stored.path is not None:
+        return FileResponse(stored.path, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
+    assert stored.chunks is not None
+    headers = dict(THUMBNAIL_HEADERS)
+    if stored.size:
+        headers["Content-Length"] = str(stored.size)
+    return StreamingResponse(_streamed(stored.chunks, stored.close), media_type="image/jpeg", headers=headers)
+
+
+def _streamed(chunks: Iterable[bytes], close: Callable[[], object] | None) -> Iterator[bytes]:
+    """The object's chunks as they arrive from the store; its connection is released however the response ends."""
+    try:
+        yield from chunks
+    finally:
+        if close is not None:
+            close()
 
 
 class PhotoChange(BaseModel):

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.auth import SearchPrincipal
-from api.deps import SessionDep, SettingsDep
+from api.deps import ReadSessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
 from api.regions import RegionField, RegionHeader, ViewerRegion, region_error, resolve_region
@@ -123,7 +123,7 @@ def _counted(kind: str, outcome: search_service.SearchOutcome, started: float) -
 @router.get("/search", response_model=SearchOut, responses={**LIKE_PHOTO_ERRORS, **ERRORS})
 async def search_text(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: SearchPrincipal,
     region: ViewerRegion,
     options: OptionsDep,
@@ -243,7 +243,7 @@ class SearchIn(SearchFiltersIn, ComposedParts):
 async def search_composed(
     body: SearchIn,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: SearchPrincipal,
     x_region: RegionHeader = None,
 ) -> SearchOut:
@@ -304,7 +304,7 @@ class ImageQueryIn(SearchFiltersIn, ComposedParts):
 )
 async def search_image(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     principal: SearchPrincipal,
     region: ViewerRegion,
@@ -355,7 +355,7 @@ def _image_query(raw: str) -> ImageQueryIn:
 def search_similar(
     photo_id: uuid.UUID,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: SearchPrincipal,
     region: ViewerRegion,
     options: OptionsDep,
@@ -406,7 +406,7 @@ class VectorSearchIn(SearchFiltersIn):
 def search_vector(
     body: VectorSearchIn,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     _principal: SearchPrincipal,
     x_region: RegionHeader = None,
 ) -> SearchOut:
