@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api import errors
+from api import errors, pages
 from api.routes import embeddings, health, moderation, photos, search
 from core.settings import get_settings
 
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(search.router)
     app.include_router(moderation.router)
     app.include_router(embeddings.router)
+    pages.install(app)
 
     errors.install(app)
 

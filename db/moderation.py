@@ -74,6 +74,18 @@ def review_queue(session: Session, limit: int, offset: int = 0) -> list[tuple[Ph
     return [(p, scores[p.id]) for p in photos]
 
 
+def photo_scores(session: Session, photo_id: uuid.UUID, classifier_version: str | None) -> dict[str, float]:
+    """One photo's scores by category from the classifier version that last scored it (none before that)."""
+    if classifier_version is None:
+        return {}
+    rows = session.scalars(
+        select(ModerationScore).where(
+            ModerationScore.photo_id == photo_id, ModerationScore.classifier_version == classifier_version
+        )
+    )
+    return {row.category: row.score for row in rows}
+
+
 def queue_size(session: Session) -> int:
     return int(
         session.scalar(

@@ -179,6 +179,11 @@ def review_queue(session: Session, limit: int, offset: int = 0) -> tuple[int, li
     return moderation_sql.queue_size(session), moderation_sql.review_queue(session, limit, offset)
 
 
+def photo_scores(session: Session, photo: Photo) -> dict[str, float]:
+    """The classifier's latest scores of one photo by category, 0 to 1 (empty before it is classified)."""
+    return moderation_sql.photo_scores(session, photo.id, photo.classifier_version)
+
+
 def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
     """Every moderation change of a photo, oldest first (kept after the photo is deleted)."""
     return moderation_sql.audit_trail(session, photo_id)

@@ -82,8 +82,8 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
             filename=upload.filename,
             title=upload.fields.get("title"),
             photographer=upload.fields.get("photographer"),
-            depicts_minor=_parse_bool("depicts_minor", upload.fields.get("depicts_minor")),
-            parental_consent=_parse_bool("parental_consent", upload.fields.get("parental_consent")),
+            depicts_minor=parse_bool("depicts_minor", upload.fields.get("depicts_minor")),
+            parental_consent=parse_bool("parental_consent", upload.fields.get("parental_consent")),
         )
         try:
             result = await run_in_threadpool(photo_service.upload_photo, settings, received, principal)
@@ -102,7 +102,8 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
     )
 
 
-def _parse_bool(name: str, value: str | None) -> bool | None:
+def parse_bool(name: str, value: str | None) -> bool | None:
+    """A form field's true/false (also 1/0, yes/no); None when absent; 422 for anything else."""
     if value is None:
         return None
     lowered = value.strip().lower()

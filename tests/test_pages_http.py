@@ -1,0 +1,265 @@
+"""The web pages over HTTP, against the real stack: sign-in cookies, CSRF, the same visibility as the API for the
+same key, server-rendered results, and no 5xx for bad input. The browser tests (test_pages_browser.py) drive the
+same pages in Chromium."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from api.pages.i18n import CATALOGUES, EN, Translator, missing_keys, negotiate
+from core.policy import DISCLAIMER
+from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, create_api_key, reset_cached_state, sample_of, upload
+from tests.conftest import wait_for_status as wait
+from tests.pages_helpers import csrf_of, page_client, result_ids
+
+FREE = "XF"
+
+
+def test_every_language_has_every_string() -> None:
+    for language, catalogue in CATALOGUES.items():
+        assert not missing_keys(catalogue), f"{language} lacks {sorted(missing_keys(catalogue))}"
+        assert set(catalogue) - set(EN) <= {k for k in catalogue if "#" in k}, f"{language} has unknown keys"
+    assert Translator("ru").plural("search.count", 1) == "1 фотография"
+    assert Translator("ru").plural("search.count", 3) == "3 фотографии"
+    assert Translator("ru").plural("search.count", 11) == "11 фотографий"
+    assert Translator("en").plural("search.count", 1) == "1 photo"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "header", "expected"),
+    [
+        (None, "ru-RU,ru;q=0.9,en;q=0.8", "ru"),
+        (None, "de-DE,de;q=0.9,en;q=0.5,ru;q=0.4", "en"),
+        (None, "de, ru;q=0.1", "ru"),
+        (None, None, "en"),
+        (None, "en;q=garbage, ru", "ru"),
+        ("en", "ru", "en"),
+        ("xx", "ru", "ru"),
+    ],
+)
+def test_language_comes_from_the_switch_then_accept_language(cookie: str | None, header: str, expected: str) -> None:
+    assert negotiate(cookie, header) == expected
+
+
+@pytest.fixture()
+def free_region(services):  # type: ignore[no-untyped-def]
+    from db.engine import session_scope
+    from db.policy import delete_region_rule, set_region_rule
+
+    with session_scope() as session:
+        set_region_rule(session, FREE, minors_restricted=False, note="test")
+    yield FREE
+    with session_scope() as session:
+        delete_region_rule(session, FREE)
+
+
+@pytest.fixture()
+def anonymous_search(services, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WITHSENSE_ANONYMOUS_SCOPES", "search")
+    reset_cached_state()
+    yield
+    monkeypatch.delenv("WITHSENSE_ANONYMOUS_SCOPES")
+    reset_cached_state()
+
+
+def test_signed_out_pages_lead_to_the_sign_in_page(services) -> None:  # type: ignore[no-untyped-def]
+    with page_client() as client:
+        for path in ("/", "/search?q=a+red+circle", "/upload", "/moderation", f"/photos/{uuid.uuid4()}"):
+            response = client.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/signin?next=%2F"), path
+        assert client.get("/upload/status", params={"id": str(uuid.uuid4())}, headers={"Accept": "application/json"}
+                          ).status_code == 401
+        page = client.get("/signin?next=/upload")
+        assert page.status_code == 200 and 'name="key"' in page.text and 'type="password"' in page.text
+
+
+def test_anonymous_search_scope_opens_the_search_pages_only(anonymous_search) -> None:  # type: ignore[no-untyped-def]
+    with page_client() as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/search", params={"q": "a red circle"}).status_code == 200
+        assert client.get("/upload").status_code == 303
+        assert client.get("/moderation").status_code == 303
+
+
+def test_sign_in_keeps_the_key_in_an_http_only_same_site_cookie(services) -> None:  # type: ignore[no-untyped-def]
+    key = create_api_key("search", name="cookie-check")
+    with page_client() as client:
+        token = csrf_of(client.get("/signin").text)
+        wrong = client.post("/signin", data={"key": "wsk_nope_nope", "csrf_token": token})
+        assert wrong.status_code == 401 and "not valid" in wrong.text and "ws_session" not in wrong.headers.get(
+            "set-cookie", ""
+        )
+        response = client.post("/signin", data={"key": key, "csrf_token": token, "next": "/search?q=x"})
+        assert response.status_code == 303 and response.headers["location"] == "/search?q=x"
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("ws_session=") and key not in cookie  # signed, and not readable as the key
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
+        page = client.get("/")
+        assert page.status_code == 200 and "cookie-check" in page.text
+        assert key not in page.text  # the key is never written into a page
+
+        # Sign out: the cookie goes, the pages need a key again.
+        out = client.post("/signout", data={"csrf_token": csrf_of(page.text)})
+        assert out.status_code == 303 and 'ws_session=""' in out.headers["set-cookie"]
+        assert client.get("/").status_code == 303
+
+
+def test_behind_an_https_proxy_the_cookies_are_secure(services) -> None:  # type: ignore[no-untyped-def]
+    key = create_api_key("search")
+    with page_client() as client:
+        token = csrf_of(client.get("/signin").text)
+        response = client.post(
+            "/signin", data={"key": key, "csrf_token": token}, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert response.status_code == 303
+        assert "Secure" in response.headers["set-cookie"]
+
+
+def test_forms_refuse_a_missing_or_foreign_csrf_token(services) -> None:  # type: ignore[no-untyped-def]
+    key = create_api_key("admin")
+    with page_client() as client, page_client(key) as other:
+        client.get("/signin")  # has a nonce cookie, but sends no token
+        assert client.post("/signin", data={"key": key}).status_code in (403, 422)
+        assert client.post("/signin", data={"key": key, "csrf_token": "0" * 64}).status_code == 403
+        foreign = csrf_of(other.get("/").text)  # valid for the other browser's session only
+        refused = client.post("/signin", data={"key": key, "csrf_token": foreign})
+        assert refused.status_code == 403 and "expired" in refused.text
+        # A signed-in browser's forms need its own token too.
+        photo_id = uuid.uuid4()
+        assert other.post(f"/moderation/{photo_id}", data={"action": "approve", "reason": "ok ok", "csrf_token": "x"}
+                          ).status_code == 403
+        assert other.post("/signout", data={"csrf_token": "nope"}).status_code == 403
+        assert other.get("/").status_code == 200  # still signed in
+        upload_forged = other.post(
+            "/upload/files",
+            files={"file": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")},
+            headers={"X-CSRF-Token": "forged", "Accept": "application/json"},
+        )
+        assert upload_forged.status_code == 403
+
+
+def test_a_revoked_key_is_signed_out_at_once(services) -> None:  # type: ignore[no-untyped-def]
+    from services.access import authenticate, revoke_key
+
+    key = create_api_key("search", name="to-revoke")
+    with page_client(key) as client:
+        assert client.get("/").status_code == 200
+        principal = authenticate(key)
+        assert principal is not None
+        revoke_key(principal.key_id)
+        response = client.get("/")
+        assert response.status_code == 303 and response.headers["location"].startswith("/signin")
+        assert 'ws_session=""' in response.headers.get("set-cookie", "")
+
+
+def test_a_search_only_key_gets_403_on_upload_and_moderation(services) -> None:  # type: ignore[no-untyped-def]
+    with page_client(create_api_key("search")) as client:
+        for path in ("/upload", "/moderation"):
+            response = client.get(path)
+            assert response.status_code == 403, path
+            assert "may not open this page" in response.text
+        home = client.get("/").text
+        assert 'href="/upload"' not in home and 'href="/moderation"' not in home
+
+
+def test_redirects_after_forms_stay_on_this_site(services) -> None:  # type: ignore[no-untyped-def]
+    key = create_api_key("search")
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
+        with page_client() as client:
+            token = csrf_of(client.get("/signin").text)
+            response = client.post("/signin", data={"key": key, "csrf_token": token, "next": target})
+            assert response.headers["location"] == "/", target
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/search?k=1000&q=x",
+        "/search?k=abc",
+        "/search?like=not-a-uuid",
+        "/search?q=" + "x" * 1001,
+        "/search?region=" + "X" * 40,
+        "/photos/not-a-uuid",
+        "/photos/00000000-0000-0000-0000-000000000000/thumbnail",
+        "/upload/status?id=nope",
+        "/moderation?offset=-1",
+        "/upload?before=zzz",
+        "/search?q=%00%01",
+    ],
+)
+def test_bad_input_gets_a_4xx_page_never_a_5xx(services, path: str) -> None:  # type: ignore[no-untyped-def]
+    with page_client(create_api_key("admin")) as client:
+        response = client.get(path)
+        assert 400 <= response.status_code < 500 or response.status_code == 200, (path, response.status_code)
+        assert response.status_code != 200 or path.startswith("/search?q=%00")
+
+
+@pytest.mark.usefixtures("clean_db", "worker")
+def test_the_pages_show_exactly_what_the_api_shows_the_same_key(api, free_region) -> None:  # type: ignore[no-untyped-def]
+    """Photo page, thumbnail and "more like this" answer the statuses of the API's routes, key by key."""
+    visible = sample_of("red", "circle", seed=31)
+    child = sample_of(MINOR_COLOUR, "star", seed=32)
+    unsafe = sample_of(UNSAFE_COLOUR, "square", seed=33)
+    private = sample_of("blue", "cross", seed=34)
+    ids = [upload(api, s.image).json()["id"] for s in (visible, child, unsafe, private)]
+    assert all(b["status"] == "indexed" for b in wait(api, ids).values())
+    api.patch(f"/v1/photos/{ids[3]}", json={"visibility": "private"})
+    search_key = create_api_key("search")
+    uploader_key = create_api_key("upload", "search")
+    own = upload_with(uploader_key, sample_of("green", "triangle", seed=35))  # pending for a moment, then indexed
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    keys = {"search": search_key, "uploader": uploader_key, "admin": create_api_key("admin")}
+    for who, key in keys.items():
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as bearer, page_client(key) as pages:
+            for photo_id in [*ids, own, str(uuid.uuid4())]:
+                for region in (None, FREE):
+                    params = {"region": region} if region else {}
+                    api_record = bearer.get(f"/v1/photos/{photo_id}", params=params).status_code
+                    api_thumb = bearer.get(f"/v1/photos/{photo_id}/thumbnail", params=params).status_code
+                    assert pages.get(f"/photos/{photo_id}", params=params).status_code == api_record, (who, photo_id)
+                    assert pages.get(f"/photos/{photo_id}/thumbnail", params=params).status_code == api_thumb, (
+                        who,
+                        photo_id,
+                    )
+    with page_client(search_key) as pages:
+        restricted = pages.get(f"/photos/{ids[1]}")
+        assert restricted.status_code == 451 and DISCLAIMER in restricted.text
+        assert pages.get(f"/photos/{ids[1]}", params={"region": FREE}).status_code == 200
+        # "More like this" from the hidden child: the disclaimer, as GET /v1/photos/{id}/similar answers.
+        like = pages.get("/search", params={"like": ids[1]})
+        assert DISCLAIMER in like.text and result_ids(like.text) == []
+        assert pages.get("/search", params={"like": ids[2]}).status_code == 404  # waiting for review: not found
+
+
+def upload_with(key: str, sample) -> str:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as client:
+        return str(upload(client, sample.image).json()["id"])
+
+
+@pytest.mark.usefixtures("clean_db", "worker")
+def test_search_results_are_in_the_html_the_server_sends(api) -> None:  # type: ignore[no-untyped-def]
+    samples = [sample_of(c, s, seed=40 + i) for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"),
+                                                                          ("green", "triangle")])]
+    ids = [upload(api, s.image, title=f"{s.colour} {s.shape}").json()["id"] for s in samples]
+    wait(api, ids)
+    with page_client(create_api_key("search")) as client:
+        for sample, photo_id in zip(samples, ids, strict=True):
+            page = client.get("/search", params={"q": f"a {sample.colour} {sample.shape}"})
+            assert page.status_code == 200
+            assert result_ids(page.text)[0] == photo_id, sample.caption
+            assert f'/photos/{photo_id}/thumbnail' in page.text and f"{sample.colour} {sample.shape}" in page.text
+        blocked = client.get("/search", params={"q": "a child playing in the park"})
+        assert blocked.status_code == 200 and DISCLAIMER in blocked.text and result_ids(blocked.text) == []
+        russian = client.get("/search", params={"q": "a red circle"}, headers={"Accept-Language": "ru"})
+        assert 'lang="ru"' in russian.text and "Найти" in russian.text and result_ids(russian.text)[0] == ids[0]
+        assert "Server-Timing" in russian.headers and "Content-Security-Policy" in russian.headers
