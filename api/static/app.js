@@ -80,6 +80,7 @@
       progress.value = 0;
       progress.setAttribute("aria-label", strings.progress + ": " + file.name);
       var badge = document.createElement("span");
+      badge.className = "badge";
       var detail = document.createElement("span");
       detail.className = "detail";
       line.append(progress, badge, detail);
