@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Query, status
 
+from core.regions import InvalidRegion, normalise_region
+
 RegionParam = Annotated[
     str | None, Query(max_length=16, description="ISO country code of the viewer (the minors law applies per region)")
 ]
@@ -13,9 +15,12 @@ RegionHeader = Annotated[str | None, Header(alias="X-Region", max_length=16, des
 
 
 def resolve_region(query_region: str | None, header_region: str | None) -> str | None:
-    """The region as SQL reads it (the query parameter wins over the header); None when neither is given."""
-    region = (query_region or header_region or "").strip().upper()
-    return region or None
+    """The region as SQL reads it (core.regions; the query parameter wins over the header); None when neither is
+    given; 422 for a value that is not a region code."""
+    try:
+        return normalise_region(query_region or header_region)
+    except InvalidRegion as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def viewer_region(region: RegionParam = None, x_region: RegionHeader = None) -> str | None:

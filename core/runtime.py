@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -32,12 +32,13 @@ class Slot(Generic[T]):
     def get(self) -> T:
         """The object, built on first use (under a lock, so concurrent first calls build it once)."""
         if self._built:
-            return self._value  # type: ignore[return-value]  # built, so set (T itself may be Optional)
+            return cast(T, self._value)  # built, so set (T itself may be Optional)
         with self._lock:
-            if not self._built:
-                self._value = self._factory()
-                self._built = True
-            return self._value  # type: ignore[return-value]
+            if self._built:
+                return cast(T, self._value)
+            value = self._factory()
+            self._value, self._built = value, True
+            return value
 
     def peek(self) -> T | None:
         """The object if it was built, else None; never builds it."""
@@ -74,7 +75,7 @@ class TtlCache(Generic[T]):
     def get(self, fetch: Callable[[], T]) -> T:
         with self._lock:
             if time.monotonic() - self._fetched_at < self._ttl_s():
-                return self._value  # type: ignore[return-value]  # fetched, so set
+                return cast(T, self._value)  # fetched, so set
         value = fetch()
         with self._lock:
             self._value, self._fetched_at = value, time.monotonic()

@@ -154,6 +154,11 @@ def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, sto
     return _Decoded(photo_id, prepared=embedder.prepare_image(derivative))
 
 
+def _inputs(ready: list[_Decoded]) -> list[np.ndarray | Image.Image]:
+    """The model inputs of decoded photos (every one of `ready` has one)."""
+    return [item.prepared for item in ready if item.prepared is not None]
+
+
 @dataclass(frozen=True)
 class _Written:
     indexed: list[str]
@@ -274,7 +279,7 @@ def _index_claimed(
             ready = [item for item in decoded if item.prepared is not None]
             seconds["decode_wait"] += time.perf_counter() - mark
             mark = time.perf_counter()
-            embeddings = embedder.embed_prepared([item.prepared for item in ready])  # type: ignore[misc]
+            embeddings = embedder.embed_prepared(_inputs(ready))
             vectors = {item.photo_id: vector for item, vector in zip(ready, embeddings, strict=True)}
             outcomes = {photo_id: outcome_of(moderator.score(vector)) for photo_id, vector in vectors.items()}
             seconds["model"] += time.perf_counter() - mark
@@ -343,9 +348,7 @@ def reembed_photos(photo_ids: list[uuid.UUID]) -> dict[str, object]:
     chunk = max(1, settings.image_batch_size)
     for start in range(0, len(ready), chunk):
         part = ready[start : start + chunk]
-        vectors.update(
-            zip([item.photo_id for item in part], embedder.embed_prepared([i.prepared for i in part]), strict=True)
-        )  # type: ignore[misc]
+        vectors.update(zip([item.photo_id for item in part], embedder.embed_prepared(_inputs(part)), strict=True))
     with session_scope() as session:
         stored = photo_sql.add_embeddings(session, model, vectors)
     for photo_id, reason in failed.items():

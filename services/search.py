@@ -20,7 +20,7 @@ from core.embedding import get_embedder
 from core.images import load_rgb, make_derivative
 from core.moderation import get_moderator
 from core.policy import DISCLAIMER, check_query
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
 from db.api_keys import Principal
@@ -78,7 +78,7 @@ def text_is_blocked(session: Session, text: str, region: str | None) -> bool:
 
 def _nearest(session: Session, vector: np.ndarray, k: int, region: str | None, *, for_query: bool) -> list[SearchHit]:
     try:
-        return search_sql.search_by_vector(session, vector, k, region)
+        return search_sql.search_by_vector(session, vector, k, region, ef_search=get_settings().hnsw_ef_search)
     except search_sql.NoActiveModel:
         return []  # nothing indexed yet: an empty result, not an error
     except search_sql.DimensionMismatch as exc:
@@ -107,7 +107,8 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    return get_embedder().embed_images([make_derivative(image, settings.derivative_size)])[0]
+    vectors = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    return np.asarray(vectors[0], dtype=np.float32)
 
 
 def search_image(session: Session, vector: np.ndarray, k: int, region: str | None) -> SearchOutcome:
@@ -135,7 +136,7 @@ def search_similar(
     photo = load_visible(session, photo_id, principal, region)  # NotFound unless visible or the caller's to manage
     if photo.status != "indexed":
         raise Conflict(f"photo {photo_id} is not indexed yet (status {photo.status})")
-    hits = search_sql.similar_to_photo(session, photo_id, k, region)
+    hits = search_sql.similar_to_photo(session, photo_id, k, region, ef_search=get_settings().hnsw_ef_search)
     return SearchOutcome(hits, region=region)
 
 

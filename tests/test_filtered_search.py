@@ -3,7 +3,10 @@ return k rows and the same ids as an exact scan."""
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
+import psycopg
 import pytest
 from pgvector import HalfVector, Vector
 from sqlalchemy import text
@@ -46,7 +49,7 @@ def many_vectors(services):  # type: ignore[no-untyped-def]
             ),
             [
                 {"photo_id": pid, "model_id": model.id, "embedding": HalfVector(v.tolist())}
-                for pid, v in zip(rows, vectors)
+                for pid, v in zip(rows, vectors, strict=True)
             ],
         )
         session.execute(text("ANALYZE photos; ANALYZE photo_embeddings"))
@@ -57,24 +60,26 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors)
     from db.engine import session_scope
     from db.search import search_by_vector
 
-    model, ids, vectors, approved = many_vectors
+    model, ids, _vectors, approved = many_vectors
     rng = np.random.default_rng(11)
-    eligible = [str(i) for i, ok in zip(ids, approved) if ok]
+    eligible = [str(i) for i, ok in zip(ids, approved, strict=True) if ok]
     recalls = []
     for _ in range(20):
         query = rng.normal(size=model.dimension).astype(np.float32)
         query /= np.linalg.norm(query)
         with session_scope() as session:
-            # At 4,000 rows the planner would rightly pick an exact scan; force the HNSW index so that
-            # this test exercises the iterative index scan a production-sized table gets.
+            # At 4,000 rows the planner would rightly pick an exact scan (a bitmap scan of the 40 eligible
+            # photos, then a sort, even without sequential scans); force the HNSW index so that this test
+            # exercises the iterative index scan a production-sized table gets.
             session.execute(text("SET LOCAL enable_seqscan = off"))
+            session.execute(text("SET LOCAL enable_sort = off"))
             hits = search_by_vector(session, query, K, "RU")
             exact = (
                 session.execute(
                     text(
                         f"SELECT e.photo_id FROM photo_embeddings e JOIN searchable_photos p ON p.id = e.photo_id "
-                        f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) <=> CAST(:q AS vector({model.dimension})) "
-                        f"LIMIT :k"
+                        f"WHERE e.model_id = :m ORDER BY e.embedding::vector({model.dimension}) <=> "
+                        f"CAST(:q AS vector({model.dimension})) LIMIT :k"
                     ),
                     {"m": model.id, "q": Vector(query.tolist()), "k": K},
                 )
@@ -103,11 +108,106 @@ def test_the_search_uses_the_models_hnsw_index(many_vectors) -> None:  # type: i
             session.execute(
                 text(
                     f"EXPLAIN SELECT e.photo_id FROM photo_embeddings e WHERE e.model_id = {model.id} "
-                    f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) LIMIT 10"
+                    f"ORDER BY e.embedding::halfvec({model.dimension}) <=> '{query}'::halfvec({model.dimension}) "
+                    "LIMIT 10"
                 )
             ).scalars()
         )
     assert f"ix_photo_embeddings_hnsw_model_{model.id}" in plan, plan
+
+
+def _plans_inside(conn: psycopg.Connection, query: str, params: tuple[object, ...]) -> tuple[int, list[str]]:
+    """Run `query` and return its row count and the plans of the statements run inside it (auto_explain)."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
+    rows = conn.execute(query, params).fetchall()
+    return len(rows), [plan for plan in plans if "photo_embeddings" in plan]
+
+
+def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors, services) -> None:  # type: ignore[no-untyped-def]
+    """The real plan of search_photos' own query: the model's partial HNSW index drives the nearest-neighbour
+    loop, and the visibility rule, inlined to plain column tests, filters inside it (for the minors condition,
+    only where the region restricts)."""
+    model, *_ = many_vectors
+    query = "[" + ",".join(["0.125"] * model.dimension) + "]"
+    with psycopg.connect(services.database_url.replace("+psycopg", "")) as conn:
+        conn.execute("LOAD 'auto_explain'")
+        for name, value in {
+            "auto_explain.log_min_duration": "0",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.log_level": "notice",
+            "enable_seqscan": "off",  # as in the recall test: the plan a production-sized table gets
+            "enable_sort": "off",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        conn.execute("INSERT INTO region_rules (region, minors_restricted) VALUES ('XE', false)")  # rolled back
+        for region, restricted in (("RU", True), ("XE", False)):
+            count, plans = _plans_inside(conn, "SELECT * FROM search_photos(%s::vector, %s, %s)", (query, K, region))
+            assert count == K and len(plans) == 1, plans
+            # The plan's nodes, without the query text that auto_explain prints first.
+            lines = [line.strip() for line in plans[0].splitlines()]
+            lines = lines[next(i for i, line in enumerate(lines) if "(cost=" in line) :]
+            plan = "\n".join(lines)
+            node = {
+                marker: next(i for i, line in enumerate(lines) if marker in line)
+                for marker in ("Limit", "Nested Loop", f"Index Scan using ix_photo_embeddings_hnsw_model_{model.id}")
+            }
+            assert sorted(node.values()) == list(node.values()), plan  # Limit > Nested Loop > the HNSW scan
+            assert "photo_is_visible" not in plan, "the rule is inlined, not called per row"
+            rule = next(line for line in lines if line.startswith("Filter:") and "moderation_status" in line)
+            assert "status = 'indexed'" in rule and "visibility = 'public'" in rule
+            assert ("depicts_minor" in rule) is restricted, rule
+        conn.rollback()
+
+
+def test_ef_search_comes_from_the_caller(many_vectors) -> None:  # type: ignore[no-untyped-def]
+    """Settings.hnsw_ef_search reaches the scan through db.search: a small one loses recall, a large one keeps
+    it; SQL callers who set nothing get 200; it is never below k, and nothing of it outlives the call."""
+    from db.engine import get_sessionmaker
+    from db.search import search_by_vector
+
+    model, _ids, _vectors, _approved = many_vectors
+    rng = np.random.default_rng(23)
+    queries = [q / np.linalg.norm(q) for q in rng.normal(size=(30, model.dimension)).astype(np.float32)]
+    with get_sessionmaker()() as session:
+        # Every photo eligible: a plain k-NN, where ef_search alone decides how close to exact the scan gets.
+        session.execute(text("UPDATE photos SET moderation_status = 'approved'"))
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        session.execute(text("SET LOCAL enable_sort = off"))
+        exact = [
+            set(
+                session.scalars(
+                    text(
+                        f"SELECT photo_id FROM photo_embeddings ORDER BY embedding::vector({model.dimension}) <=> "
+                        f"CAST(:q AS vector({model.dimension})) LIMIT :k"
+                    ),
+                    {"q": Vector(q.tolist()), "k": K},
+                )
+            )
+            for q in queries
+        ]
+
+        def found(ef_search: int | None) -> list[list[str]]:
+            return [
+                [str(h.photo_id) for h in search_by_vector(session, q, K, "RU", ef_search=ef_search)] for q in queries
+            ]
+
+        def recall(results: list[list[str]]) -> float:
+            return float(
+                np.mean([len({uuid.UUID(i) for i in got} & want) / K for got, want in zip(results, exact, strict=True)])
+            )
+
+        small, large, default = found(K), found(1000), found(None)
+        assert recall(small) < 0.85, recall(small)  # about 0.55 at 4,000 vectors of 64 dimensions
+        assert recall(large) >= 0.95, recall(large)
+        assert recall(default) >= 0.95
+        assert found(1) == small, "ef_search below k is raised to k"
+
+        session.execute(text("SET LOCAL hnsw.ef_search = 77"))
+        search_by_vector(session, queries[0], K, ef_search=500)
+        assert session.scalar(text("SHOW hnsw.ef_search")) == "77"
+        assert session.scalar(text("SELECT current_setting('withsense.ef_search', true)")) == ""
+        session.rollback()
 
 
 def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:  # type: ignore[no-untyped-def]
@@ -123,7 +223,7 @@ def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:
         "zero": np.zeros(model.dimension, dtype=np.float32),
         "NaN": np.full(model.dimension, np.nan, dtype=np.float32),
     }
-    for name, vector in bad.items():
+    for vector in bad.values():
         with pytest.raises(InvalidEmbedding):
             validate_embedding(vector, model.dimension)
         literal = "[" + ",".join("NaN" if np.isnan(x) else str(float(x)) for x in vector) + "]"

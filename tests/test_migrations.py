@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -63,8 +64,16 @@ def test_upgrade_downgrade_upgrade_on_empty_database(empty_postgres: LocalPostgr
 def test_pgvector_is_new_enough_for_iterative_scans(empty_postgres: LocalPostgres) -> None:
     upgrade(empty_postgres.url)
     with psycopg.connect(empty_postgres.url.replace("+psycopg", "")) as conn:
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    assert row is not None
+    version = row[0]
     assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8)
+
+
+def _new_id(conn: psycopg.Connection, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _hnsw_options(dsn: str) -> dict[str, list[str]]:
@@ -84,17 +93,17 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url, "0004")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        old = conn.execute(
-            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
-        ).fetchone()[0]
+        old = _new_id(
+            conn, "INSERT INTO embedding_models (name, revision, dimension) VALUES ('old', 'r1', 8) RETURNING id"
+        )
         conn.execute("SELECT ensure_embedding_index(%s)", (old,))
     assert _hnsw_options(dsn) == {f"ix_photo_embeddings_hnsw_model_{old}": ["ef_construction=64", "m=16"]}
 
     upgrade(empty_postgres.url)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        new = conn.execute(
-            "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
-        ).fetchone()[0]
+        new = _new_id(
+            conn, "INSERT INTO embedding_models (name, revision, dimension) VALUES ('new', 'r2', 512) RETURNING id"
+        )
         conn.execute("SELECT ensure_embedding_index(%s)", (new,))
         conn.execute(f"REINDEX INDEX ix_photo_embeddings_hnsw_model_{int(old)}")  # what the operator runs
     assert _hnsw_options(dsn) == {
@@ -107,3 +116,135 @@ def test_hnsw_indexes_move_to_ef_construction_128_and_back(empty_postgres: Local
     assert len(after) == 2 and all(options == ["ef_construction=64", "m=16"] for options in after.values())
     downgrade(empty_postgres.url, "base")
     upgrade(empty_postgres.url)
+
+
+# The SQL surface as code (db/sql/): what the migrations leave is what the definition files say.
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Every function and view of the public schema as the catalogue states it, with who may use it."""
+
+    functions: dict[str, tuple[str, str | None]]  # name(arguments) -> (pg_get_functiondef, ACL)
+    views: dict[str, tuple[str, str | None, str | None]]  # name -> (pg_get_viewdef, options, ACL)
+
+
+def _surface(conn: psycopg.Connection) -> Surface:
+    functions = {
+        f"{name}({args})": (definition, acl)
+        for name, args, definition, acl in conn.execute(
+            "SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid), p.proacl::text "
+            "FROM pg_proc p LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
+            "WHERE p.pronamespace = 'public'::regnamespace AND d.objid IS NULL"
+        )
+    }
+    views = {
+        name: (definition, options, acl)
+        for name, definition, options, acl in conn.execute(
+            "SELECT c.relname, pg_get_viewdef(c.oid), c.reloptions::text, c.relacl::text FROM pg_class c "
+            "WHERE c.relkind = 'v' AND c.relnamespace = 'public'::regnamespace"
+        )
+    }
+    return Surface(functions, views)
+
+
+def _reapplied(dsn: str, at: str) -> tuple[Surface, Surface]:
+    """The surface as it is, and as it is after running every definition file as of revision `at` again."""
+    from db import sql
+
+    with psycopg.connect(dsn) as conn:
+        before = _surface(conn)
+        for name in sql.names():
+            if sql.versions(name)[0] <= at:
+                conn.execute(sql.definition(name, at))  # no parameters: the text goes to the server as it is
+        after = _surface(conn)
+        conn.rollback()
+    return before, after
+
+
+def test_every_function_and_view_is_its_definition_file(empty_postgres: LocalPostgres) -> None:
+    """At head the database is exactly the newest definition files; each object has one."""
+    from db import sql
+
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    upgrade(empty_postgres.url)
+    before, after = _reapplied(dsn, "9999")
+    assert after == before
+    live = {key.split("(")[0] for key in before.functions} | set(before.views)
+    assert live == set(sql.names()), "every view and function of the public schema has a folder in db/sql/"
+
+
+def test_0007_downgrade_restores_0006_exactly_and_keeps_the_readers_grants(empty_postgres: LocalPostgres) -> None:
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url, "0006")
+    at_0006, reapplied = _reapplied(dsn, "0006")
+    assert reapplied == at_0006, "the files named 0001-0006 are the state those revisions leave"
+
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn) as conn:
+        head = _surface(conn)
+    for name in (
+        "search_photos(query_embedding vector, k integer, region text)",
+        "similar_photos(source_photo_id uuid, k integer, region text)",
+        "photo_visibility(p_photo_id uuid, region text)",
+        "region_is_restricted(region text)",
+    ):
+        assert head.functions[name][1] == at_0006.functions[name][1]
+        assert "withsense_reader=X/" in (head.functions[name][1] or "")
+    assert head.views["searchable_photos"][2] == at_0006.views["searchable_photos"][2]
+    assert head.views["searchable_photos"][1] == "{security_barrier=true}"
+    for name in ("photo_is_visible(photo photos, minors_allowed boolean)", "normalise_region(region text)"):
+        # The reader role may call them (the view uses the first); PUBLIC may not.
+        assert head.functions[name][1] == "{postgres=X/postgres,withsense_reader=X/postgres}"
+
+    downgrade(empty_postgres.url, "0006")
+    with psycopg.connect(dsn) as conn:
+        assert _surface(conn) == at_0006
+    upgrade(empty_postgres.url)
+
+
+def test_definition_files_are_frozen() -> None:
+    from db import sql
+
+    assert sql.problems() == []
+
+
+def test_a_later_definition_never_changes_what_an_older_migration_applies(
+    empty_postgres: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hard rule of db/sql/: a fresh database replays every revision identically, whatever was added since."""
+    import shutil
+
+    from db import sql
+
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    with psycopg.connect(dsn) as conn:
+        head = _surface(conn)
+
+    copy = tmp_path / "sql"
+    shutil.copytree(sql.SQL_DIR, copy)
+    monkeypatch.setattr(sql, "SQL_DIR", copy)
+    monkeypatch.setattr(sql, "MANIFEST", copy / "SHA256SUMS")
+    newest = (copy / "search_photos" / "0007.sql").read_text()
+    (copy / "search_photos" / "9000.sql").write_text(newest.replace("k must be between", "k (a later text) between"))
+    assert sql.freeze() == ["search_photos/9000.sql"]
+    assert "a later text" in sql.current("search_photos")[1]
+    assert "a later text" not in sql.definition("search_photos", at="0007")
+
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn) as conn:
+        assert _surface(conn) == head
+
+    # A released file that changes is refused, by the loader and by freeze.
+    (copy / "search_photos" / "0007.sql").write_text(newest + "\n-- edited later\n")
+    with pytest.raises(sql.DefinitionError, match="changed after it was frozen"):
+        sql.definition("search_photos", at="0007")
+    with pytest.raises(sql.DefinitionError, match=r"search_photos/0007\.sql"):
+        sql.freeze()
+    assert sql.problems() == [
+        "search_photos/0007.sql: changed after it was frozen (a released definition never changes: add a new version)"
+    ]
+    with pytest.raises(sql.DefinitionError, match="no definition as of revision 0006"):
+        sql.definition("photo_is_visible", at="0006")
