@@ -29,11 +29,21 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy
+from bench.common import (
+    ROOT,
+    emit,
+    latency_stats,
+    machine_info,
+    print_table,
+    random_vit_b32,
+    short_tmp_dir,
+    warn_if_busy,
+)
 
 TARGET_MS = 200.0
 SERVER_TIMING = re.compile(r"app;dur=([0-9.]+)")
@@ -42,9 +52,7 @@ CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 
 def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -111,7 +119,14 @@ def _sign_in(client: httpx.Client, key: str) -> None:
         raise RuntimeError(f"sign-in answered {answer.status_code}")
 
 
-def _measure(client: httpx.Client, path: str, requests: int) -> dict[str, object]:
+@dataclass(frozen=True)
+class PageFigures:
+    path: str
+    server: dict[str, float]  # from the Server-Timing header
+    wall: dict[str, float]  # the client's, on loopback
+
+
+def _measure(client: httpx.Client, path: str, requests: int) -> PageFigures:
     server, wall = [], []
     client.get(path)  # one warm-up (templates compiled, caches filled)
     for _ in range(requests):
@@ -123,7 +138,9 @@ def _measure(client: httpx.Client, path: str, requests: int) -> dict[str, object
         found = SERVER_TIMING.search(response.headers.get("server-timing", ""))
         if found:
             server.append(float(found.group(1)) / 1000)
-    return {"path": path, "server": latency_stats(server), "wall": latency_stats(wall)}
+    if len(server) != len(wall):
+        raise RuntimeError(f"{path} did not always send Server-Timing")
+    return PageFigures(path, latency_stats(server), latency_stats(wall))
 
 
 def main() -> None:
@@ -169,15 +186,40 @@ def main() -> None:
         _, admin_key = create_key("bench-pages", ["admin"])
 
         worker = _start(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "photos,maintenance",
-             "-c", "1", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "photos,maintenance",
+                "-c",
+                "1",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+            ],
             env,
             home / "worker.log",
         )
         port = free_port()
         api = _start(
-            [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
             env,
             home / "api.log",
         )
@@ -206,16 +248,9 @@ def main() -> None:
         ]
         figures = [_measure(pages, path, args.requests) for path in paths]
         rows = [
-            [
-                f["path"][:48],
-                f["server"]["p50_ms"],  # type: ignore[index]
-                f["server"]["p95_ms"],  # type: ignore[index]
-                f["wall"]["p50_ms"],  # type: ignore[index]
-                f["wall"]["p95_ms"],  # type: ignore[index]
-            ]
-            for f in figures
+            [f.path[:48], f.server["p50_ms"], f.server["p95_ms"], f.wall["p50_ms"], f.wall["p95_ms"]] for f in figures
         ]
-        worst_p95 = max(float(f["server"]["p95_ms"]) for f in figures)  # type: ignore[index]
+        worst_p95 = max(f.server["p95_ms"] for f in figures)
         emit(
             "pages",
             {
@@ -225,7 +260,7 @@ def main() -> None:
                 "requests_per_page": args.requests,
                 "clients": 1,
                 "target_ms": TARGET_MS,
-                "pages": figures,
+                "pages": [asdict(f) for f in figures],
                 "worst_server_p95_ms": worst_p95,
                 "meets_target": worst_p95 < TARGET_MS,
             },

@@ -144,8 +144,14 @@ def new_page(browser, site):  # type: ignore[no-untyped-def]
     script_errors: list[str] = []
 
     def make(viewport: dict[str, int] | None = None, locale: str = "en-US", js: bool = True):  # type: ignore[no-untyped-def]
+        phone = viewport == PHONE  # a touch screen without hover: the captions show under every thumbnail
         context = browser.new_context(
-            base_url=site.url, viewport=viewport or DESKTOP, locale=locale, java_script_enabled=js
+            base_url=site.url,
+            viewport=viewport or DESKTOP,
+            locale=locale,
+            java_script_enabled=js,
+            is_mobile=phone,
+            has_touch=phone,
         )
         context.set_default_timeout(30_000)
         contexts.append(context)
@@ -176,7 +182,9 @@ def sign_in(page, key: str, next_path: str = "/") -> None:  # type: ignore[no-un
 
 
 def result_ids(page) -> list[str]:  # type: ignore[no-untyped-def]
-    return page.locator("[data-testid=results] li.card").evaluate_all("cards => cards.map(c => c.dataset.photoId)")
+    return list(
+        page.locator("[data-testid=results] li.card").evaluate_all("cards => cards.map(c => c.dataset.photoId)")
+    )
 
 
 def index(api, *samples, **fields: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -249,7 +257,9 @@ def test_search_by_image_file(api, new_page) -> None:  # type: ignore[no-untyped
     ids = index(api, *samples)
     page = new_page()
     sign_in(page, create_api_key("search"))
-    page.get_by_label("Image to search with").set_input_files(image_file(sample_of("green", "circle", seed=122), "q.jpg"))
+    page.get_by_label("Image to search with").set_input_files(
+        image_file(sample_of("green", "circle", seed=122), "q.jpg")
+    )
     page.get_by_role("button", name="Find similar photos").click()
     page.wait_for_load_state()
     assert page.get_by_role("heading", name="Photos that look like your image").is_visible()
@@ -318,6 +328,17 @@ def test_uploading_two_files_shows_progress_until_both_are_indexed(api, new_page
     assert page.get_by_test_id("my-photos").locator("[data-status=indexed]").count() == 2
     photo_ids = mine.evaluate_all("cards => cards.map(c => c.dataset.photoId)")
     assert {api.get(f"/v1/photos/{pid}").json()["photographer"] for pid in photo_ids} == {"Nadar"}
+
+    # Its uploader sees the status and edits the photo on its page; a new title is what search shows.
+    page.goto(f"/photos/{photo_ids[0]}")
+    assert page.locator("[data-status]").get_attribute("data-status") == "indexed"
+    page.get_by_label("Title", exact=True).fill("Sunset over the bay")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url("**done=saved")
+    assert page.get_by_role("heading", level=1).inner_text() == "Sunset over the bay"
+    assert api.get(f"/v1/photos/{photo_ids[0]}").json()["title"] == "Sunset over the bay"
+    shot(page, "photo-owner")
+    page.goto("/upload")
 
     # Declarations go with the files: a photo of a minor without consent.
     page.get_by_label("These photos show a person under 16").check()
@@ -435,6 +456,8 @@ def test_keyboard_only_search(api, new_page) -> None:  # type: ignore[no-untyped
     page.keyboard.press("Enter")
     page.wait_for_url("**/search?q=*")
     assert result_ids(page)[0] == photo_id
+    assert page.get_by_role("heading", level=2).first.inner_text() == "Результаты по запросу «a pink circle»"
+    shot(page, "search-ru")
     # Tab reaches the first result's link and Enter opens the photo page.
     page.locator("[data-testid=results] a.thumb").first.focus()
     page.keyboard.press("Enter")

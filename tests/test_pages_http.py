@@ -70,8 +70,12 @@ def test_signed_out_pages_lead_to_the_sign_in_page(services) -> None:  # type: i
             response = client.get(path)
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/signin?next=%2F"), path
-        assert client.get("/upload/status", params={"id": str(uuid.uuid4())}, headers={"Accept": "application/json"}
-                          ).status_code == 401
+        assert (
+            client.get(
+                "/upload/status", params={"id": str(uuid.uuid4())}, headers={"Accept": "application/json"}
+            ).status_code
+            == 401
+        )
         page = client.get("/signin?next=/upload")
         assert page.status_code == 200 and 'name="key"' in page.text and 'type="password"' in page.text
 
@@ -89,8 +93,10 @@ def test_sign_in_keeps_the_key_in_an_http_only_same_site_cookie(services) -> Non
     with page_client() as client:
         token = csrf_of(client.get("/signin").text)
         wrong = client.post("/signin", data={"key": "wsk_nope_nope", "csrf_token": token})
-        assert wrong.status_code == 401 and "not valid" in wrong.text and "ws_session" not in wrong.headers.get(
-            "set-cookie", ""
+        assert (
+            wrong.status_code == 401
+            and "not valid" in wrong.text
+            and "ws_session" not in wrong.headers.get("set-cookie", "")
         )
         response = client.post("/signin", data={"key": key, "csrf_token": token, "next": "/search?q=x"})
         assert response.status_code == 303 and response.headers["location"] == "/search?q=x"
@@ -129,8 +135,12 @@ def test_forms_refuse_a_missing_or_foreign_csrf_token(services) -> None:  # type
         assert refused.status_code == 403 and "expired" in refused.text
         # A signed-in browser's forms need its own token too.
         photo_id = uuid.uuid4()
-        assert other.post(f"/moderation/{photo_id}", data={"action": "approve", "reason": "ok ok", "csrf_token": "x"}
-                          ).status_code == 403
+        assert (
+            other.post(
+                f"/moderation/{photo_id}", data={"action": "approve", "reason": "ok ok", "csrf_token": "x"}
+            ).status_code
+            == 403
+        )
         assert other.post("/signout", data={"csrf_token": "nope"}).status_code == 403
         assert other.get("/").status_code == 200  # still signed in
         upload_forged = other.post(
@@ -215,6 +225,7 @@ def test_the_pages_show_exactly_what_the_api_shows_the_same_key(api, free_region
     from api.app import create_app
 
     keys = {"search": search_key, "uploader": uploader_key, "admin": create_api_key("admin")}
+    seen: set[int] = set()
     for who, key in keys.items():
         with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as bearer, page_client(key) as pages:
             for photo_id in [*ids, own, str(uuid.uuid4())]:
@@ -222,11 +233,13 @@ def test_the_pages_show_exactly_what_the_api_shows_the_same_key(api, free_region
                     params = {"region": region} if region else {}
                     api_record = bearer.get(f"/v1/photos/{photo_id}", params=params).status_code
                     api_thumb = bearer.get(f"/v1/photos/{photo_id}/thumbnail", params=params).status_code
+                    seen.update((api_record, api_thumb))
                     assert pages.get(f"/photos/{photo_id}", params=params).status_code == api_record, (who, photo_id)
                     assert pages.get(f"/photos/{photo_id}/thumbnail", params=params).status_code == api_thumb, (
                         who,
                         photo_id,
                     )
+    assert {200, 404, 451} <= seen  # the comparison covered each kind of answer
     with page_client(search_key) as pages:
         restricted = pages.get(f"/photos/{ids[1]}")
         assert restricted.status_code == 451 and DISCLAIMER in restricted.text
@@ -248,8 +261,10 @@ def upload_with(key: str, sample) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.mark.usefixtures("clean_db", "worker")
 def test_search_results_are_in_the_html_the_server_sends(api) -> None:  # type: ignore[no-untyped-def]
-    samples = [sample_of(c, s, seed=40 + i) for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"),
-                                                                          ("green", "triangle")])]
+    samples = [
+        sample_of(c, s, seed=40 + i)
+        for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle")])
+    ]
     ids = [upload(api, s.image, title=f"{s.colour} {s.shape}").json()["id"] for s in samples]
     wait(api, ids)
     with page_client(create_api_key("search")) as client:
@@ -257,9 +272,70 @@ def test_search_results_are_in_the_html_the_server_sends(api) -> None:  # type: 
             page = client.get("/search", params={"q": f"a {sample.colour} {sample.shape}"})
             assert page.status_code == 200
             assert result_ids(page.text)[0] == photo_id, sample.caption
-            assert f'/photos/{photo_id}/thumbnail' in page.text and f"{sample.colour} {sample.shape}" in page.text
+            assert f"/photos/{photo_id}/thumbnail" in page.text and f"{sample.colour} {sample.shape}" in page.text
         blocked = client.get("/search", params={"q": "a child playing in the park"})
         assert blocked.status_code == 200 and DISCLAIMER in blocked.text and result_ids(blocked.text) == []
         russian = client.get("/search", params={"q": "a red circle"}, headers={"Accept-Language": "ru"})
         assert 'lang="ru"' in russian.text and "Найти" in russian.text and result_ids(russian.text)[0] == ids[0]
         assert "Server-Timing" in russian.headers and "Content-Security-Policy" in russian.headers
+
+
+@pytest.mark.usefixtures("clean_db", "worker")
+def test_the_uploader_edits_and_deletes_from_the_photo_page_and_others_may_not(services) -> None:  # type: ignore[no-untyped-def]
+    uploader_key, stranger_key = create_api_key("upload"), create_api_key("upload", "search")
+    photo_id = upload_with(uploader_key, sample_of("green", "circle", seed=50))
+    with page_client(uploader_key) as owner, page_client(stranger_key) as stranger:
+        page = owner.get(f"/photos/{photo_id}")
+        assert page.status_code == 200 and 'data-testid="edit-form"' in page.text
+        token = csrf_of(page.text)
+        saved = owner.post(
+            f"/photos/{photo_id}/edit",
+            data={"csrf_token": token, "title": "Green light", "photographer": "", "visibility": "private"},
+        )
+        assert saved.status_code == 303 and saved.headers["location"] == f"/photos/{photo_id}?done=saved"
+        shown = owner.get(f"/photos/{photo_id}?done=saved").text
+        assert "Green light" in shown and "Saved." in shown and "private" in shown
+        bad = owner.post(f"/photos/{photo_id}/edit", data={"csrf_token": token, "title": "x\x00y"})
+        assert bad.status_code == 422 and "control characters" in bad.text
+
+        # Another uploader cannot see it (private), nor edit or delete it: 404/403 as on the API.
+        assert stranger.get(f"/photos/{photo_id}").status_code == 404
+        other_token = csrf_of(stranger.get("/upload").text)
+        assert stranger.post(f"/photos/{photo_id}/delete", data={"csrf_token": other_token}).status_code == 403
+
+        deleted = owner.post(f"/photos/{photo_id}/delete", data={"csrf_token": token})
+        assert deleted.status_code == 303 and deleted.headers["location"] == "/upload?done=deleted"
+        assert owner.get(f"/photos/{photo_id}").status_code == 404
+        assert "The photo was deleted." in owner.get("/upload?done=deleted").text
+
+
+@pytest.mark.usefixtures("clean_db", "worker")
+def test_a_moderation_decision_needs_a_reason_and_the_moderate_scope(api) -> None:  # type: ignore[no-untyped-def]
+    (photo_id,) = [upload(api, sample_of(UNSAFE_COLOUR, "star", seed=51).image).json()["id"]]
+    wait(api, [photo_id])
+    with page_client(create_api_key("moderate")) as moderator, page_client(create_api_key("upload")) as uploader:
+        token = csrf_of(moderator.get("/moderation").text)
+        short = moderator.post(
+            f"/moderation/{photo_id}", data={"csrf_token": token, "action": "approve", "reason": "ok"}
+        )
+        assert short.status_code == 422 and "reason" in short.text
+        unknown = moderator.post(
+            f"/moderation/{photo_id}", data={"csrf_token": token, "action": "delete", "reason": "x" * 5}
+        )
+        assert unknown.status_code == 422
+        missing = moderator.post(
+            f"/moderation/{uuid.uuid4()}", data={"csrf_token": token, "action": "approve", "reason": "looks fine"}
+        )
+        assert missing.status_code == 404
+        done = moderator.post(
+            f"/moderation/{photo_id}", data={"csrf_token": token, "action": "consent", "reason": "signed form #9"}
+        )
+        assert done.status_code == 303 and done.headers["location"] == f"/moderation?decided={photo_id}"
+        assert api.get(f"/v1/photos/{photo_id}").json()["parental_consent"] is True
+        trail = api.get(f"/v1/photos/{photo_id}/moderation").json()
+        assert trail[-1]["reason"] == "signed form #9" and trail[-1]["actor"].startswith("key:")
+        other = csrf_of(uploader.get("/upload").text)
+        refused = uploader.post(
+            f"/moderation/{photo_id}", data={"csrf_token": other, "action": "approve", "reason": "let me in"}
+        )
+        assert refused.status_code == 403

@@ -90,4 +90,3 @@ def switch_language(
     if lang in LANGUAGES:
         set_language(response, request, lang)
     return response
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -120,7 +120,7 @@ def edit_photo(
     csrf: CsrfForm,
     title: Annotated[str, Form(max_length=1000)] = "",
     photographer: Annotated[str, Form(max_length=1000)] = "",
-    visibility: Annotated[str, Form(max_length=20)] = "public",
+    visibility: Annotated[Literal["public", "private"], Form()] = "public",
 ) -> Response:
     """PATCH /v1/photos/{id} from a form: title, photographer, public or private."""
     check_csrf(request, csrf)

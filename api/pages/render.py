@@ -192,4 +192,3 @@ class PageRoute(APIRoute):
             return response
 
         return route
-

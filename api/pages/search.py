@@ -40,10 +40,10 @@ class SearchParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    q: str = Field("", max_length=1000)
+    q: str = Field(default="", max_length=1000)
     like: uuid.UUID | None = None
-    k: int = Field(PAGE_SIZE, ge=1, le=MAX_K)
-    region: str | None = Field(None, max_length=16)
+    k: int = Field(default=PAGE_SIZE, ge=1, le=MAX_K)
+    region: str | None = Field(default=None, max_length=16)
 
     @field_validator("like", "region", mode="before")
     @classmethod

@@ -66,9 +66,7 @@ def is_https(request: Request) -> bool:
 
 
 def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path="/", httponly=True, samesite="lax", secure=is_https(request)
-    )
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax", secure=is_https(request))
 
 
 def _serializer() -> URLSafeTimedSerializer:

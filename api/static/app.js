@@ -70,6 +70,11 @@
       preview.alt = "";
       preview.src = URL.createObjectURL(file);
       preview.onload = function () { URL.revokeObjectURL(preview.src); };
+      preview.onerror = function () { // not an image the browser can show: the server will say why
+        URL.revokeObjectURL(preview.src);
+        preview.removeAttribute("src");
+        preview.classList.add("preview");
+      };
       var name = document.createElement("span");
       name.className = "name";
       name.textContent = file.name;
