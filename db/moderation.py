@@ -105,6 +105,18 @@ def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
     )
 
 
+def audit_trails(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[ModerationAudit]]:
+    """The audit trails of several photos in one query (the moderation page), each oldest first."""
+    trails: dict[uuid.UUID, list[ModerationAudit]] = {photo_id: [] for photo_id in photo_ids}
+    if photo_ids:
+        rows = session.scalars(
+            select(ModerationAudit).where(ModerationAudit.photo_id.in_(photo_ids)).order_by(ModerationAudit.id)
+        )
+        for row in rows:
+            trails[row.photo_id].append(row)
+    return trails
+
+
 def photo_visibility(session: Session, photo_id: uuid.UUID, region: str | None) -> str:
     """'visible', 'hidden' (not indexed, private or not approved), 'restricted' (the minors law) or 'missing'."""
     return str(session.scalar(text("SELECT photo_visibility(:id, :region)"), {"id": photo_id, "region": region}))

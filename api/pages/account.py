@@ -6,26 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response, status
 
-from services.access import Principal, authenticate
+from services.access import authenticate
 
 from .auth import signed_in_principal
 from .i18n import LANGUAGES
-from .render import PageRoute, redirect, render, safe_next
+from .render import PageRoute, home_page, redirect, render, safe_next
 from .session import CSRF_FIELD, check_csrf, set_language, sign_in, sign_out
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 CsrfForm = Annotated[str, Form(alias=CSRF_FIELD, max_length=200)]
 NextForm = Annotated[str, Form(alias="next", max_length=2000)]
-
-
-def landing(principal: Principal) -> str:
-    """The page a key is most likely to want after signing in."""
-    if principal.allows("search"):
-        return "/"
-    if principal.allows("upload"):
-        return "/upload"
-    return "/moderation"
 
 
 @router.get("/signin")
@@ -64,7 +55,7 @@ def signin(
             {"active": "signin", "next": safe_next(next_, ""), "invalid": True},
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
-    response = redirect(safe_next(next_, landing(principal)))
+    response = redirect(safe_next(next_, home_page(principal)))
     sign_in(response, request, key.strip())
     return response
 

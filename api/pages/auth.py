@@ -15,7 +15,7 @@ from api.auth import enforce_rate_limit
 from core.settings import get_settings
 from services.access import ANONYMOUS, Principal, authenticate
 
-from .session import signed_in_key
+from .session import SESSION_COOKIE, signed_in_key
 
 
 class SignInRequired(Exception):
@@ -31,17 +31,19 @@ def signed_in_principal(request: Request) -> Principal | None:
     key = signed_in_key(request)
     if key is not None:
         principal = authenticate(key)
-    if principal is None and request.cookies.get("ws_session"):
+    if principal is None and request.cookies.get(SESSION_COOKIE):
         request.state.stale_session = True  # revoked key, expired or forged cookie: drop it with this response
     request.state.page_principal = principal
     return principal
 
 
-def page_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
+def page_scope(scope: str, *alternatives: str, count_keys: bool = True) -> Callable[..., Principal]:
     """A dependency for a page: the principal when its key has one of the scopes (or they are anonymous ones).
 
     Signed out: `SignInRequired` (a redirect), unless the settings grant one of the scopes to everyone. Signed in
-    with a key that has none of them: 403, as the API answers that key.
+    with a key that has none of them: 403, as the API answers that key. `count_keys=False` (the thumbnails of a
+    page that was counted already) leaves signed-in keys out of the rate limit; callers without a key are
+    always counted.
     """
     accepted = (scope, *alternatives)
 
@@ -61,7 +63,8 @@ def page_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
                 status.HTTP_403_FORBIDDEN,
                 f"this key may {', '.join(sorted(principal.scopes))}; this page needs the {needed} scope",
             )
-        enforce_rate_limit(settings, principal, granted[0], request)
+        if count_keys:
+            enforce_rate_limit(settings, principal, granted[0], request)
         return principal
 
     return dependency
@@ -77,6 +80,8 @@ def may(request: Request, scope: str) -> bool:
 
 SearchViewer = Annotated[Principal, Depends(page_scope("search"))]
 PhotoViewer = Annotated[Principal, Depends(page_scope("search", "upload", "moderate"))]
+# A page's thumbnails: a page of 100 results must not run into the key's limit with its own images.
+ThumbnailViewer = Annotated[Principal, Depends(page_scope("search", "upload", "moderate", count_keys=False))]
 Curator = Annotated[Principal, Depends(page_scope("upload", "moderate"))]
 Uploader = Annotated[Principal, Depends(page_scope("upload"))]
 Moderator = Annotated[Principal, Depends(page_scope("moderate"))]

@@ -398,6 +398,11 @@ class Translator:
         text = self._strings.get(key) or EN.get(key) or key
         return text.format(**values) if values else text
 
+    @staticmethod
+    def native(language: str) -> str:
+        """A language's own name for itself (the switch's tooltip)."""
+        return CATALOGUES.get(language, EN)["lang.name"]
+
     def plural(self, key: str, n: int, **values: object) -> str:
         return self(f"{key}#{_plural_form(self.language, n)}", n=n, **values)
 

@@ -62,12 +62,13 @@ def moderation_page(
 ) -> Response:
     """The queue, oldest first, a page at a time."""
     total, page = moderation_service.review_queue(session, QUEUE_PAGE_SIZE, offset)
+    trails = moderation_service.audit_trails(session, [photo.id for photo, _scores in page])
     items: list[dict[str, Any]] = [
         {
             "photo": photo,
             "scores": sorted(scores.items()),
             "flags": flags(photo),
-            "audit": moderation_service.audit_trail(session, photo.id),
+            "audit": trails[photo.id],
             **photo_links(photo.id, None),
         }
         for photo, scores in page

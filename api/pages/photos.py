@@ -25,7 +25,7 @@ from services import photos as photo_service
 from services import search as search_service
 from services.errors import Conflict, InvalidRequest, NotFound
 
-from .auth import Curator, PhotoViewer
+from .auth import Curator, PhotoViewer, ThumbnailViewer
 from .render import PageRoute, redirect, render, safe_next
 from .search import photo_links
 from .session import CSRF_FIELD, check_csrf
@@ -100,7 +100,7 @@ def photo_thumbnail(
     photo_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    principal: PhotoViewer,
+    principal: ThumbnailViewer,
     region: RegionQuery = None,
     x_region: RegionHeader = None,
 ) -> FileResponse:

@@ -23,6 +23,7 @@ from api.errors import image_status, status_of
 from core.embedding import ModelUnavailableError
 from core.images import ImageRejected
 from core.policy import DISCLAIMER
+from services.access import Principal
 from services.errors import Restricted, ServiceError
 from services.queue import QueueUnavailable
 
@@ -68,6 +69,15 @@ def translator(request: Request) -> Translator:
     return found
 
 
+def home_page(principal: Principal) -> str:
+    """The page a key is most likely to want: search, else upload, else the moderation queue."""
+    if principal.allows("search"):
+        return "/"
+    if principal.allows("upload"):
+        return "/upload"
+    return "/moderation"
+
+
 def here(request: Request) -> str:
     """This page's path and query, for `next` links (the sign-in page, the language switch)."""
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -98,6 +108,7 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
         "can": lambda scope: may(request, scope),
         "static": static_url,
         "here": here(request),
+        "home": home_page(principal) if principal is not None else "/",
         "disclaimer": DISCLAIMER,
     }
     page.update(context or {})
