@@ -14,6 +14,7 @@ COPY workers ./workers
 COPY cli ./cli
 COPY evaluation ./evaluation
 COPY migrations ./migrations
+COPY services ./services
 RUN if [ -n "$TORCH_INDEX" ]; then pip install torch --index-url "$TORCH_INDEX"; fi \
  && pip install ".[onnx]"
 USER withsense

@@ -1,30 +1,48 @@
-# One command each: install, run the local stack, test.
+# Two commands on a fresh machine: `make up` (the local stack) and `make test` (the suite). Each first creates and
+# fills the virtual environment when it is missing or older than pyproject.toml; `make install` forces that step.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Written by the install recipe once everything is in: the environment is as new as this file.
+STAMP := $(VENV)/.installed
 # The CPU build of torch (a few hundred MB) unless TORCH_SPEC says otherwise (e.g. TORCH_SPEC=torch for CUDA).
 TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/test_policy.py -q"`.
+PYTEST_ARGS ?=
 
-.PHONY: install up test test-fast bench clean
+.PHONY: install up test test-fast lint clean
 
-install:
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install "$(TORCH_SPEC)" || $(BIN)/pip install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
-	$(BIN)/pip install -e '.[test,eval]'
+# Missing, or older than pyproject.toml: (re)install. A failed step leaves no stamp, so the next command retries.
+$(STAMP): pyproject.toml
+	test -f $(VENV)/pyvenv.cfg || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" || $(BIN)/python -m pip install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install -e '.[test,eval,dev]'
 	# Only the CLIP BPE merges file is used from open_clip (the tests rebuild the real tokenizer from it);
 	# --no-deps keeps it from pulling torchvision and another torch.
-	$(BIN)/pip install --no-deps 'open_clip_torch>=2.24'
+	$(BIN)/python -m pip install --no-deps 'open_clip_torch>=2.24'
+	touch $@
 
-up:
+install:
+	rm -f $(STAMP)
+	$(MAKE) --no-print-directory $(STAMP)
+
+up: $(STAMP)
 	$(BIN)/withsense up
 
-test:
-	$(BIN)/python -m pytest
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast:
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Lint, format check, types, and the import contracts of pyproject.toml ([tool.importlinter]: the layers).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf var .cache .pytest_cache
+	rm -rf var .cache .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-from api import errors, pages
+from api import errors, openapi, pages
 from api.routes import embeddings, health, moderation, photos, search
+from core.embedding import get_embedder
 from core.settings import get_settings
+from services.model_loader import model_loader
 
 log = logging.getLogger(__name__)
 
+DOCS_ASSETS = "/static/docs"
 
-def _warm_up_model() -> None:
-    from core.embedding import get_embedder
 
-    try:
-        get_embedder().load()
-    except Exception:
-        log.exception("the embedding model could not be loaded; searches will fail until it can")
+def _docs_assets() -> Path:
+    """Swagger UI and ReDoc as shipped by the fastapi-offline wheel (their licences travel with it): no CDN."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).resolve().parent / "static"
 
 
 @asynccontextmanager
@@ -35,17 +37,32 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     import torch
 
     torch.set_num_threads(settings.api_torch_threads)
-    # Load the model in the background: /healthz answers at once, the first search waits for the lock.
-    threading.Thread(target=_warm_up_model, name="model-warm-up", daemon=True).start()
+    # The model loads in the background, retried with backoff when it fails: /healthz answers at once, /readyz
+    # names the reason, and a search never waits on the hub (services/model_loader.py).
+    model_loader().start()
     yield
+
+
+def _vector_dimension() -> int | None:
+    embedder = get_embedder()
+    return embedder.dimension if embedder.is_loaded else None
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
         title="With Sense photo search",
         version="1.0.0",
-        description="Find photos by what they show: text and image search over CLIP embeddings in Postgres + pgvector.",
+        description=(
+            "Find photos by what they show: text and image search over CLIP embeddings in Postgres + pgvector.\n\n"
+            "Every `/v1` route needs `Authorization: Bearer <key>` (see `withsense keys create`). Errors are "
+            '`{"detail": "<sentence>"}`; a request that does not fit the schema is 422 with `errors` listing each '
+            "problem; an unexpected error is 500 with the `request_id` under which the server logged it (also in "
+            'the `X-Request-ID` header of every response). Lists are `{"items": [...], "next_cursor"}`: pass '
+            "`next_cursor` back as `cursor` for the next page."
+        ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.include_router(health.router)
     app.include_router(photos.router)
@@ -55,52 +72,36 @@ def create_app() -> FastAPI:
     pages.install(app)
 
     errors.install(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path"))
-            messages.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-        return JSONResponse(
-            {"detail": "; ".join(messages), "errors": jsonable(exc.errors())},
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        )
-
-    @app.exception_handler(OperationalError)
-    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("database unavailable: %s", exc)
-        return JSONResponse(
-            {"detail": "the database is unavailable; retry shortly"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "2"},
-        )
-
-    @app.exception_handler(DBAPIError)
-    async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or getattr(exc.orig, "sqlstate", "") in {
-            "57P01",
-            "57P02",
-            "57P03",
-            "08006",
-            "08003",
-            "08001",
-        }:
-            return JSONResponse(
-                {"detail": "the database is unavailable; retry shortly"},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": "2"},
-            )
-        log.exception("database error")
-        return JSONResponse({"detail": "internal database error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
-
+    openapi.install(app, _vector_dimension)
+    _serve_docs(app)
     return app
 
 
-def jsonable(errors: object) -> object:
-    from fastapi.encoders import jsonable_encoder
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from the app's own static files, so they work without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_docs_assets()), name="docs-assets")
 
-    return jsonable_encoder(errors, custom_encoder={Exception: str})
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 app = create_app()

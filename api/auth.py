@@ -101,6 +101,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
         request.state.principal = principal
         return principal
 
+    dependency.accepted_scopes = accepted  # type: ignore[attr-defined]  # read by api/openapi.py (401/403/429)
     return dependency
 
 

@@ -25,6 +25,7 @@ def search_out(outcome: SearchOutcome, k: int, request: Request) -> SearchOut:
     base = base_url(request)
     return SearchOut(
         query=outcome.query,
+        truncated=outcome.truncated,
         k=k,
         region=outcome.region,
         blocked=outcome.blocked,

@@ -34,11 +34,15 @@ class PhotoOut(BaseModel):
 
 class UploadOut(PhotoOut):
     duplicate: bool = Field(False, description="true when the same bytes were uploaded before; `id` is that photo")
+    updated: list[str] = Field(
+        default_factory=list,
+        description="a duplicate's fields this upload changed (`title`, `photographer`); a new title is screened",
+    )
 
 
 class PhotoPage(BaseModel):
-    photos: list[PhotoOut] = Field(description="newest first")
-    next_before: uuid.UUID | None = Field(None, description="pass as `before` for the next page; null on the last page")
+    items: list[PhotoOut] = Field(description="newest first")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last page")
 
 
 class SearchResult(BaseModel):
@@ -53,6 +57,9 @@ class SearchResult(BaseModel):
 
 class SearchOut(BaseModel):
     query: str | None = None
+    truncated: bool = Field(
+        False, description="true when the query was longer than the model reads (CLIP: 77 tokens) and was cut"
+    )
     k: int
     region: str | None = None
     blocked: bool = False
@@ -61,4 +68,28 @@ class SearchOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """Every error answer: a sentence for the caller."""
+
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: `query`, `body`, `path` or `header`, then the field")
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A request that does not fit the schema, or a value a rule refuses (422)."""
+
+    detail: str = Field(description="every problem in one sentence, e.g. `q: must not be blank`")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="each problem apart (empty for a rule's refusal)"
+    )
+
+
+class InternalErrorOut(BaseModel):
+    """An unexpected error: logged on the server with this id, which is also in the X-Request-ID header."""
+
+    detail: str = Field(description="always `internal error`")
+    request_id: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,12 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 from streaming_form_data.validators import ValidationError
 
-MAX_TEXT_FIELD_BYTES = 1000
+from api.validation import check_line_field
+from services.errors import InvalidRequest
+
+MAX_TEXT_FIELD_CHARS = 1000
+# UTF-8 takes up to 4 bytes a character: the byte cap stops a huge field early, the character cap is the rule.
+MAX_TEXT_FIELD_BYTES = 4 * MAX_TEXT_FIELD_CHARS
 MAX_PARTS = 20
 
 
@@ -27,7 +33,7 @@ class _FieldTooLong(Exception):
         self.name = name
 
 
-def _field_cap(name: str):  # type: ignore[no-untyped-def]
+def _field_cap(name: str) -> Callable[[bytes], None]:
     """A validator that stops a text field at MAX_TEXT_FIELD_BYTES, naming the field."""
     seen = 0
 
@@ -151,7 +157,8 @@ async def parse_image_upload(
     except _FieldTooLong as exc:
         target.discard()
         raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_CHARS} characters",
         ) from None
     except ValidationError as exc:
         target.discard()
@@ -171,10 +178,16 @@ async def parse_image_upload(
         raw = value_target.value
         if raw:
             try:
-                text = raw.decode("utf-8").replace("\x00", "").strip()
+                text = check_line_field(name, raw.decode("utf-8")).strip()
             except UnicodeDecodeError:
                 target.discard()
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the `{name}` field is not UTF-8") from None
+            except ValueError as exc:
+                target.discard()
+                raise InvalidRequest(str(exc)) from None
+            if len(text) > MAX_TEXT_FIELD_CHARS:
+                target.discard()
+                raise InvalidRequest(f"`{name}` is longer than {MAX_TEXT_FIELD_CHARS} characters")
             if text:
                 fields[name] = text
     return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename)

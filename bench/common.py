@@ -6,19 +6,25 @@ Every script prints one JSON document (the figures) and a short table, and write
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -49,10 +55,8 @@ def machine_info() -> dict[str, object]:
         pass
     versions: dict[str, str] = {}
     for module in ("torch", "onnxruntime", "transformers", "sentence_transformers", "psycopg", "pgvector"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):  # absent packages are simply not listed
             versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - absent packages are simply not listed
-            pass
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "nproc": os.cpu_count(),
@@ -149,7 +153,7 @@ def random_vit_b32(cache_dir: Path = MODEL_CACHE) -> Path:
         return target
     from transformers import CLIPConfig
 
-    from evaluation.tiny_clip import save_random_clip
+    from evaluation.standins.tiny_clip import save_random_clip
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".clip-vit-b32-", dir=cache_dir))
@@ -171,15 +175,12 @@ def tiny_trained_clip() -> Path | None:
     Prefers the build for the current training code; any earlier build is equally fine for speed and
     parity figures, so the newest one is used otherwise.
     """
-    cache = Path(os.environ.get("WITHSENSE_TEST_CACHE") or ROOT / ".cache" / "test-models")
-    try:
-        import evaluation.tiny_clip as tiny
+    from evaluation.standins.tiny_clip import cached_tiny_clip, ensure_tiny_clip
 
-        current = cache / f"tiny-clip-{tiny._cache_key({'train_seconds': 60.0, 'seed': 0, 'steps': None})}"
-        if (current / "modules.json").is_file():
-            return current
-    except Exception:  # noqa: BLE001 - an API change there only means we look for any cached build
-        pass
+    cache = Path(os.environ.get("WITHSENSE_TEST_CACHE") or ROOT / ".cache" / "test-models")
+    current = cached_tiny_clip(cache)
+    if current is not None:
+        return current
     builds = sorted(
         (p for p in cache.glob("tiny-clip-*") if (p / "modules.json").is_file()),
         key=lambda p: p.stat().st_mtime,
@@ -188,7 +189,26 @@ def tiny_trained_clip() -> Path | None:
     if builds:
         return builds[0]
     if os.environ.get("WITHSENSE_BENCH_BUILD_TINY") == "1":
-        from evaluation.tiny_clip import ensure_tiny_clip
-
         return ensure_tiny_clip(cache)
     return None
+
+
+class StartedProcess(Protocol):
+    """A server or worker wrapper that holds its child process once started (cli.local_services, the benches)."""
+
+    process: subprocess.Popen[bytes] | None
+
+
+def running_pid(server: StartedProcess) -> int:
+    """The pid of a started server or worker."""
+    if server.process is None:
+        raise RuntimeError(f"{type(server).__name__} is not running")
+    return server.process.pid
+
+
+def fetch_value(conn: psycopg.Connection[Any], query: str, params: Sequence[object] = ()) -> Any:
+    """The first column of the first row of ``query`` (raises when there is no row). Any: a value from Postgres."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row from: {query}")
+    return row[0]

@@ -20,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,11 @@ def run_model(
 
     from core.embedding import ClipEmbedder
     from core.onnx_encoder import OnnxImageEncoder, torch_embed_pixel_values
-    from evaluation.synthetic import generate
+    from evaluation.standins.synthetic import generate
 
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
-    embedder.load()
-    model = embedder._model
-    assert model is not None
+    model = embedder.sentence_transformer
     started = time.perf_counter()
     encoders = {
         "ort-fp32": OnnxImageEncoder.from_embedder(embedder, ONNX_CACHE, quantize=False, threads=threads),
@@ -73,17 +72,17 @@ def run_model(
             "nearest_neighbour_agreement": round(float(np.mean(ref_scores.argmax(1) == cand_scores.argmax(1))), 3),
         }
 
-    def torch_forward(batch: np.ndarray) -> None:
-        torch_embed_pixel_values(model, batch)
+    def torch_forward(batch: np.ndarray) -> np.ndarray:
+        return torch_embed_pixel_values(model, batch)
 
-    runners = {"torch-fp32": torch_forward}
+    runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {"torch-fp32": torch_forward}
     for label, encoder in encoders.items():
         runners[label] = encoder.embed_pixel_values
 
     seconds: dict[str, dict[int, list[float]]] = {label: {b: [] for b in batch_sizes} for label in runners}
     for size in batch_sizes:
         batch = np.ascontiguousarray(np.resize(pixels, (size, *pixels.shape[1:])))
-        for label, encoder in encoders.items():
+        for encoder in encoders.values():
             encoder.batch_size = size
         for runner in runners.values():  # warm-up: allocations, kernel selection
             runner(batch)

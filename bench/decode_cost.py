@@ -15,14 +15,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from bench.common import emit, machine_info, print_table, random_vit_b32, warn_if_busy
 from bench.photos import ensure_photos
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-def per_photo(step: Callable[[object], object], items: list[object]) -> tuple[float, float, list[object]]:
+
+def per_photo(step: Callable[[T], R], items: Sequence[T]) -> tuple[float, float, list[R]]:
+    """CPU and wall milliseconds per item of ``step`` over ``items``, and what it returned for each."""
     cpu, wall = time.process_time(), time.perf_counter()
     out = [step(item) for item in items]
     return (1000 * (time.process_time() - cpu) / len(items), 1000 * (time.perf_counter() - wall) / len(items), out)
@@ -48,21 +53,21 @@ def main() -> None:
     embedder.load()
     steps: dict[str, tuple[float, float]] = {}
 
-    cpu, wall, images = per_photo(lambda path: load_rgb(path, draft_size=224), photos)  # type: ignore[arg-type]
+    cpu, wall, images = per_photo(lambda path: load_rgb(path, draft_size=224), photos)
     steps["decode (draft mode, EXIF orientation, RGB)"] = (cpu, wall)
-    cpu, wall, derivatives = per_photo(make_derivative, images)  # type: ignore[arg-type]
+    cpu, wall, derivatives = per_photo(make_derivative, images)
     steps["224x224 derivative (shorter side, centre crop)"] = (cpu, wall)
-    cpu, wall, encoded = per_photo(encode_jpeg, derivatives)  # type: ignore[arg-type]
+    cpu, wall, encoded = per_photo(encode_jpeg, derivatives)
     steps["derivative JPEG encode"] = (cpu, wall)
     with tempfile.TemporaryDirectory(prefix="wsd-") as folder:
         numbered = list(enumerate(encoded))
-        cpu, wall, _ = per_photo(lambda pair: write_atomically(Path(folder) / f"{pair[0]}.jpg", pair[1]), numbered)  # type: ignore[index]
+        cpu, wall, _ = per_photo(lambda pair: write_atomically(Path(folder) / f"{pair[0]}.jpg", pair[1]), numbered)
     steps["atomic write with fsync"] = (cpu, wall)
-    cpu, wall, _ = per_photo(embedder.prepare_image, derivatives)  # type: ignore[arg-type]
+    cpu, wall, _ = per_photo(embedder.prepare_image, derivatives)
     steps["model preprocessing of the derivative"] = (cpu, wall)
     worker_total = sum(cpu for cpu, _ in steps.values())
     sample = photos[: min(20, len(photos))]
-    cpu, wall, _ = per_photo(lambda path: Image.open(path).convert("RGB"), sample)  # type: ignore[arg-type]
+    cpu, wall, _ = per_photo(lambda path: Image.open(path).convert("RGB"), sample)
     steps["for comparison: full decode without draft mode"] = (cpu, wall)
 
     results = {

@@ -73,14 +73,14 @@ def decoder() -> tuple[Callable[[bytes], Image.Image], str]:
         from core.images import load_rgb, make_derivative
 
         return (lambda data: make_derivative(load_rgb(data, draft_size=224), 224)), "core.images"
-    except Exception:  # noqa: BLE001 - the project tree (or one of its imports) is not there: local copy
+    except ImportError:  # the project tree (or one of its imports) is not there: a local copy of the steps
 
         def local(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=["JPEG"])
             scale = 224 / min(image.size)
             image.draft("RGB", (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-            image = ImageOps.exif_transpose(image.convert("RGB"))
-            return ImageOps.fit(image, (224, 224), method=Image.Resampling.BICUBIC)
+            upright = ImageOps.exif_transpose(image.convert("RGB"))
+            return ImageOps.fit(upright, (224, 224), method=Image.Resampling.BICUBIC)
 
         return local, "local copy"
 
@@ -134,8 +134,8 @@ def main() -> None:
 
     print(f"generating {args.images} JPEGs on {cores} processes ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=cores) as pool:
-        jpegs = list(pool.map(render_jpeg, range(args.images), chunksize=8))
+    with ProcessPoolExecutor(max_workers=cores) as processes:
+        jpegs = list(processes.map(render_jpeg, range(args.images), chunksize=8))
     megapixels = []
     for data in jpegs:
         with Image.open(io.BytesIO(data)) as image:
@@ -165,7 +165,7 @@ def main() -> None:
             for _ in range(3):
                 embed(pixels)
 
-            def run(pixels: torch.Tensor = pixels, size: int = size) -> int:
+            def run_bare(pixels: torch.Tensor = pixels, size: int = size) -> int:
                 done, start = 0, time.perf_counter()
                 while time.perf_counter() - start < args.bare_seconds:
                     embed(pixels)
@@ -174,7 +174,7 @@ def main() -> None:
                         sync()
                 return done
 
-            bare[str(size)] = round(timed(run, sync), 1)
+            bare[str(size)] = round(timed(run_bare, sync), 1)
             print(f"bare batch {size}: {bare[str(size)]} img/s", file=sys.stderr, flush=True)
     report["bare_images_per_s"] = bare
     best_bare = max(bare.values())
@@ -205,17 +205,19 @@ def main() -> None:
     pipelines: dict[str, dict[str, float]] = {"processor": {}, "gpu-normalise": {}}
     for threads in thread_counts:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            decode_only[str(threads)] = round(
-                timed(lambda pool=pool: len(list(pool.map(prepare_uint8, jpegs))), lambda: None), 1
-            )
+
+            def decode_all(pool: ThreadPoolExecutor = pool) -> int:
+                return len(list(pool.map(prepare_uint8, jpegs)))
+
+            decode_only[str(threads)] = round(timed(decode_all, lambda: None), 1)
             print(f"decode only, {threads} threads: {decode_only[str(threads)]} img/s", file=sys.stderr, flush=True)
             for size in [int(b) for b in args.batch_sizes.split(",")]:
                 for variant, prepare in (("processor", prepare_processor), ("gpu-normalise", prepare_uint8)):
 
-                    def run(
+                    def run_pipeline(
                         pool: ThreadPoolExecutor = pool,
                         size: int = size,
-                        prepare: Callable = prepare,
+                        prepare: Callable[[bytes], np.ndarray] = prepare,
                         variant: str = variant,
                     ) -> int:
                         # pool.map keeps decoding ahead while the GPU runs the previous batch (CUDA is async).
@@ -232,7 +234,7 @@ def main() -> None:
                                 done += count
                         return done
 
-                    rate = round(timed(run, sync), 1)
+                    rate = round(timed(run_pipeline, sync), 1)
                     pipelines[variant][f"threads{threads}_batch{size}"] = rate
                     print(
                         f"pipeline {variant}, {threads} threads, batch {size}: {rate} img/s",
@@ -255,10 +257,10 @@ def main() -> None:
     if args.out:
         args.out.write_text(text + "\n")
     print("\n| what | images/s |\n|---|---|")
-    for size, rate in bare.items():
-        print(f"| bare fp16 forward, batch {size} | {rate} |")
-    for threads, rate in decode_only.items():
-        print(f"| decode only, {threads} threads | {rate} |")
+    for batch_label, rate in bare.items():
+        print(f"| bare fp16 forward, batch {batch_label} | {rate} |")
+    for threads_label, rate in decode_only.items():
+        print(f"| decode only, {threads_label} threads | {rate} |")
     for variant, rates in pipelines.items():
         for key, rate in rates.items():
             print(f"| pipeline {variant}, {key} | {rate} |")

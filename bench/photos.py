@@ -3,7 +3,7 @@
 Decode cost is what matters here, and it follows pixel count and entropy: a real 12 MP camera JPEG
 at quality 90 holds about 2 bits per pixel, and most of its decode time is Huffman decoding, which
 JPEG draft mode (DCT scaling) cannot skip. So each picture is a synthetic scene (a coloured shape
-from evaluation.synthetic) upscaled to the target size, plus coarse texture and sensor-like noise,
+from evaluation.standins.synthetic) upscaled to the target size, plus coarse texture and sensor-like noise,
 which lands at ~2 bpp like a photo. Sizes are drawn from common camera/phone sizes between
 1024x768 and 4000x3000, a third of them portrait.
 
@@ -31,7 +31,7 @@ RECIPE_VERSION = 1
 
 def render_photo(index: int, seed: int = 0) -> bytes:
     """One JPEG (quality 90) of a realistic size, deterministic from (index, seed)."""
-    from evaluation.synthetic import COLOURS, SHAPES, render_image
+    from evaluation.standins.synthetic import COLOURS, SHAPES, render_image
 
     rng = np.random.default_rng([seed, index])
     width, height = SIZES[int(rng.integers(len(SIZES)))]

@@ -32,10 +32,23 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.common import ROOT, emit, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy
+from bench.common import (
+    ROOT,
+    emit,
+    machine_info,
+    print_table,
+    random_vit_b32,
+    running_pid,
+    short_tmp_dir,
+    warn_if_busy,
+)
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 from bench.photos import ensure_photos, photo_set_stats, variant
 
 
@@ -154,21 +167,21 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def bare_model_throughput(
     model_dir: Path, photos: list[Path], batch_sizes: list[int], encoder: str, threads: int, seconds_per_size: float
-) -> dict[str, object]:
+) -> dict[str, float]:
     """Images/s of the model alone on pre-decoded 224x224 pixel tensors, per batch size."""
     import torch
 
+    from core.clip_parts import clip_parts, pixel_values
     from core.embedding import ClipEmbedder
     from core.images import load_rgb, make_derivative
-    from core.onnx_encoder import OnnxImageEncoder, _clip_parts
+    from core.onnx_encoder import OnnxImageEncoder
 
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
-    embedder.load()
-    clip_model, processor = _clip_parts(embedder._model)
-    image_processor = getattr(processor, "image_processor", processor)
+    parts = clip_parts(embedder.sentence_transformer)
+    clip_model = parts.model
     derivatives = [make_derivative(load_rgb(path, draft_size=224)) for path in photos[: max(batch_sizes)]]
-    pixels = np.asarray(image_processor(images=derivatives, return_tensors="np")["pixel_values"], dtype=np.float32)
+    pixels = pixel_values(parts.image_processor, derivatives)
     onnx: OnnxImageEncoder | None = None
     if encoder != "torch":
         onnx = OnnxImageEncoder.from_embedder(
@@ -182,7 +195,7 @@ def bare_model_throughput(
         with torch.inference_mode():
             clip_model.get_image_features(pixel_values=torch.from_numpy(batch))
 
-    out: dict[str, object] = {}
+    out: dict[str, float] = {}
     for size in batch_sizes:
         batch = np.ascontiguousarray(pixels[:size])
         if onnx is not None:
@@ -199,7 +212,9 @@ def bare_model_throughput(
 # The pipeline -----------------------------------------------------------------------------------
 
 
-def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool: Path) -> tuple[list[uuid.UUID], float]:
+def register_all(
+    settings: Settings, files: list[tuple[str, bytes | Path]], spool: Path
+) -> tuple[list[uuid.UUID], float]:
     """`withsense ingest`'s producer side for each file; returns the new photo ids and the seconds taken."""
     from services.intake import register_photo
 
@@ -219,7 +234,7 @@ def register_all(settings: object, files: list[tuple[str, bytes | Path]], spool:
             settings,
             tmp,
             sha256=data_hash,
-            size=tmp.stat().st_size,  # type: ignore[arg-type]
+            size=tmp.stat().st_size,
             original_name=name,
             enqueue=False,
         )
@@ -250,7 +265,7 @@ def wait_until_done(dsn: str, ids: list[uuid.UUID], timeout: float) -> dict[str,
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     "SELECT status, count(*) FROM photos WHERE id = ANY(%s) GROUP BY status", (ids,)
                 ).fetchall()
@@ -336,7 +351,7 @@ def main() -> None:
         env["WITHSENSE_ONNX_CACHE_DIR"] = str(ROOT / ".cache" / "onnx")  # the export the bare run uses
     if args.decode_threads:
         env["WITHSENSE_DECODE_THREADS"] = str(args.decode_threads)
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "machine": info,
         "count": args.count,
         "encoder": args.encoder,
@@ -351,12 +366,12 @@ def main() -> None:
         env["WITHSENSE_BROKER_URL"] = redis.url
         os.environ.update({k: v for k, v in env.items() if k.startswith("WITHSENSE_")})
         from core.settings import get_settings, reload_settings
-        from db.migrate import upgrade
+        from migrations.apply import upgrade
 
         reload_settings()
         upgrade(postgres.url)
         settings = get_settings()
-        dsn = f"host={postgres.host} port={postgres.port} user=postgres dbname={postgres.database}"
+        dsn = postgres.dsn
 
         # Files: distinct pictures first, then byte variants, warm-up set separate from the timed set.
         total = args.warmup + args.count
@@ -382,7 +397,8 @@ def main() -> None:
 
         # bare, run, bare, run, ..., bare: every pipeline run is bracketed by two bare measurements.
         bares = [measure_bare("start")]
-        runs: list[dict[str, object]] = []
+        # Any: one JSON document of figures per run (emit() writes them out as they are).
+        runs: list[dict[str, Any]] = []
         for round_number in range(1, args.rounds + 1):
             for batch in batch_sizes:
                 if runs:
@@ -395,9 +411,9 @@ def main() -> None:
                 enqueue_batches(warm_ids, per_task)
                 wait_until_done(dsn, warm_ids, args.timeout)
                 cpu_before = {
-                    "worker": tree_cpu_seconds(worker.process.pid),
-                    "postgres": tree_cpu_seconds(postgres.process.pid),
-                    "valkey": tree_cpu_seconds(redis.process.pid),
+                    "worker": tree_cpu_seconds(running_pid(worker)),
+                    "postgres": tree_cpu_seconds(running_pid(postgres)),
+                    "valkey": tree_cpu_seconds(running_pid(redis)),
                     "bench": own_cpu_seconds(),
                 }
                 print(f"round {round_number}, batch {batch}: {len(timed_ids)} photos ...", file=sys.stderr)
@@ -407,9 +423,9 @@ def main() -> None:
                 counts = wait_until_done(dsn, timed_ids, args.timeout)
                 seconds = time.perf_counter() - started
                 cpu_after = {
-                    "worker": tree_cpu_seconds(worker.process.pid),
-                    "postgres": tree_cpu_seconds(postgres.process.pid),
-                    "valkey": tree_cpu_seconds(redis.process.pid),
+                    "worker": tree_cpu_seconds(running_pid(worker)),
+                    "postgres": tree_cpu_seconds(running_pid(postgres)),
+                    "valkey": tree_cpu_seconds(running_pid(redis)),
                     "bench": own_cpu_seconds(),
                 }
                 timed_log = worker.log_path.read_bytes()[log_offset:].decode(errors="replace")
@@ -445,15 +461,15 @@ def main() -> None:
         # The bare model's best batch size, measured right before and right after this run.
         bracket = (bares[index][str(best_size)] + bares[index + 1][str(best_size)]) / 2
         run["bare_best_bracketing_images_per_s"] = round(bracket, 2)
-        run["ratio_to_bare_best"] = round(float(run["images_per_s"]) / bracket, 3)  # type: ignore[arg-type]
+        run["ratio_to_bare_best"] = round(float(run["images_per_s"]) / bracket, 3)
     by_batch = {batch: [run for run in runs if run["batch"] == batch] for batch in batch_sizes}
     per_batch = {
         str(batch): {
             "runs": len(batch_runs),
             "images_per_s_median": round(float(np.median([r["images_per_s"] for r in batch_runs])), 2),
             "ratio_median": round(float(np.median([r["ratio_to_bare_best"] for r in batch_runs])), 3),
-            "ratio_min": min(r["ratio_to_bare_best"] for r in batch_runs),  # type: ignore[type-var]
-            "ratio_max": max(r["ratio_to_bare_best"] for r in batch_runs),  # type: ignore[type-var]
+            "ratio_min": min(r["ratio_to_bare_best"] for r in batch_runs),
+            "ratio_max": max(r["ratio_to_bare_best"] for r in batch_runs),
         }
         for batch, batch_runs in by_batch.items()
     }

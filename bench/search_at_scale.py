@@ -28,17 +28,21 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.common import (
     ROOT,
     emit,
+    fetch_value,
     latency_stats,
     machine_info,
     print_table,
     random_vit_b32,
+    running_pid,
     short_tmp_dir,
     warn_if_busy,
 )
@@ -131,9 +135,12 @@ def server_settings(shared_buffers: str) -> dict[str, str]:
 
 def prepare_database(
     args: argparse.Namespace, postgres: LocalPostgres, meta_path: Path, source: VectorSource
-) -> tuple[dict[str, object], np.ndarray]:
-    """Load and index N vectors, or reuse a folder that already holds exactly this data set."""
-    from db.migrate import upgrade
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Load and index N vectors, or reuse a folder that already holds exactly this data set.
+
+    The metadata is a JSON document (kept in ``meta_path``), hence Any.
+    """
+    from migrations.apply import upgrade
 
     wanted = {"n": args.n, "spec": source.spec.as_dict(), "m": args.m, "ef_construction": args.ef_construction}
     corpus_path = meta_path.with_name("corpus.npy")
@@ -153,7 +160,7 @@ def prepare_database(
                 meta["index"] = build_index(
                     conn,
                     int(meta["model_id"]),
-                    postmaster_pid=postgres.process.pid,
+                    postmaster_pid=running_pid(postgres),
                     m=args.m,
                     ef_construction=args.ef_construction,
                     workers=args.build_workers,
@@ -185,7 +192,7 @@ def prepare_database(
         index = build_index(
             conn,
             model_id,
-            postmaster_pid=postgres.process.pid,
+            postmaster_pid=running_pid(postgres),
             m=args.m,
             ef_construction=args.ef_construction,
             workers=args.build_workers,
@@ -195,6 +202,7 @@ def prepare_database(
             "SELECT pg_total_relation_size('photos'), pg_total_relation_size('photo_embeddings'), "
             "pg_relation_size('photo_embeddings'), pg_database_size(current_database())"
         ).fetchone()
+    assert sizes is not None  # a SELECT without FROM returns exactly one row
     meta = {
         **wanted,
         "model_id": model_id,
@@ -223,14 +231,14 @@ def sql_latency(
     dsn: str,
     queries: np.ndarray,
     truth: np.ndarray,
-    index_of: dict[object, int],
+    index_of: dict[uuid.UUID, int],
     region: str | None,
     clients: list[int],
     k: int,
     rounds_8: int,
-) -> dict[str, object]:
-    """Latency of search_photos at each client count, and recall@k of client 0's answers."""
-    out: dict[str, object] = {}
+) -> dict[str, Any]:
+    """Latency of search_photos at each client count, and recall@k of client 0's answers (JSON figures)."""
+    out: dict[str, Any] = {}
     params = vector_params(queries, k, region)
     for count in clients:
         stats, results = run_clients(dsn, SEARCH_SQL, params, count, rounds=1 if count == 1 else rounds_8)
@@ -359,12 +367,12 @@ def create_api_key(database_url: str) -> str:
 
 def api_latency(
     base_url: str, api_key: str, region: str | None, clients: list[int], requests_1: int, requests_8: int, k: int
-) -> dict[str, object]:
-    """GET /v1/search from `clients` concurrent httpx clients (keep-alive, loopback)."""
+) -> dict[str, Any]:
+    """GET /v1/search from `clients` concurrent httpx clients (keep-alive, loopback); JSON figures."""
     import httpx
 
     texts = [f"{subject} {setting}" for subject in QUERY_SUBJECTS for setting in QUERY_SETTINGS]
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     for count in clients:
         total = requests_1 if count == 1 else requests_8
         per_client = max(1, total // count)
@@ -377,8 +385,9 @@ def api_latency(
             per_client: int = per_client,
             latencies: list[list[float]] = latencies,
             barrier: threading.Barrier = barrier,
+            failures: list[str] = failures,
         ) -> None:
-            params_base: dict[str, object] = {"k": k}
+            params_base: dict[str, str | int] = {"k": k}
             if region:
                 params_base["region"] = region
             with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60) as http:
@@ -399,7 +408,7 @@ def api_latency(
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
-        stats = latency_stats([x for per in latencies for x in per])
+        stats: dict[str, Any] = dict(latency_stats([x for per in latencies for x in per]))
         stats["throughput_qps"] = round(stats["n"] / wall, 1)
         stats["failures"] = len(failures)
         if failures:
@@ -450,7 +459,7 @@ def main() -> None:
     postgres = LocalPostgres(home / "pg", server_settings=server_settings(args.shared_buffers))
     spec = VectorSpec(clusters=max(50, args.n // 1000))
     source = VectorSource(spec)
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "machine": info,
         "n": args.n,
         "k": args.k,
@@ -475,13 +484,13 @@ def main() -> None:
         with connect(postgres.dsn) as conn:
             set_phase(conn, ids, u, "A")
             prewarm(conn, model_id)
-            results["function_settings"] = conn.execute(
-                "SELECT proconfig FROM pg_proc WHERE proname = 'search_photos'"
-            ).fetchone()[0]
+            results["function_settings"] = fetch_value(
+                conn, "SELECT proconfig FROM pg_proc WHERE proname = 'search_photos'"
+            )
 
-        sql: dict[str, object] = {}
+        sql: dict[str, dict[str, Any]] = {}
         plans: dict[str, str] = {}
-        api_results: dict[str, object] = {}
+        api_results: dict[str, dict[str, Any]] = {}
         if not args.skip_api:
             model_dir = random_vit_b32()
             for label in args.api_threads.split(","):
@@ -509,7 +518,7 @@ def main() -> None:
                 if api.process is None:
                     api.start(api_key)
                 print(f"API {case} ({name}) ...", file=sys.stderr)
-                api_results.setdefault(case, {})[name] = api_latency(  # type: ignore[union-attr]
+                api_results.setdefault(case, {})[name] = api_latency(
                     api.base_url, api_key, region, clients, args.api_requests_1, args.api_requests_8, args.k
                 )
         with connect(postgres.dsn) as conn:
@@ -556,7 +565,7 @@ def main() -> None:
         print()
         rows = []
         for case, per_server in api_results.items():
-            for name, figures in per_server.items():  # type: ignore[union-attr]
+            for name, figures in per_server.items():
                 rows.append(
                     [
                         case,

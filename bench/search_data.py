@@ -24,13 +24,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 
-from bench.common import latency_stats
+from bench.common import fetch_value, latency_stats
 
 # Row "buckets": u ~ U(0,1) per row decides its flags, so each filter keeps an exact share of rows.
 #   u <  0.01          approved, not a minor  -> visible everywhere (the 1% filter keeps these)
@@ -235,37 +236,40 @@ def load_photos(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarra
         "bool",
         "timestamptz",
     ]
-    with conn.transaction(), conn.cursor() as cur:
-        with cur.copy(f"COPY photos ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(types)
-            for photo_id, value in zip(ids, u, strict=True):
-                moderation = "approved"
-                visibility = "public"
-                if value >= 0.985:
-                    if value < 0.993:
-                        moderation = "pending_review"
-                    elif value < 0.997:
-                        moderation = "rejected"
-                    else:
-                        visibility = "private"
-                minor = bool(0.10 <= value < 0.985)
-                copy.write_row(
-                    (
-                        photo_id,
-                        hashlib.sha256(photo_id.bytes).hexdigest(),
-                        f"bench/{photo_id}.jpg",
-                        "JPEG",
-                        4000,
-                        3000,
-                        3_500_000,
-                        "indexed",
-                        visibility,
-                        moderation,
-                        minor,
-                        False,
-                        now,
-                    )
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy(f"COPY photos ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(types)
+        for photo_id, value in zip(ids, u, strict=True):
+            moderation = "approved"
+            visibility = "public"
+            if value >= 0.985:
+                if value < 0.993:
+                    moderation = "pending_review"
+                elif value < 0.997:
+                    moderation = "rejected"
+                else:
+                    visibility = "private"
+            minor = bool(0.10 <= value < 0.985)
+            copy.write_row(
+                (
+                    photo_id,
+                    hashlib.sha256(photo_id.bytes).hexdigest(),
+                    f"bench/{photo_id}.jpg",
+                    "JPEG",
+                    4000,
+                    3000,
+                    3_500_000,
+                    "indexed",
+                    visibility,
+                    moderation,
+                    minor,
+                    False,
+                    now,
                 )
+            )
     return time.perf_counter() - started
 
 
@@ -281,13 +285,16 @@ def load_embeddings(
     The table's check trigger (dimension, norm) and foreign key run for every row, as in production.
     """
     started = time.perf_counter()
-    with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY photo_embeddings (photo_id, model_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["uuid", "int4", "halfvec"])
-            for index, photo_id in enumerate(ids):
-                copy.write_row((photo_id, model_id, HalfVector(vectors[index])))
-                if progress and index % 100_000 == 0:
-                    progress(index)
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy("COPY photo_embeddings (photo_id, model_id, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(["uuid", "int4", "halfvec"])
+        for index, photo_id in enumerate(ids):
+            copy.write_row((photo_id, model_id, HalfVector(vectors[index])))
+            if progress and index % 100_000 == 0:
+                progress(index)
     return time.perf_counter() - started
 
 
@@ -295,7 +302,7 @@ def set_phase(conn: psycopg.Connection, ids: Sequence[uuid.UUID], u: np.ndarray,
     """Phase A: rows with 0.01 <= u < 0.10 approved; phase B: pending review (so the restricted-region
     filter keeps 1% instead of 10%). Touches only `photos`, never the HNSW index. Returns seconds."""
     started = time.perf_counter()
-    subset = [ids[i] for i in np.flatnonzero((u >= 0.01) & (u < 0.10))]
+    subset = [ids[int(i)] for i in np.flatnonzero((u >= 0.01) & (u < 0.10))]
     status = "approved" if phase == "A" else "pending_review"
     conn.execute(
         "UPDATE photos SET moderation_status = %s WHERE id = ANY(%s) AND moderation_status <> %s",
@@ -344,7 +351,7 @@ def build_index(
     maintenance_work_mem: str = "4GB",
     use_function: bool = True,
     opclass: str = "halfvec",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Build the model's partial HNSW index and report time, size, peak backend memory and notices.
 
     With `use_function` and the default m/ef_construction this is exactly ensure_embedding_index();
@@ -353,7 +360,7 @@ def build_index(
     """
     notices: list[str] = []
     conn.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
-    dim = conn.execute("SELECT dimension FROM embedding_models WHERE id = %s", (model_id,)).fetchone()[0]
+    dim = fetch_value(conn, "SELECT dimension FROM embedding_models WHERE id = %s", (model_id,))
     name = f"ix_photo_embeddings_hnsw_model_{model_id}"
     conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
     conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
@@ -389,7 +396,7 @@ def build_index(
     finally:
         done.set()
         sampler.join()
-    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()[0]
+    size = fetch_value(conn, "SELECT pg_relation_size(%s::regclass)", (name,))
     conn.execute("RESET maintenance_work_mem")
     conn.execute("RESET max_parallel_maintenance_workers")
     return {
@@ -419,7 +426,7 @@ def prewarm(conn: psycopg.Connection, model_id: int) -> None:
         "photo_embeddings_pkey",
         "pk_photo_embeddings",
     ):
-        exists = conn.execute("SELECT to_regclass(%s)", (relation,)).fetchone()[0]
+        exists = fetch_value(conn, "SELECT to_regclass(%s)", (relation,))
         if exists:
             conn.execute("SELECT pg_prewarm(%s::regclass)", (relation,))
 
@@ -438,13 +445,14 @@ def run_clients(
     rounds: int = 1,
     setup: Sequence[str] = (),
     prepare: bool = True,
-) -> tuple[dict[str, float], list[list[object]]]:
+) -> tuple[dict[str, float], list[list[Any]]]:
     """Run `params` through `sql` from `clients` concurrent connections, each going through the whole list
     `rounds` times from its own starting offset. Returns latency stats (all calls) and client 0's first
-    round of results (for recall). Every connection runs each query once untimed first (warm caches)."""
+    round of results (the first column of each row, as psycopg returns it: for recall). Every connection runs each
+    query once untimed first (warm caches)."""
     barrier = threading.Barrier(clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    results: list[list[object]] = []
+    results: list[list[Any]] = []
     errors: list[BaseException] = []
 
     def client(number: int) -> None:

@@ -10,8 +10,8 @@ Every variant is measured in the same run on the same data and queries, at 1 cli
   a migration would change), unfiltered and with the 1% filter;
 - iterative scan off / strict_order / relaxed_order, for the 10% and 1% filters;
 - hnsw.max_scan_tuples 10000 / 50000 / 200000 for the 1% filter;
-- index m / ef_construction: (16, 64) as first migrated, (16, 128) as migrated since 0005, (24, 128), (32, 200): build time, size,
-  recall and latency at ef_search 40 and 200;
+- index m / ef_construction: (16, 64) as first migrated, (16, 128) as migrated since 0005, (24, 128), (32, 200):
+  build time, size, recall and latency at ef_search 40 and 200;
 - build parallelism: max_parallel_maintenance_workers 0 / 1 / 2 (the leader also works);
 - halfvec vs vector: the same query over an index on embedding::vector(512) instead of halfvec(512).
 """
@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pgvector import Vector
 
-from bench.common import emit, machine_info, print_table, short_tmp_dir, warn_if_busy
+from bench.common import emit, machine_info, print_table, running_pid, short_tmp_dir, warn_if_busy
 from bench.search_at_scale import CASES, prepare_database, server_settings
 from bench.search_data import (
     MIGRATED_EF_CONSTRUCTION,
@@ -72,7 +75,7 @@ class Bench:
         corpus: np.ndarray,
         queries: np.ndarray,
         u: np.ndarray,
-        index_of: dict[object, int],
+        index_of: dict[uuid.UUID, int],
         k: int,
     ) -> None:
         self.dsn, self.model_id, self.corpus, self.queries, self.u, self.index_of, self.k = (
@@ -93,7 +96,7 @@ class Bench:
             self.truth[case] = exact_top_k(self.corpus, self.queries, visible_mask(self.u, case, phase), self.k)[0]
         return self.truth[case]
 
-    def enter_phase(self, case: str, ids: list[object]) -> None:
+    def enter_phase(self, case: str, ids: Sequence[uuid.UUID]) -> None:
         phase = CASES[case][0]
         if phase != self.phase:
             with connect(self.dsn) as conn:
@@ -105,9 +108,9 @@ class Bench:
         case: str,
         *,
         sql: str = SEARCH_SQL,
-        params: list[tuple[object, ...]] | None = None,
+        params: Sequence[tuple[object, ...]] | None = None,
         setup: tuple[str, ...] = (),
-    ) -> dict[str, object]:
+    ) -> dict[str, Any]:
         region = CASES[case][1]
         stats, results = run_clients(
             self.dsn, sql, params or vector_params(self.queries, self.k, region), 1, setup=setup
@@ -149,7 +152,8 @@ def main() -> None:
     spec = VectorSpec(clusters=max(50, args.n // 1000))
     source = VectorSource(spec)
     postgres = LocalPostgres(home / "pg", server_settings=server_settings("1GB"))
-    out: dict[str, object] = {"machine": info, "n": args.n, "queries": args.queries, "data_spec": spec.as_dict()}
+    # Any: the JSON document of figures that emit() writes.
+    out: dict[str, Any] = {"machine": info, "n": args.n, "queries": args.queries, "data_spec": spec.as_dict()}
     tables: list[tuple[str, list[str], list[list[object]]]] = []
     postgres.start()
     try:
@@ -165,15 +169,24 @@ def main() -> None:
             set_phase(conn, ids, u, "A")
             prewarm(conn, model_id)
 
-        def rebuild(**kwargs: object) -> dict[str, object]:
+        def rebuild(
+            *,
+            workers: int,
+            m: int = MIGRATED_M,
+            ef_construction: int = MIGRATED_EF_CONSTRUCTION,
+            use_function: bool = True,
+        ) -> dict[str, Any]:
             with connect(postgres.dsn) as conn:
                 built = build_index(
                     conn,
                     model_id,
-                    postmaster_pid=postgres.process.pid,
+                    postmaster_pid=running_pid(postgres),
+                    m=m,
+                    ef_construction=ef_construction,
+                    workers=workers,
                     maintenance_work_mem=args.maintenance_work_mem,
-                    **kwargs,
-                )  # type: ignore[arg-type]
+                    use_function=use_function,
+                )
                 prewarm(conn, model_id)
             return built
 
@@ -267,7 +280,7 @@ def main() -> None:
                 built = rebuild(
                     m=m, ef_construction=efc, workers=1, use_function=(m, efc) == (MIGRATED_M, MIGRATED_EF_CONSTRUCTION)
                 )
-                entry: dict[str, object] = {"build": built}
+                entry: dict[str, Any] = {"build": built}
                 for ef in (40, 200):
                     set_function(postgres.dsn, hnsw__ef_search=str(ef))
                     for case in ("none", "1pct"):
@@ -322,7 +335,7 @@ def main() -> None:
                 builds["vector"] = build_index(
                     conn,
                     model_id,
-                    postmaster_pid=postgres.process.pid,
+                    postmaster_pid=running_pid(postgres),
                     workers=1,
                     maintenance_work_mem=args.maintenance_work_mem,
                     opclass="vector",

@@ -11,12 +11,82 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tqdm import tqdm
+from typer.core import TyperGroup
 
-app = typer.Typer(help="With Sense photo search: run the stack, ingest photos, search, evaluate.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from typer._click.core import Context as ClickContext  # the Context class TyperGroup.invoke is typed with
+
+    from core.settings import Settings
+    from db.photos import ModelCoverage
+    from services.photos import StatusReport
+
+
+class StackDown(RuntimeError):
+    """Postgres or Redis cannot be reached: the command says so in one line and exits 1."""
+
+
+def _why_unreachable(exc: BaseException) -> str | None:
+    """The one-line reason when `exc` (or what caused it) means Postgres or Redis cannot be reached, else None."""
+    import psycopg
+    import redis.exceptions
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from core.embedding import ModelUnavailableError
+    from db.engine import DatabaseNotConfigured
+    from services.queue import QueueUnavailable
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModelUnavailableError):  # its message says how to point at a local copy
+            return f"model: unavailable \u2014 {seen}"
+        first_line = (str(seen).strip().splitlines() or [type(seen).__name__])[0]
+        if isinstance(seen, StackDown | DatabaseNotConfigured | QueueUnavailable):
+            return first_line
+        if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            orig = seen.orig if seen.orig is not None else seen
+            return f"Postgres cannot be reached: {(str(orig).strip().splitlines() or [type(orig).__name__])[0]}"
+        if isinstance(seen, psycopg.OperationalError):
+            return f"Postgres cannot be reached: {first_line}"
+        if isinstance(seen, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | BrokerError):
+            return f"Redis cannot be reached: {first_line}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _OneLineWhenStackIsDown(TyperGroup):
+    """Runs every command (and sub-command): Postgres or Redis unreachable (or the model not loadable) is one line
+    on stderr and exit code 1, never a traceback, whichever command met it and wherever (a query, a queued task,
+    the engine's set-up). Any other exception is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: ClickContext) -> object:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # the command's own answer (usage errors too)
+            raise
+        except Exception as exc:
+            reason = _why_unreachable(exc)
+            if reason is None:
+                raise
+            hint = (
+                ""
+                if "withsense up" in reason or reason.startswith("model:")
+                else " (is the stack running? start it with `withsense up`, or set WITHSENSE_DATABASE_URL and "
+                "WITHSENSE_BROKER_URL)"
+            )
+            typer.echo(f"error: {reason}{hint}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_OneLineWhenStackIsDown,
+    help="With Sense photo search: run the stack, ingest photos, search, evaluate.",
+    no_args_is_help=True,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 
@@ -38,7 +108,7 @@ def _use_running_stack(ctx: typer.Context) -> None:
         reload_settings()
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from core.settings import Settings, get_settings
 
     settings = get_settings()
@@ -51,8 +121,11 @@ def up(
     workers: Annotated[int, typer.Option(help="worker processes (each loads the model)")] = 1,
     flower: Annotated[bool, typer.Option(help="start Flower on 127.0.0.1:5555")] = True,
 ) -> None:
-    """Run the whole local stack in the foreground: Postgres, Redis, migrations, worker, beat, API, Flower."""
-    from cli.stack import LocalStack
+    """Run the whole local stack in the foreground: Postgres, Redis, migrations, worker, beat, API, Flower.
+
+    Every process is supervised: one that exits is restarted with backoff; one that keeps exiting stops the stack.
+    """
+    from cli.stack import FLOWER_USER, LocalStack
     from core.settings import get_settings
 
     received: list[int] = []
@@ -69,19 +142,38 @@ def up(
 
     signal.signal(signal.SIGTERM, _terminate)
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
+    model_problem = _model_problem(stack.settings)
+    if model_problem:  # said at once, and again in the summary: the stack still starts (uploads wait)
+        typer.echo(model_problem)
     try:
         stack.start(echo=typer.echo)
         settings = stack.settings
+        home = settings.home.resolve()
         typer.echo("")
         typer.echo(f"  API      {stack.api_url}  (docs: {stack.api_url}/docs)")
         if flower:
-            typer.echo(f"  Flower   http://{settings.api_host}:{settings.flower_port}")
-        typer.echo(f"  Postgres {stack.env['WITHSENSE_DATABASE_URL']}")
+            typer.echo(
+                f"  Flower   http://{settings.api_host}:{settings.flower_port}  user {FLOWER_USER}, password "
+                f"(also in {home / 'flower.password'}):"
+            )
+            typer.echo(f"    {stack.flower_password}")
+        typer.echo(f"  Postgres {_without_password(stack.env['WITHSENSE_DATABASE_URL'])}")
+        if stack.reader_url:
+            typer.echo(f"           reader role: {_without_password(stack.reader_url)}")
+            typer.echo(f"           passwords in {home / 'pg.password'} and {home / 'pg-reader.password'}")
         typer.echo(f"  Redis    {stack.env['WITHSENSE_BROKER_URL']}")
-        typer.echo(f"  Data     {settings.home.resolve()}")
-        typer.echo(f"  Admin API key (also in {settings.home.resolve() / 'admin.key'}):")
+        typer.echo(f"  Data     {home}  (URLs with passwords for other shells: {home / 'stack.env'})")
+        typer.echo(f"  Admin API key (also in {home / 'admin.key'}):")
         typer.echo(f"    {stack.admin_key}")
-        typer.echo("Ready. Press Ctrl-C to stop.")
+        if model_problem:
+            typer.echo(f"  {model_problem}")
+            typer.echo(
+                "Up without a model: uploads are accepted and wait as pending, searches answer 503. "
+                "Press Ctrl-C to stop."
+            )
+        else:
+            typer.echo(f"  Model    {settings.model}" + (f" + {settings.text_model}" if settings.text_model else ""))
+            typer.echo("Ready. Press Ctrl-C to stop.")
     except KeyboardInterrupt:
         _stop_after("interrupted while starting; stopping what was started ...")
         raise typer.Exit(128 + (received[-1] if received else signal.SIGINT)) from None  # 143 SIGTERM, 130 Ctrl-C
@@ -91,10 +183,35 @@ def up(
     raise typer.Exit(stack.run_forever(echo=typer.echo))
 
 
+def _model_problem(settings: Settings) -> str | None:
+    """One line when the configured model cannot be loaded (checked without loading it), else None."""
+    from core.embedding import model_unavailable_reason
+
+    cache = str(settings.model_cache_dir) if settings.model_cache_dir else None
+    for setting, name, revision in (
+        ("WITHSENSE_MODEL", settings.model, settings.model_revision),
+        ("WITHSENSE_TEXT_MODEL", settings.text_model, None),
+    ):
+        reason = model_unavailable_reason(name, cache, revision) if name else None
+        if reason:
+            return f"model: unavailable \u2014 {reason}; set {setting}=/path/to/model"
+    return None
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Apply the database migrations (Alembic) up to `revision`."""
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     settings = _settings()
     if not settings.database_url:
@@ -123,6 +240,7 @@ def ingest(
 ) -> None:
     """Register every image under DIRECTORY and queue it for indexing. Running it twice adds nothing twice."""
     from core.images import ImageRejected
+    from services.health import broker_problem, database_problem
     from services.intake import register_photo
     from services.queue import QueueUnavailable, enqueue_ingest_batch
 
@@ -131,6 +249,9 @@ def ingest(
     if not files:
         typer.echo(f"no images under {directory} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         raise typer.Exit(0)
+    for problem in (database_problem(), broker_problem()):  # before the progress bar: one line, nothing registered
+        if problem:
+            raise StackDown(problem)
     counts = {"queued": 0, "duplicate": 0, "rejected": 0}
     queued: list[uuid.UUID] = []
     batch: list[uuid.UUID] = []
@@ -191,21 +312,51 @@ def ingest(
 
 
 def _wait_for_indexing(photo_ids: list[uuid.UUID], timeout: float) -> None:
-    from services.photos import status_counts
+    """Follow these photos until each is indexed or failed, saying why those that wait or failed do (the reason
+    stored on them: the model cannot be loaded, a file cannot be decoded, ...) as soon as one appears."""
+    from services.photos import status_report
 
     deadline = time.monotonic() + timeout
+    shown: set[tuple[str, str]] = set()
     with tqdm(total=len(photo_ids), desc="indexing", unit="photo") as bar:
         while True:
-            rows = status_counts(photo_ids)
-            done = rows.get("indexed", 0) + rows.get("failed", 0)
+            report = status_report(photo_ids)
+            counts = report.counts
+            done = counts.get("indexed", 0) + counts.get("failed", 0)
             bar.update(done - bar.n)
-            bar.set_postfix(indexed=rows.get("indexed", 0), failed=rows.get("failed", 0))
+            bar.set_postfix(indexed=counts.get("indexed", 0), failed=counts.get("failed", 0))
+            for group in report.reasons:
+                if group.status != "failed" and (group.status, group.reason) not in shown:
+                    shown.add((group.status, group.reason))
+                    tqdm.write(f"{group.count} {group.status}: {_short(group.reason)}")
             if done >= len(photo_ids):
                 break
             if time.monotonic() > deadline:
-                typer.echo(f"gave up waiting: {len(photo_ids) - done} photos still pending", err=True)
+                bar.close()
+                typer.echo(f"gave up waiting: {len(photo_ids) - done} photos not indexed yet", err=True)
+                _print_report(report, err=True)
+                typer.echo("once the cause is fixed: `withsense redrive --pending` queues them again", err=True)
                 raise typer.Exit(1)
             time.sleep(1.0)
+    _print_report(report)
+
+
+def _short(reason: str, width: int = 300) -> str:
+    line = (reason.strip().splitlines() or [""])[0]
+    return line if len(line) <= width else line[: width - 1] + "\u2026"
+
+
+def _print_report(report: StatusReport, *, err: bool = False) -> None:
+    """Photos by status, then each stored reason with how many photos in which status carry it."""
+    counts = report.counts
+    typer.echo(
+        "photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed")),
+        err=err,
+    )
+    for group in report.reasons:
+        typer.echo(f"  {group.count} {group.status}: {_short(group.reason)}", err=err)
+    if report.other_reasons:
+        typer.echo(f"  {report.other_reasons} more with other reasons (`GET /v1/photos/{{id}}` shows each)", err=err)
 
 
 @app.command()
@@ -218,8 +369,14 @@ def search(
     from db.engine import session_scope
     from services import search as search_service
     from services.errors import ServiceError
+    from services.health import database_problem
+    from services.photos import display_names
 
     _settings()
+    problem = database_problem()  # before loading the model (seconds) only to find the database down
+    if problem:
+        raise StackDown(problem)
+    _no_progress_bars()
     try:
         with session_scope() as session:
             outcome = search_service.search_text(session, query, k, region.strip().upper() if region else None)
@@ -232,17 +389,34 @@ def search(
     if not outcome.hits:
         typer.echo("no results (is anything indexed yet? see `withsense ingest`)")
         return
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title")
+    names = display_names([hit.photo_id for hit in outcome.hits])
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title / file name")
     for rank, hit in enumerate(outcome.hits, 1):
-        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {hit.title or ''}")
+        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {names.get(hit.photo_id) or hit.title or ''}")
+
+
+def _no_progress_bars() -> None:
+    """Loading the model must not draw progress bars over a command's output (transformers' and the hub's)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 @app.command()
 def redrive(
     photo_ids: Annotated[list[str] | None, typer.Argument(help="photo ids; none means every failed photo")] = None,
+    pending: Annotated[
+        bool,
+        typer.Option(
+            "--pending",
+            help="queue again the photos left pending instead (e.g. once the model loads): attempts are kept",
+        ),
+    ] = False,
 ) -> None:
-    """Send failed photos through indexing again, with a fresh attempt budget."""
+    """Send failed photos through indexing again, with a fresh attempt budget (or, with --pending, the pending)."""
     from services.photos import redrive as redrive_photos
+    from services.photos import redrive_pending
     from services.queue import QueueUnavailable
 
     settings = _settings()
@@ -252,11 +426,14 @@ def redrive(
         typer.echo(f"error: not a photo id: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        reset = redrive_photos(settings, wanted)
+        reset = redrive_pending(settings, wanted) if pending else redrive_photos(settings, wanted)
     except QueueUnavailable as exc:
         typer.echo(f"warning: {exc}; the reconciler will enqueue them (they are pending)", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{len(reset)} failed photos sent back to indexing")
+    if pending:
+        typer.echo(f"{len(reset)} pending photos queued again")
+    else:
+        typer.echo(f"{len(reset)} failed photos sent back to indexing")
 
 
 @app.command()
@@ -272,19 +449,16 @@ def reconcile(
 
 @app.command()
 def status() -> None:
-    """Photos by indexing status, and which models cover the index (the active one serves search)."""
+    """Photos by indexing status, why those not indexed wait or failed, and which models cover the index."""
     from services import models as model_service
+    from services.photos import status_report
 
     _settings()
-    counts = model_service.status_counts()
-    models = model_service.coverage()
-    typer.echo(
-        "photos: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "processing", "indexed", "failed"))
-    )
-    _print_models(models)
+    _print_report(status_report())
+    _print_models(model_service.coverage())
 
 
-def _print_models(models) -> None:  # type: ignore[no-untyped-def]
+def _print_models(models: list[ModelCoverage]) -> None:
     if not models:
         typer.echo("models: none registered yet (a worker registers its model when it indexes the first photo)")
     for m in models:
@@ -408,6 +582,49 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's number fro
     typer.echo(f"key {key_id} revoked")
 
 
+policy_app = typer.Typer(
+    help="The query content policy: check a text, rescreen photos after a rules change.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(text: Annotated[str, typer.Argument(help="a query or a title")]) -> None:
+    """Print what the policy in force decides about TEXT, with the terms that decided it."""
+    from core.policy import get_query_policy
+
+    policy = get_query_policy()
+    decision = policy.check(text)
+    verdict = "blocked where the minors law applies" if decision.blocked else "allowed"
+    typer.echo(f"{verdict} (rules {decision.rules_version})")
+    typer.echo(f"read as: {' '.join(policy.normalized_words(text))}")
+    if decision.matched_terms:
+        typer.echo(f"matched: {', '.join(decision.matched_terms)}")
+
+
+@policy_app.command("rescreen")
+def policy_rescreen(
+    apply: Annotated[bool, typer.Option("--apply", help="mark the photos found (default: only list them)")] = False,
+    page_size: Annotated[int, typer.Option(min=1, max=10000, help="photos read per transaction")] = 500,
+) -> None:
+    """Find photos whose title or file name the rules in force mark as describing a child; --apply marks them."""
+    from services.rescreen import RescreenHit, rescreen_photos
+
+    def show(hit: RescreenHit) -> None:
+        typer.echo(f"{hit.photo_id}  {hit.field}: {hit.text!r}  ({', '.join(hit.matched_terms)})")
+
+    report = rescreen_photos(apply=apply, page_size=page_size, on_hit=show)
+    if apply:
+        typer.echo(
+            f"marked {len(report.hits)} of {report.scanned} photos as showing a minor (rules {report.rules_version})"
+        )
+    else:
+        typer.echo(
+            f"{len(report.hits)} of {report.scanned} photos would be marked (rules {report.rules_version}); "
+            "dry run, nothing changed: run with --apply to mark them"
+        )
+
+
 regions_app = typer.Typer(help="Where the minors law applies (the default '*' is restricted).", no_args_is_help=True)
 app.add_typer(regions_app, name="regions")
 
@@ -429,6 +646,7 @@ def regions_set(
     note: Annotated[str | None, typer.Option(help="why (e.g. the law's reference)")] = None,
 ) -> None:
     """Declare whether the minors law applies in REGION; search obeys it at once."""
+    from core.regions import normalise_rule_region
     from services.errors import ServiceError
     from services.regions import set_rule
 
@@ -438,7 +656,7 @@ def regions_set(
     except (ServiceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"{region.upper()}: {'restricted' if restricted else 'unrestricted'}")
+    typer.echo(f"{normalise_rule_region(region)}: {'restricted' if restricted else 'unrestricted'}")
 
 
 def _register_eval() -> None:

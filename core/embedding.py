@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from core.clip_parts import (
+    ImageProcessor,
+    NotAClipModelError,
+    SquareInputShortcut,
+    clip_image_features,
+    clip_parts,
+    square_input_shortcut,
+)
+
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers import CLIPModel
 
     from core.onnx_encoder import OnnxImageEncoder
 
@@ -63,6 +73,68 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since (the stack's own check reads it late)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }
+
+
+def _in_hub_cache(repo_id: str, cache_folder: str | None, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision), str)
+
+
+def hub_unreachable_reason(repo_id: str, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot serve `repo_id` now (offline mode, or one quick probe failed), else None.
+
+    One request with a short timeout, made before loading, because huggingface_hub retries every file of an
+    unreachable hub for a minute or more: a model that cannot be loaded must say so in seconds.
+    """
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return f"the hub has no model {repo_id} ({url} answered 404)"
+        return None if exc.code < 500 else f"the hub answered {exc.code} at {url}"
+    except (OSError, ValueError) as exc:  # URLError, timeouts, DNS failures
+        reason = getattr(exc, "reason", exc)
+        return f"the Hugging Face hub is unreachable ({constants.ENDPOINT}: {reason})"
+
+
+def model_unavailable_reason(name: str, cache_folder: str | None = None, revision: str | None = None) -> str | None:
+    """Why `name` cannot be loaded, found without loading it (no torch): a missing folder, or a hub model that
+    is not in the local cache while the hub is offline or unreachable. None when loading may go ahead."""
+    path = Path(name).expanduser()
+    if _looks_like_path(name) or path.exists():
+        if not path.is_dir():
+            return f"no such folder: {name}"
+        if not ((path / "modules.json").exists() or (path / "config.json").exists()):
+            return f"{name} is not a sentence-transformers model folder (no modules.json or config.json)"
+        return None
+    # sentence-transformers' rule for bare names (its BERT-era exceptions are no CLIP models).
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    if _in_hub_cache(repo_id, cache_folder, revision):
+        return None
+    problem = hub_unreachable_reason(repo_id)
+    return f"{name} is not in the local model cache and {problem}" if problem else None
+
+
 def _first_line(cause: BaseException | str) -> str:
     text = str(cause).strip().splitlines()
     summary = text[0] if text else ""
@@ -85,6 +157,61 @@ def _unavailable(name: str, setting: str, cause: BaseException | str) -> ModelUn
         f"huggingface_hub), copy the folder here and set {setting}=/path/to/folder. "
         f"Cause: {_first_line(cause)}"
     )
+
+
+# One request, answered or not within this many seconds, decides whether the hub can be reached at all.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_preflight(name: str, setting: str, revision: str | None, cache_folder: str | None) -> bool:
+    """Fail fast on a hub model that cannot be had; True when it is in the local cache (loaded without the hub).
+
+    Without this, every file of the model is fetched with its own timeouts and retries (minutes of log noise per
+    attempt) before the one clear error. A cached model is read from the cache alone: its revision names the
+    vectors in the index, so it must not change under a running service (WITHSENSE_MODEL_REVISION pins another).
+    Offline (HF_HUB_OFFLINE) and not cached, or the hub unreachable in one short request: ModelUnavailableError.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id = _hub_repo_id(name)
+    cached = try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision)
+    if isinstance(cached, str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        raise _unavailable(name, setting, "HF_HUB_OFFLINE is set and the model is not in the local cache")
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise _unavailable(name, setting, f"{repo_id} is not on the hub ({_first_line(exc)})") from exc
+    except Exception as exc:
+        raise _unavailable(name, setting, f"the hub is unreachable ({_first_line(exc)})") from exc
+    return False
+
+
+def fit_text_context(model: SentenceTransformer) -> int | None:
+    """Cap the tokenizer at what the text tower can read (CLIP: 77 tokens), so a longer text is cut, never an error.
+
+    Some saved tokenizers say they read any length; the position embeddings then overflow on a long query.
+    Returns the cap in tokens (None when the model has no text tokenizer).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not callable(tokenizer):
+        return None
+    declared = getattr(tokenizer, "model_max_length", None)
+    positions = None
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "model", None), "config", None) or getattr(first, "config", None)
+    if config is not None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        positions = getattr(text_config, "max_position_embeddings", None)
+    limits = [n for n in (declared, positions) if isinstance(n, int) and 0 < n < 1_000_000]
+    if not limits:
+        return None
+    cap = min(limits)
+    if declared != cap:
+        tokenizer.model_max_length = cap
+    return cap
 
 
 def folder_content_hash(folder: Path) -> str:
@@ -146,10 +273,9 @@ class ClipEmbedder:
         self._requested_image_encoder = image_encoder
         self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
         self._onnx: OnnxImageEncoder | None = None
-        self._clip_model: torch.nn.Module | None = None
-        self._image_processor: object | None = None
-        self._identity_size: tuple[int, int] | None = None
-        self._normalisation: tuple[np.ndarray, np.ndarray] | None = None
+        self._clip_model: CLIPModel | None = None
+        self._image_processor: ImageProcessor | None = None
+        self._square_input: SquareInputShortcut | None = None
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._text_model: SentenceTransformer | None = None
@@ -202,15 +328,18 @@ class ClipEmbedder:
         if _looks_like_path(name) and not path.is_dir():
             raise _unavailable(name, setting, "no such folder")
         source = str(path) if path.is_dir() else name
+        local_only = False if path.is_dir() else _hub_preflight(name, setting, revision, self._cache_folder)
         try:
             model = SentenceTransformer(
                 source,
                 device=device,
                 revision=None if path.is_dir() else revision,
                 cache_folder=self._cache_folder,
+                local_files_only=local_only,
             )
         except (OSError, EntryNotFoundError) as exc:  # hub errors, missing files, offline mode
             raise _unavailable(name, setting, exc) from exc
+        fit_text_context(model)
         if device.startswith("cuda"):
             # Half precision on GPU: twice the throughput, no measurable loss in cosine rankings.
             model.half()
@@ -242,7 +371,7 @@ class ClipEmbedder:
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
             self._clip_model, self._image_processor = self._clip_parts(model)
-            self._plan_identity_preprocessing()
+            self._square_input = square_input_shortcut(self._image_processor) if self._image_processor else None
             self._onnx = self._open_onnx(model, device)
             # Published last: other threads treat a non-None model as "fully loaded".
             self._model = model
@@ -256,15 +385,13 @@ class ClipEmbedder:
             )
 
     @staticmethod
-    def _clip_parts(model: SentenceTransformer) -> tuple[torch.nn.Module | None, object | None]:
+    def _clip_parts(model: SentenceTransformer) -> tuple[CLIPModel | None, ImageProcessor | None]:
         """The Hugging Face CLIP model and its image processor, for the threaded preprocessing path."""
-        from core.onnx_encoder import OnnxExportError, _clip_parts, _image_processor
-
         try:
-            clip_model, processor = _clip_parts(model)
-        except OnnxExportError:
+            parts = clip_parts(model)
+        except NotAClipModelError:
             return None, None
-        return clip_model, _image_processor(processor)
+        return parts.model, parts.image_processor
 
     def _open_onnx(self, model: SentenceTransformer, device: str) -> OnnxImageEncoder | None:
         """The ONNX Runtime image encoder when one is configured and the model runs on CPU."""
@@ -327,6 +454,11 @@ class ClipEmbedder:
         self.load()
         assert self._model is not None
         return self._model
+
+    @property
+    def sentence_transformer(self) -> SentenceTransformer:
+        """The loaded sentence-transformers model of images (and text, unless a text model is set); loads it."""
+        return self._loaded()
 
     # Facts about the model ------------------------------------------------------------------
 
@@ -391,45 +523,12 @@ class ClipEmbedder:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._image_processor is None:
             return rgb
-        if self._identity_size is not None and rgb.size == self._identity_size:
+        if self._square_input is not None and rgb.size == self._square_input.size:
             # Already the model's input size (the worker's 224x224 derivative): resize and crop would be
             # no-ops, so only rescale and normalise remain, as one multiply-add per channel.
-            scale, offset = self._normalisation  # type: ignore[misc]
-            pixels = np.asarray(rgb, dtype=np.float32)
-            pixels *= scale
-            pixels += offset
-            return pixels.transpose(2, 0, 1)
-        pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]  # type: ignore[operator]
+            return self._square_input.pixel_values(rgb)
+        pixels = self._image_processor(images=[rgb], return_tensors="np")["pixel_values"]
         return np.asarray(pixels[0], dtype=np.float32)
-
-    def _plan_identity_preprocessing(self) -> None:
-        """When the processor is CLIP's usual resize-shortest-edge + centre-crop to one square size + rescale +
-        normalise, an image already of that size needs only the last two steps (tested against the processor)."""
-        self._identity_size = None
-        processor = self._image_processor
-        size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
-        edge = getattr(size, "shortest_edge", None) if size is not None else None
-        height, width = (
-            (getattr(crop, "height", None), getattr(crop, "width", None)) if crop is not None else (None, None)
-        )
-        standard = (
-            getattr(processor, "do_resize", False)
-            and getattr(processor, "do_center_crop", False)
-            and getattr(processor, "do_rescale", False)
-            and getattr(processor, "do_normalize", False)
-            and not getattr(processor, "do_pad", False)
-            and isinstance(edge, int)
-            and edge == height == width
-        )
-        if not standard:
-            return
-        mean = np.asarray(processor.image_mean, dtype=np.float32)  # type: ignore[attr-defined]
-        std = np.asarray(processor.image_std, dtype=np.float32)  # type: ignore[attr-defined]
-        if mean.shape != (3,) or std.shape != (3,):
-            return
-        rescale = np.float32(processor.rescale_factor)  # type: ignore[attr-defined]
-        self._normalisation = (rescale / std, -mean / std)
-        self._identity_size = (int(width), int(height))
 
     def embed_prepared(self, prepared: Sequence[np.ndarray | Image.Image]) -> np.ndarray:
         """Embed what :meth:`prepare_image` returned: the same vectors as ``embed_images`` of the pictures."""
@@ -437,8 +536,14 @@ class ClipEmbedder:
         if not prepared:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._image_processor is None:
-            return self._encode(model, list(prepared), self.image_batch_size)  # type: ignore[arg-type]
-        pixels = np.stack(prepared)  # type: ignore[arg-type]
+            pictures = [item for item in prepared if isinstance(item, Image.Image)]
+            if len(pictures) != len(prepared):
+                raise TypeError("embed_prepared takes what prepare_image returned (pictures for this model)")
+            return self._encode(model, pictures, self.image_batch_size)
+        arrays = [item for item in prepared if isinstance(item, np.ndarray)]
+        if len(arrays) != len(prepared):
+            raise TypeError("embed_prepared takes what prepare_image returned (pixel arrays for this model)")
+        pixels = np.stack(arrays)
         if self._onnx is not None:
             return self._onnx.embed_pixel_values(pixels)
         return self._forward_pixels(pixels)
@@ -448,11 +553,24 @@ class ClipEmbedder:
         return clip_image_features(self._clip_model, pixels, self.image_batch_size)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts with the text model when one is set, else with CLIP's text tower."""
+        """Embed texts with the text model when one is set, else with CLIP's text tower.
+
+        A text longer than the model reads (CLIP: 77 tokens) is cut to that length; `truncated_texts` says which.
+        """
         model = self._loaded()
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
         return self._encode(self._text_model or model, list(texts), self.text_batch_size)
+
+    def truncated_texts(self, texts: Sequence[str]) -> list[bool]:
+        """For each text, whether `embed_texts` cuts it to the model's context (it reads only the beginning)."""
+        model = self._text_model or self._loaded()
+        tokenizer = getattr(model, "tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is None or not isinstance(limit, int) or not texts:
+            return [False] * len(texts)
+        counted = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        return [len(ids) > limit for ids in counted]
 
     def _encode(self, model: SentenceTransformer, inputs: list[Image.Image] | list[str], batch_size: int) -> np.ndarray:
         import torch
@@ -461,7 +579,7 @@ class ClipEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with torch.inference_mode():
             embeddings: torch.Tensor = model.encode(
-                inputs,  # type: ignore[arg-type]
+                inputs,
                 batch_size=batch_size,
                 convert_to_tensor=True,
                 normalize_embeddings=False,
@@ -470,23 +588,6 @@ class ClipEmbedder:
             # Normalise in float32: fp16 norms of 512 components lose precision.
             embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
         return embeddings.cpu().numpy().astype(np.float32, copy=False)
-
-
-def clip_image_features(clip_model: torch.nn.Module, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """A Hugging Face CLIP model's image features for preprocessed pixels (n, 3, H, W): float32, unit rows."""
-    import torch
-
-    parameter = next(clip_model.parameters())
-    step = batch_size or max(1, len(pixels))
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(pixels), step):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + step]))
-            features = clip_model.get_image_features(pixel_values=batch.to(parameter.device, parameter.dtype))
-            features = getattr(features, "pooler_output", features)  # transformers 5 returns a ModelOutput
-            # Normalise in float32: fp16 norms of 512 components lose precision.
-            chunks.append(torch.nn.functional.normalize(features.float(), p=2, dim=1).cpu())
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
 
 _embedder = runtime.slot("embedder", ClipEmbedder.from_settings)

@@ -28,17 +28,18 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
+
+from core.clip_parts import ClipParts, ImageProcessor, NotAClipModelError, clip_image_features, clip_parts, pixel_values
 
 if TYPE_CHECKING:
     import onnxruntime
     import torch
     from sentence_transformers import SentenceTransformer
-
-    from core.embedding import ClipEmbedder
+    from transformers import CLIPModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,24 +58,29 @@ class OnnxExportError(RuntimeError):
     """The model could not be exported, or the export disagrees with torch (parity below the minimum)."""
 
 
-def _clip_parts(model: SentenceTransformer) -> tuple[torch.nn.Module, object]:
-    """The Hugging Face CLIPModel and its processor inside a sentence-transformers model.
+class LoadedClipEmbedder(Protocol):
+    """What :meth:`OnnxImageEncoder.from_embedder` needs of a ``core.embedding.ClipEmbedder``.
 
-    Both layouts carry them as ``.model`` and ``.processor``: ST 6's ``Transformer`` module and the
-    older ``sentence_transformers.models.CLIPModel`` module.
+    A protocol rather than an import: the embedder imports this module, never the other way round.
     """
-    for module in model:
-        hf_model = getattr(module, "model", None)
-        if hasattr(hf_model, "vision_model") and hasattr(hf_model, "visual_projection"):
-            processor = getattr(module, "processor", None)
-            if processor is None:
-                raise OnnxExportError("the CLIP module has no processor to preprocess images with")
-            return hf_model, processor
-    raise OnnxExportError("no CLIP vision tower found in the model: only CLIP models can use the ONNX encoder")
+
+    image_batch_size: int
+
+    def load(self) -> None: ...
+
+    @property
+    def sentence_transformer(self) -> SentenceTransformer: ...
+
+    @property
+    def revision(self) -> str: ...
 
 
-def _image_processor(processor: object) -> object:
-    return getattr(processor, "image_processor", processor)
+def onnx_clip_parts(model: SentenceTransformer) -> ClipParts:
+    """The CLIP model and processor of ``model``; a model without them cannot be exported (OnnxExportError)."""
+    try:
+        return clip_parts(model)
+    except NotAClipModelError as exc:
+        raise OnnxExportError(str(exc)) from exc
 
 
 def _versions() -> dict[str, str]:
@@ -92,10 +98,11 @@ def _versions() -> dict[str, str]:
 def export_key(revision: str, clip_config: object) -> str:
     """Cache key: the model's revision, its vision config, the recipe and the exporter versions."""
     vision = getattr(clip_config, "vision_config", None)
+    to_dict = getattr(vision, "to_dict", None)
     payload = json.dumps(
         {
             "revision": revision,
-            "vision": vision.to_dict() if hasattr(vision, "to_dict") else str(vision),
+            "vision": to_dict() if callable(to_dict) else str(vision),
             "projection_dim": getattr(clip_config, "projection_dim", None),
             "export_version": EXPORT_VERSION,
             "opset": OPSET,
@@ -111,7 +118,7 @@ class _VisionTower:
     """``get_image_features`` as a plain module: vision transformer, pooled token, projection."""
 
     @staticmethod
-    def build(clip_model: torch.nn.Module) -> torch.nn.Module:
+    def build(clip_model: CLIPModel) -> torch.nn.Module:
         import torch
 
         class VisionTower(torch.nn.Module):
@@ -122,7 +129,8 @@ class _VisionTower:
 
             def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
                 pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-                return self.visual_projection(pooled)
+                projected: torch.Tensor = self.visual_projection(pooled)
+                return projected
 
         # A float32 CPU copy: the loaded model may be fp16 on a GPU, and must not be touched here.
         vision = copy.deepcopy(clip_model.vision_model).to("cpu", torch.float32).eval()
@@ -133,7 +141,7 @@ class _VisionTower:
         return VisionTower(vision, projection).eval()
 
 
-def export_vision_model(clip_model: torch.nn.Module, out_dir: Path, *, quantize: bool) -> dict[str, object]:
+def export_vision_model(clip_model: CLIPModel, out_dir: Path, *, quantize: bool) -> dict[str, object]:
     """Export the vision tower to ``out_dir``: FP32_FILE (fused), and INT8_FILE when ``quantize``.
 
     Returns what was done (fused operator counts, file sizes), also written to META_FILE.
@@ -194,7 +202,7 @@ def ensure_export(model: SentenceTransformer, revision: str, cache_dir: Path, *,
     Exports go to a staging folder next to the cache entry and are renamed into place, so several
     worker processes starting at once never read a half-written file.
     """
-    clip_model, _ = _clip_parts(model)
+    clip_model = onnx_clip_parts(model).model
     key = export_key(revision, clip_model.config)
     target = Path(cache_dir) / f"clip-vision-{key}"
     wanted = target / (INT8_FILE if quantize else FP32_FILE)
@@ -240,7 +248,7 @@ class OnnxImageEncoder:
     def __init__(
         self,
         model_path: Path,
-        image_processor: object,
+        image_processor: ImageProcessor,
         *,
         threads: int | None = None,
         spin: bool = False,
@@ -276,10 +284,9 @@ class OnnxImageEncoder:
         encoder is refused (OnnxExportError) when any cosine falls below PARITY_MIN_COSINE.
         """
         folder = ensure_export(model, revision, cache_dir, quantize=quantize)
-        _, processor = _clip_parts(model)
         encoder = cls(
             folder / (INT8_FILE if quantize else FP32_FILE),
-            _image_processor(processor),
+            onnx_clip_parts(model).image_processor,
             threads=threads,
             spin=spin,
             batch_size=batch_size,
@@ -297,7 +304,7 @@ class OnnxImageEncoder:
     @classmethod
     def from_embedder(
         cls,
-        embedder: ClipEmbedder,
+        embedder: LoadedClipEmbedder,
         cache_dir: Path,
         *,
         quantize: bool = True,
@@ -307,10 +314,8 @@ class OnnxImageEncoder:
     ) -> OnnxImageEncoder:
         """The ONNX encoder for a ClipEmbedder's loaded model (loads it), with its image batch size."""
         embedder.load()
-        model = embedder._model
-        assert model is not None
         return cls.from_sentence_transformer(
-            model,
+            embedder.sentence_transformer,
             embedder.revision,
             cache_dir,
             quantize=quantize,
@@ -322,8 +327,7 @@ class OnnxImageEncoder:
 
     def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The model's own preprocessing (resize, centre crop, normalise): float32 (n, 3, H, W)."""
-        rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
-        return np.asarray(self.image_processor(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
+        return pixel_values(self.image_processor, images)
 
     def embed_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
         """Embed preprocessed pixels in batches of `batch_size`: float32 (n, dimension), unit rows."""
@@ -336,9 +340,10 @@ class OnnxImageEncoder:
             )[0]
             for i in range(0, len(pixel_values), self.batch_size)
         ]
-        embeddings = np.concatenate(chunks).astype(np.float32, copy=False)
+        embeddings: np.ndarray = np.concatenate(chunks).astype(np.float32, copy=False)
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        return embeddings / np.maximum(norms, 1e-12)
+        unit_rows: np.ndarray = embeddings / np.maximum(norms, 1e-12)
+        return unit_rows
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed PIL images like ``ClipEmbedder.embed_images``: float32 (n, dimension), unit rows."""
@@ -349,10 +354,7 @@ class OnnxImageEncoder:
 
 def torch_embed_pixel_values(model: SentenceTransformer, pixel_values: np.ndarray) -> np.ndarray:
     """The reference: the loaded torch model's image features for the same pixels, L2-normalised."""
-    from core.embedding import clip_image_features
-
-    clip_model, _ = _clip_parts(model)
-    return clip_image_features(clip_model, pixel_values)
+    return clip_image_features(onnx_clip_parts(model).model, pixel_values)
 
 
 def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images: Sequence[Image.Image]) -> np.ndarray:
@@ -360,7 +362,8 @@ def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images
     pixels = encoder.pixel_values(images)
     reference = torch_embed_pixel_values(model, pixels)
     candidate = encoder.embed_pixel_values(pixels)
-    return np.sum(reference * candidate, axis=1)
+    cosines: np.ndarray = np.sum(reference * candidate, axis=1)
+    return cosines
 
 
 def probe_images(count: int = 4, size: tuple[int, int] = (320, 240), seed: int = 0) -> list[Image.Image]:

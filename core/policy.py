@@ -1,35 +1,57 @@
 """Query content policy: does a text query ask for children?
 
 In some regions the law forbids showing anything that depicts or describes a child (anyone
-under 16) without the parents' consent. Before a text query is embedded, the API asks this
+under 16) without the parents' consent. Before a text query is embedded, the search asks this
 module whether the query asks for children; when it does and the viewer's region is restricted
 (``db.policy.region_is_restricted``: the regions live in the database, so SQL consumers and the
-API agree), the query is answered with :data:`DISCLAIMER` and no results.
+API agree), the query is answered with :data:`DISCLAIMER` and no results. Photo titles are
+screened by the same function.
 
 The decision is a pure function of the text and the rules file (``core/policy_rules.yaml``,
-versioned): no model, no network, no database, no region. It works on whole
-tokens, never substrings ("kid" does not hit "kidney"), after undoing the usual disguises:
-Unicode compatibility forms, case, ё/е, accents, zero-width characters, Latin/Cyrillic/Greek
-look-alike letters mixed in one word ("мaльчик" with a Latin a), digits for letters ("k1ds"),
-stretched letters ("kiiids"), spaced letters ("k i d s"), hyphenated and possessive forms,
-and Russian typed in Latin letters ("devochka"). Age expressions ("a 10 year old",
-"10-летний", "aged 12", "under 16", "14 лет", "age 14") are read by the patterns in the rules
-file, which also name the words that make a number a span of time instead ("через 5 лет").
+versioned), plus two dictionaries that ship with their libraries (core/lexicon.py): no model, no
+network, no database, no region. It works on whole tokens, never substrings ("kid" does not hit
+"kidney"). Before matching, the text goes through these steps, in this order:
+
+1. emoji of children (🧒 👦 👧 👶, any skin tone, inside family sequences) read as child words;
+2. Unicode compatibility forms (NFKC), invisible characters, dashes, accents; look-alike letters of
+   another script inside a word ("мaльчик" with a Latin a);
+3. letters split by separators joined again, only where the joined form is a child word and the
+   pieces are not ordinary words themselves ("chil dren", "ki ds", "chil.dren", "k i d s");
+4. digits and signs read as letters (3 e/е, 0 o/о, 1 i/l, 4 a/ч, @ a/а, ! i, | l/i, $ s);
+5. Russian typed in Latin letters (GOST/ISO 9 without diacritics, and the informal spellings:
+   "deti", "rebjonok", "shkolnitsa"), and either language typed on the other keyboard layout;
+6. slips: a word of five or more letters one edit (Damerau-Levenshtein, via rapidfuzz) from a child
+   word reads as that word, unless it is a real word itself (dictionaries, allow-list).
+
+Age expressions ("a 10 year old", "10-летний", "ten yo", "семилетка", "u12", "grade 3 pupils")
+are read by the patterns in the rules file, which also name the words that make a number a span of
+time instead ("через 5 лет"). Phrases in which a child word names no child ("child process",
+"kid goat", "детская площадка без людей") are listed there too.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rapidfuzz.distance import DamerauLevenshtein
+
+from core.lexicon import Lexicon, get_lexicon
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from core.moderation import ZeroShotModerator
 
 from core.runtime import runtime
 
@@ -37,19 +59,27 @@ __all__ = [
     "CATEGORY_MINORS",
     "DEFAULT_RULES_PATH",
     "DISCLAIMER",
+    "MODEL_TERM_PREFIX",
     "POLICY_FILE_ENV",
     "PolicyDecision",
     "PolicyRulesError",
     "QueryPolicy",
     "check_query",
     "get_query_policy",
+    "model_child_score",
     "normalize_query",
+    "substitute_symbols",
+    "swap_keyboard_layout",
+    "transliterations",
+    "with_model_opinion",
 ]
 
 DISCLAIMER: Final[str] = "This image is unavailable in your country in compliance with local laws."
 CATEGORY_MINORS: Final[str] = "minors"
 DEFAULT_RULES_PATH: Final[Path] = Path(__file__).with_name("policy_rules.yaml")
 POLICY_FILE_ENV: Final[str] = "WITHSENSE_POLICY_FILE"
+# A matched term added by the model's second opinion: "model:0.87".
+MODEL_TERM_PREFIX: Final[str] = "model:"
 
 
 class PolicyRulesError(ValueError):
@@ -95,18 +125,73 @@ class _Combination(_Strict):
     second: list[str]
 
 
+class _HeadRules(_Strict):
+    exact: list[str] = Field(default_factory=list)
+    stems: list[str] = Field(default_factory=list)
+    stem_max_ending: int = Field(default=3, ge=0, le=6)
+
+
+class _ChildFreeRules(_Strict):
+    """Things made for children, with no child in them: "children's books", "детская площадка без людей"."""
+
+    # A child word right before one of these (or after "for"/"для" right after one) names no
+    # child: furniture, books, toys.
+    things: _HeadRules = Field(default_factory=_HeadRules)
+    # As `things`, but only with a context below in the query: clothes are shown worn, a
+    # playground has children on it, unless the query says otherwise.
+    things_in_context: _HeadRules = Field(default_factory=_HeadRules)
+    contexts: _HeadRules = Field(default_factory=_HeadRules)
+    for_words: list[str] = Field(default_factory=list)
+    # Words that may stand between a child word and the thing ("детская деревянная кроватка").
+    max_words_between: int = Field(default=0, ge=0, le=3)
+    between_endings: list[str] = Field(default_factory=list)
+
+
 class _LanguageRules(_Strict):
     terms: dict[str, list[str]]
     combinations: list[_Combination] = Field(default_factory=list)
     exceptions: list[str] = Field(default_factory=list)
     animal_modifiers: list[str] = Field(default_factory=list)
+    # Words before a child word that say it is absent: "no kids", "без детей".
+    negations: list[str] = Field(default_factory=list)
+    child_free: _ChildFreeRules = Field(default_factory=_ChildFreeRules)
     transliterate: bool = False
+    # Add every case form that pymorphy3's dictionary knows for each lemma (Russian).
+    dictionary_forms: bool = False
 
 
-class _HeadRules(_Strict):
-    exact: list[str] = Field(default_factory=list)
-    stems: list[str] = Field(default_factory=list)
-    stem_max_ending: int = Field(default=3, ge=0, le=6)
+class _FuzzyRules(_Strict):
+    enabled: bool = True
+    # Words shorter than this are never read as slips: too many short words are one edit apart.
+    min_length: int = Field(default=5, ge=3, le=12)
+    # Child words shorter than this are no target (a 5-letter word is one insertion from a 4-letter one).
+    min_target_length: int = Field(default=4, ge=2, le=12)
+    # Latin spellings of Russian words are noisier: only the longer ones are targets.
+    min_transliterated_target_length: int = Field(default=6, ge=2, le=12)
+    # A word at least this frequent (wordfreq Zipf) is a real word, never a slip.
+    real_word_zipf: float = Field(default=3.0, ge=0, le=8)
+    # A rarer word is real too when it is listed at all (at least `listed_zipf`) and is no more than
+    # `slip_gap` below the child word: slips are far rarer than the word they miss ("childen" 1.5
+    # against "children" 5.5), while "sprigs" is commoner than "sprogs".
+    listed_zipf: float = Field(default=1.0, ge=0, le=8)
+    slip_gap: float = Field(default=2.0, ge=0, le=8)
+    # Real words the dictionaries do not know, or rate too rare.
+    allow: list[str] = Field(default_factory=list)
+    # Lemmas never reached by a slip.
+    exclude_lemmas: list[str] = Field(default_factory=list)
+
+
+class _JoiningRules(_Strict):
+    # Pieces this frequent (Zipf, in either language) are words of their own: "min or" is not "minor".
+    common_word_zipf: float = Field(default=3.5, ge=0, le=8)
+    common_short_word_zipf: float = Field(default=5.0, ge=0, le=8)
+    max_pieces: int = Field(default=4, ge=2, le=8)
+
+
+class _TransliterationRules(_Strict):
+    # A Latin spelling of a Russian form that is this common an English word is not added ("doc" for дочь).
+    skip_english_zipf: float = Field(default=3.0, ge=0, le=8)
+    keyboard_layout: bool = True
 
 
 class _AgePatternRules(_Strict):
@@ -130,6 +215,10 @@ class _Rules(_Strict):
     grade_limit: int = Field(ge=0, le=13)
     paradigms: dict[str, list[str]] = Field(default_factory=dict)
     languages: dict[str, _LanguageRules]
+    emoji: dict[str, str] = Field(default_factory=dict)
+    fuzzy: _FuzzyRules = Field(default_factory=_FuzzyRules)
+    joining: _JoiningRules = Field(default_factory=_JoiningRules)
+    transliteration: _TransliterationRules = Field(default_factory=_TransliterationRules)
     non_person_heads: _HeadRules = Field(default_factory=_HeadRules)
     aged_things: _HeadRules = Field(default_factory=_HeadRules)
     number_words: dict[str, int] = Field(default_factory=dict)
@@ -266,16 +355,44 @@ _CYRILLIC_TO_LATIN: Final[Mapping[str, str]] = MappingProxyType(
         "Χ": "X",
     }
 )
-# Digits and signs written for letters ("k1ds", "b@by", "t33n"); only tried on words that
-# mix letters with them, so plain numbers stay numbers.
-_LATIN_LEET: Final[Mapping[str, str]] = MappingProxyType(
-    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"}
+# Digits and signs written for letters ("k1ds", "b@by", "t33n", "k!ds", "chi|d", "$chool"): only
+# tried on words that mix letters with them, so plain numbers stay numbers. Where a sign stands for
+# two letters, both readings are tried ("1" is "i" in "k1ds" but "l" in "chi1d").
+_LATIN_SYMBOLS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "0": ("o",),
+        "1": ("i", "l"),
+        "3": ("e",),
+        "4": ("a",),
+        "5": ("s",),
+        "7": ("t",),
+        "8": ("b",),
+        "@": ("a",),
+        "$": ("s",),
+        "!": ("i",),
+        "|": ("l", "i"),
+    }
 )
-# "1" is "i" in "k1ds" but "l" in "chi1d".
-_LATIN_LEET_ALT: Final[Mapping[str, str]] = MappingProxyType({**_LATIN_LEET, "1": "l"})
-_CYRILLIC_LEET: Final[Mapping[str, str]] = MappingProxyType({"0": "о", "3": "з", "6": "б", "@": "а"})
+# In a Cyrillic word: 3 is е or з, 4 is ч or а ("маль4ик"), 1 и or л, 0 о, 6 б, @ а or е, ! и.
+_CYRILLIC_SYMBOLS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "0": ("о",),
+        "1": ("и", "л", "і"),
+        "3": ("е", "з"),
+        "4": ("ч", "а"),
+        "6": ("б",),
+        "@": ("а", "е"),
+        "!": ("и",),
+        "|": ("і",),
+    }
+)
+_SIGNS: Final[str] = "@$!|*"
+# Readings of one word with signs: enough for three ambiguous signs in one word.
+_MAX_SYMBOL_READINGS: Final[int] = 16
 
-# Russian to Latin as people type it: every usual spelling of each letter is tried.
+# Russian to Latin as people type it: every usual spelling of each letter is tried, the
+# transliteration standards (GOST 7.79 / ISO 9, their diacritics dropped as the query's are:
+# č -> c, š -> s, ž -> z, û -> u, â -> a) and the informal ones ("zh", "ch", "sh", "ya", "yu").
 _TRANSLIT: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
         "а": ("a",),
@@ -285,7 +402,7 @@ _TRANSLIT: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "д": ("d",),
         "е": ("e",),
         "ё": ("e", "yo", "jo", "io"),
-        "ж": ("zh", "j"),
+        "ж": ("zh", "j", "z"),
         "з": ("z",),
         "и": ("i",),
         "й": ("y", "i", "j", ""),
@@ -302,31 +419,46 @@ _TRANSLIT: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "ф": ("f",),
         "х": ("kh", "h", "x"),
         "ц": ("ts", "c", "tz"),
-        "ч": ("ch",),
-        "ш": ("sh",),
-        "щ": ("shch", "sch", "sh"),
+        "ч": ("ch", "c"),
+        "ш": ("sh", "s"),
+        "щ": ("shch", "sch", "sh", "s"),
         "ъ": ("",),
         "ы": ("y", "i"),
         "ь": ("",),
         "э": ("e",),
-        "ю": ("yu", "ju", "iu"),
-        "я": ("ya", "ja", "ia"),
+        "ю": ("yu", "ju", "iu", "u"),
+        "я": ("ya", "ja", "ia", "a"),
     }
 )
+# Fewer spellings per word than this: "несовершеннолетний" has a dozen, none has thousands.
+_MAX_TRANSLITERATIONS: Final[int] = 512
+
+# The Russian ЙЦУКЕН keyboard against the US QWERTY one: "ltnb" is "дети" typed with the wrong
+# layout, "лшвы" is "kids".
+_QWERTY: Final[str] = "qwertyuiop[]asdfghjkl;'zxcvbnm,.`"
+_JCUKEN: Final[str] = "йцукенгшщзхъфывапролджэячсмитьбюё"
+_TO_JCUKEN: Final[dict[int, int]] = str.maketrans(_QWERTY, _JCUKEN)
+_TO_QWERTY: Final[dict[int, int]] = str.maketrans(_JCUKEN, _QWERTY)
+_LAYOUT_LATIN_RE: Final[re.Pattern[str]] = re.compile(r"[a-z\[\];',.`]+")
+_LAYOUT_CYRILLIC_RE: Final[re.Pattern[str]] = re.compile(r"[а-яё]+")
 
 _DASHES: Final[str] = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _APOSTROPHES: Final[str] = "\u2019\u2018\u02bc\u02b9\u0060\u00b4\u2032\uff07"
 _DASH_TABLE: Final[dict[int, str]] = {ord(ch): "-" for ch in _DASHES} | {ord(ch): "'" for ch in _APOSTROPHES}
 _BREVE: Final[str] = "\u0306"
-# A word: letters/digits, joined by hyphens, apostrophes or leet signs inside it.
-# Currency signs are words of their own, so that "under $15" is a price, not an age.
-_COMPOUND_RE: Final[re.Pattern[str]] = re.compile(r"[^\W_]+(?:[-'@$][^\W_]+)*|[$€£¥₽₹¢]")
-_JOINER_RE: Final[re.Pattern[str]] = re.compile(r"[-'@$]")
+# A word: letters/digits, with signs inside it standing for letters ("k!ds", "chi|d", "@kids",
+# "$chool"), parts joined by hyphens or apostrophes. Currency signs are words of their own, so
+# that "under $15" is a price, not an age.
+_PART: Final[str] = r"(?:[@$](?=[^\W_]))?[^\W_]+(?:[@$!|*]+[^\W_]+)*"
+_COMPOUND_RE: Final[re.Pattern[str]] = re.compile(rf"{_PART}(?:[-']{_PART})*|[$€£¥₽₹¢]")
+_JOINER_RE: Final[re.Pattern[str]] = re.compile(r"[-']")
 _RUN_RE: Final[re.Pattern[str]] = re.compile(r"(.)\1{2,}")
+_LETTER_RUN_RE: Final[re.Pattern[str]] = re.compile(r"[^\W\d_]{2,}")
 # The longest word looked for among spaced-out letters ("с т а р ш е к л а с с н и к").
 _MAX_SPELLED_LETTERS: Final[int] = 20
 
 
+@lru_cache(maxsize=4096)
 def _script(ch: str) -> str | None:
     if not ch.isalpha():
         return None
@@ -337,6 +469,21 @@ def _script(ch: str) -> str | None:
     return "OTHER"
 
 
+def _emoji_table(emoji: Mapping[str, str]) -> dict[int, str]:
+    """A str.translate table: each child emoji (one code point) becomes its word, with spaces around it."""
+    return {ord(symbol): f" {word} " for symbol, word in emoji.items() if len(symbol) == 1}
+
+
+def _read_emoji(text: str, table: Mapping[int, str], sequences: Sequence[tuple[str, str]]) -> str:
+    """Step 1: child emoji read as words ("👧🏽 portrait" -> " girl 🏽 portrait"); other text unchanged."""
+    if text.isascii():
+        return text
+    for sequence, word in sequences:
+        if sequence in text:
+            text = text.replace(sequence, f" {word} ")
+    return text.translate(table)
+
+
 def _clean(text: str) -> str:
     """Compatibility forms, no invisible characters, one dash and one apostrophe, no accents.
 
@@ -344,16 +491,18 @@ def _clean(text: str) -> str:
     kept is the breve of й, which is a letter of its own in Russian.
     """
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    text = text.translate(_DASH_TABLE)
-    out: list[str] = []
-    for ch in unicodedata.normalize("NFD", text):
-        if unicodedata.combining(ch):
-            if ch == _BREVE and out and out[-1] in "иИ":
-                out.append(ch)
-            continue
-        out.append(ch)
-    return unicodedata.normalize("NFC", "".join(out))
+    if not text.isascii():
+        text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+        text = text.translate(_DASH_TABLE)
+        out: list[str] = []
+        for ch in unicodedata.normalize("NFD", text):
+            if unicodedata.combining(ch):
+                if ch == _BREVE and out and out[-1] in "иИ":
+                    out.append(ch)
+                continue
+            out.append(ch)
+        text = unicodedata.normalize("NFC", "".join(out))
+    return text
 
 
 def _fold(text: str) -> str:
@@ -362,22 +511,22 @@ def _fold(text: str) -> str:
 
 def normalize_query(text: str) -> str:
     """The query as the policy reads it: cleaned, folded, words separated by single spaces."""
-    return " ".join(_fold(part) for _, parts in _compounds(_clean(text)) for part in parts)
+    return " ".join(_fold(part) for _, parts, _ in _compounds(_clean(text)) for part in parts)
 
 
-def _compounds(text: str) -> Iterator[tuple[str, list[str]]]:
-    """Yield each hyphenated/apostrophised word with its parts ("pre-teen" -> pre, teen)."""
+def _compounds(text: str) -> Iterator[tuple[str, list[str], int]]:
+    """Yield each hyphenated/apostrophised word with its parts ("pre-teen" -> pre, teen) and offset."""
     for match in _COMPOUND_RE.finditer(text):
         compound = match.group()
         if len(compound) == 1 and not compound.isalnum():
-            yield compound, [compound]
+            yield compound, [compound], match.start()
             continue
         # Possessives: "children's" is "children", "kids'" never reaches here with its quote.
         if compound.endswith(("'s", "'S")):
             compound = compound[:-2]
         parts = [part for part in _JOINER_RE.split(compound) if part]
         if parts:
-            yield compound, parts
+            yield compound, parts, match.start()
 
 
 def _mixes_scripts(word: str) -> bool:
@@ -392,22 +541,51 @@ def _squeezed(word: str) -> set[str]:
     return {_RUN_RE.sub(r"\1", word), _RUN_RE.sub(r"\1\1", word)}
 
 
+def substitute_symbols(word: str) -> frozenset[str]:
+    """Every reading of ``word`` (folded) with its digits and signs read as letters.
+
+    The table follows the word's script: "k1ds" -> kids, kids with l; "д3ти" -> дети, дзти. A
+    word without letters, or without digits and signs, has no other reading (empty set).
+    """
+    if not any(ch.isalpha() for ch in word) or not any(ch.isdigit() or ch in _SIGNS for ch in word):
+        return frozenset()
+    cyrillic = any(_script(ch) == "CYRILLIC" for ch in word)
+    table = _CYRILLIC_SYMBOLS if cyrillic else _LATIN_SYMBOLS
+    choices = [table.get(ch, (ch,)) for ch in word]
+    readings = {"".join(combo) for combo in itertools.islice(itertools.product(*choices), _MAX_SYMBOL_READINGS)}
+    readings.discard(word)
+    return frozenset(readings)
+
+
+def transliterations(word: str) -> frozenset[str]:
+    """Latin spellings of a Russian word ("детский" -> detskiy, detskij, detskii, detsky, ...)."""
+    choices = [_TRANSLIT.get(ch, (ch,)) for ch in word.casefold()]
+    combos = itertools.islice(itertools.product(*choices), _MAX_TRANSLITERATIONS)
+    return frozenset("".join(combo) for combo in combos)
+
+
+def swap_keyboard_layout(word: str) -> str | None:
+    """``word`` as typed with the other keyboard layout ("ltnb" -> "дети", "лшвы" -> "kids"), or None."""
+    folded = word.casefold()
+    if _LAYOUT_LATIN_RE.fullmatch(folded):
+        return folded.translate(_TO_JCUKEN)
+    if _LAYOUT_CYRILLIC_RE.fullmatch(folded):
+        return folded.translate(_TO_QWERTY)
+    return None
+
+
+@lru_cache(maxsize=16384)
 def _word_variants(raw: str) -> frozenset[str]:
     """Every reading of one raw word that the term index is asked about."""
     variants = {_fold(raw)}
     if _mixes_scripts(raw):
         variants.add(_fold("".join(_CYRILLIC_TO_LATIN.get(ch, ch) for ch in raw)))
         variants.add(_fold("".join(_LATIN_TO_CYRILLIC.get(ch, ch) for ch in raw)))
-    has_letter = any(ch.isalpha() for ch in raw)
-    if has_letter and any(ch.isdigit() or ch in "@$" for ch in raw):
+    if any(ch.isdigit() or ch in _SIGNS for ch in raw) and any(ch.isalpha() for ch in raw):
         for variant in list(variants):
-            cyrillic = any(_script(ch) == "CYRILLIC" for ch in variant)
-            table = _CYRILLIC_LEET if cyrillic else _LATIN_LEET
-            variants.add("".join(table.get(ch, ch) for ch in variant))
-            if not cyrillic:
-                variants.add("".join(_LATIN_LEET_ALT.get(ch, ch) for ch in variant))
-        # "4kids", "kids2": the letters on their own, as a reader sees them.
-        variants.update(run for run in re.findall(r"[^\W\d_]{2,}", _fold(raw)))
+            variants |= substitute_symbols(variant)
+        # "4kids", "kids2", "@kids": the letters on their own, as a reader sees them.
+        variants.update(_LETTER_RUN_RE.findall(_fold(raw)))
     for variant in list(variants):
         variants |= _squeezed(variant)
     return frozenset(variants)
@@ -419,6 +597,7 @@ class _Token:
     variants: frozenset[str]
     latin: str  # the word with look-alike letters read as Latin (for age patterns)
     cyrillic: str  # ... and as Cyrillic
+    offset: int = 0  # where its compound starts in the cleaned text
 
 
 @dataclass(frozen=True)
@@ -431,18 +610,16 @@ class _Extra:
 
 
 def _tokenize(text: str) -> tuple[list[_Token], list[_Extra]]:
+    """Tokens of an already cleaned text, and the words that span several of them."""
     tokens: list[_Token] = []
     extras: list[_Extra] = []
-    for compound, parts in _compounds(_clean(text)):
+    for _compound, parts, offset in _compounds(text):
         start = len(tokens)
         for part in parts:
-            tokens.append(_make_token(part))
+            tokens.append(_make_token(part, offset))
         if len(parts) > 1:
-            # Read whole as well: "new-born" as "newborn", and "b@by" with its @ as a letter.
-            joined = "".join(parts)
-            with_signs = compound.replace("-", "").replace("'", "")
-            variants = _word_variants(joined) | _word_variants(with_signs)
-            extras.append(_Extra(start, len(tokens) - 1, variants))
+            # Read whole as well: "new-born" as "newborn", "det'mi" as "detmi".
+            extras.append(_Extra(start, len(tokens) - 1, _word_variants("".join(parts))))
     # Spaced-out letters ("k i d s", "c.h.i.l.d"): three or more one-letter tokens in a row,
     # read as every word they spell, since one-letter words ("a k i d", "в д е т и") join in.
     run_start = 0
@@ -467,20 +644,29 @@ def _tokenize(text: str) -> tuple[list[_Token], list[_Extra]]:
     return tokens, extras
 
 
-def _make_token(raw: str) -> _Token:
+@lru_cache(maxsize=16384)
+def _token_readings(raw: str) -> tuple[frozenset[str], str, str]:
     folded = _fold(raw)
     if _mixes_scripts(raw):
         latin = _fold("".join(_CYRILLIC_TO_LATIN.get(ch, ch) for ch in raw))
         cyrillic = _fold("".join(_LATIN_TO_CYRILLIC.get(ch, ch) for ch in raw))
     else:
         latin = cyrillic = folded
-    return _Token(raw=raw, variants=_word_variants(raw), latin=latin, cyrillic=cyrillic)
+    return _word_variants(raw), latin, cyrillic
 
 
-def _transliterations(word: str) -> set[str]:
-    """Latin spellings of a Russian word ("детский" -> detskiy, detskij, detskii, detsky, ...)."""
-    choices = [_TRANSLIT.get(ch, (ch,)) for ch in word.casefold()]
-    return {"".join(combo) for combo in itertools.product(*choices)}
+def _make_token(raw: str, offset: int = 0) -> _Token:
+    variants, latin, cyrillic = _token_readings(raw)
+    return _Token(raw=raw, variants=variants, latin=latin, cyrillic=cyrillic, offset=offset)
+
+
+def _deletions(word: str) -> set[str]:
+    """The word and every string one letter shorter: keys of the slip index (a deletion neighbourhood)."""
+    return {word} | {word[:i] + word[i + 1 :] for i in range(len(word))}
+
+
+def _is_letters(word: str) -> bool:
+    return word.isalpha()
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,6 +683,8 @@ class _AgePattern:
     not_after: frozenset[str] = frozenset()
     not_before: frozenset[str] = frozenset()
     not_after_spelled: frozenset[str] = frozenset()
+    # A pattern with a number matches only where the query has a digit or a number word: skipped otherwise.
+    needs_number: bool = True
 
 
 @dataclass(frozen=True)
@@ -504,12 +692,12 @@ class _Hit:
     label: str
     start: int
     end: int
-    lemma_key: str | None  # the term's "language:lemma", for the animal-modifier rule
+    lemma_key: str | None  # the term's "language:lemma"; None for an age
 
 
 @dataclass(frozen=True)
 class _Heads:
-    """Nouns that are never a person: English words and phrases, and Russian stems."""
+    """Nouns of one kind (animals, things with an age, things for children): English words, phrases, Russian stems."""
 
     words: frozenset[str]
     phrases: Mapping[str, tuple[Phrase, ...]]
@@ -537,10 +725,10 @@ class _Heads:
         if word in self.words:
             return True
         # A Russian stem plus a short ending: "щенок" is "щен" + "ок".
-        for cut in range(max(1, len(word) - self.stem_max_ending), len(word) + 1):
-            if word[:cut] in self.stems:
-                return True
-        return False
+        if not self.stems:
+            return False
+        shortest = max(1, len(word) - self.stem_max_ending)
+        return any(word[:cut] in self.stems for cut in range(shortest, len(word) + 1))
 
     def at(self, tokens: Sequence[_Token], index: int) -> bool:
         """Whether one of these nouns ("elephant", "polar bear", "щенок") starts at ``index``."""
@@ -553,6 +741,71 @@ class _Heads:
                 if _phrase_at(tokens, index, phrase):
                     return True
         return False
+
+    def anywhere(self, tokens: Sequence[_Token]) -> bool:
+        return any(self.at(tokens, index) for index in range(len(tokens)))
+
+
+@dataclass(frozen=True)
+class _ChildFree:
+    """One language's "for children, no child" rules, compiled."""
+
+    things: _Heads
+    things_in_context: _Heads
+    contexts: _Heads
+    for_words: frozenset[str]
+    max_words_between: int
+    between_endings: tuple[str, ...]
+
+    @classmethod
+    def compile(cls, rules: _ChildFreeRules) -> _ChildFree:
+        return cls(
+            things=_Heads.compile(rules.things),
+            things_in_context=_Heads.compile(rules.things_in_context),
+            contexts=_Heads.compile(rules.contexts),
+            for_words=frozenset(_fold(word) for word in rules.for_words),
+            max_words_between=rules.max_words_between,
+            between_endings=tuple(_fold(ending) for ending in rules.between_endings),
+        )
+
+    def _between(self, token: _Token) -> bool:
+        """A word that may stand between a child word and its thing: an adjective, by its ending."""
+        word = _fold(token.raw)
+        return len(word) > 3 and word.endswith(self.between_endings)
+
+    def _thing_at(self, tokens: Sequence[_Token], index: int) -> Literal["thing", "in_context"] | None:
+        if self.things.at(tokens, index):
+            return "thing"
+        if self.things_in_context.at(tokens, index):
+            return "in_context"
+        return None
+
+    def names_no_child(self, hit: _Hit, tokens: Sequence[_Token], has_context: bool) -> bool:
+        """Whether the child word of ``hit`` only says whom a thing is for ("детская кроватка", "toys for kids")."""
+        # The child word in front of the thing, perhaps with adjectives between.
+        for gap in range(self.max_words_between + 1):
+            head = hit.end + 1 + gap
+            if gap and not (head - 1 < len(tokens) and self._between(tokens[head - 1])):
+                break
+            kind = self._thing_at(tokens, head)
+            if kind is not None:
+                return kind == "thing" or has_context
+        # The thing, then "for"/"для", then the child word (perhaps after adjectives).
+        for gap in range(self.max_words_between + 1):
+            for_at = hit.start - 1 - gap
+            if gap and not (0 <= for_at + 1 < len(tokens) and self._between(tokens[for_at + 1])):
+                break
+            if for_at >= 1 and not tokens[for_at].variants.isdisjoint(self.for_words):
+                kind = self._thing_at(tokens, for_at - 1)
+                if kind is not None:
+                    return kind == "thing" or has_context
+        return False
+
+
+@dataclass(frozen=True)
+class _SlipTarget:
+    word: str
+    zipf: float  # how common the child word is (wordfreq), to tell a slip from a rare real word
 
 
 @dataclass(frozen=True)
@@ -574,6 +827,19 @@ class QueryPolicy:
     _thing_heads: _Heads = field(repr=False, compare=False)
     _number_words: Mapping[str, int] = field(repr=False, compare=False)
     _age_patterns: tuple[_AgePattern, ...] = field(repr=False, compare=False)
+    _number_trigger: re.Pattern[str] = field(repr=False, compare=False, default=re.compile(r"\d"))
+    _emoji_table: Mapping[int, str] = field(repr=False, compare=False, default_factory=dict)
+    _emoji_sequences: tuple[tuple[str, str], ...] = field(repr=False, compare=False, default=())
+    _negations: Mapping[str, tuple[Phrase, ...]] = field(repr=False, compare=False, default_factory=dict)
+    _child_free: Mapping[str, _ChildFree] = field(repr=False, compare=False, default_factory=dict)
+    _fuzzy: _FuzzyRules = field(repr=False, compare=False, default_factory=_FuzzyRules)
+    _fuzzy_allow: frozenset[str] = field(repr=False, compare=False, default=frozenset())
+    _slip_index: Mapping[str, tuple[_SlipTarget, ...]] = field(repr=False, compare=False, default_factory=dict)
+    _joining: _JoiningRules = field(repr=False, compare=False, default_factory=_JoiningRules)
+    _keyboard_layout: bool = field(repr=False, compare=False, default=True)
+    _lexicon: Lexicon | None = field(repr=False, compare=False, default=None)
+    # Slips found per word: a query's words repeat across queries; bounded (see _slips).
+    _slip_cache: dict[str, frozenset[str]] = field(repr=False, compare=False, default_factory=dict)
 
     # ---------------------------------------------------------------------------- loading
 
@@ -602,10 +868,21 @@ class QueryPolicy:
 
     @classmethod
     def _compile(cls, rules: _Rules, source: str) -> QueryPolicy:
+        lexicon = get_lexicon()
         single: dict[str, tuple[str, str]] = {}
+        # Latin spellings of Russian forms; only the usual one of each ("rebenok", not "rebjonok") is a slip target.
+        transliterated: set[str] = set()
+        usual_spellings: set[str] = set()
         phrases: dict[str, list[tuple[Phrase, str, str]]] = {}
         exceptions: dict[str, list[Phrase]] = {}
         modifiers: set[str] = set()
+        english_words = {
+            _fold(form)
+            for lang_rules in rules.languages.values()
+            for forms in lang_rules.terms.values()
+            for form in forms
+            if form.isascii()
+        }
 
         def expand(form: str, where: str) -> list[str]:
             # "stem+paradigm" -> the stem with each ending; anything else is a form as written.
@@ -622,10 +899,21 @@ class QueryPolicy:
                 return
             spellings = [words]
             if transliterate and len(words) == 1:
-                spellings += [(latin,) for latin in sorted(_transliterations(form.strip()))]
+                usual_spellings.add("".join(_TRANSLIT.get(ch, (ch,))[0] for ch in form.strip().casefold()))
+                # From the form as written: ё has spellings of its own ("rebyonok").
+                for latin in sorted(transliterations(form.strip())):
+                    # A spelling that is a common English word ("doc" for дочь) would block that word.
+                    if latin in english_words or latin in single:
+                        continue
+                    if lexicon.zipf(latin, "en") >= rules.transliteration.skip_english_zipf:
+                        continue
+                    if latin not in single:
+                        transliterated.add(latin)
+                    single.setdefault(latin, (language, lemma))
             for spelling in spellings:
                 if len(spelling) == 1:
                     single.setdefault(spelling[0], (language, lemma))
+                    transliterated.discard(spelling[0])
                 else:
                     phrases.setdefault(spelling[0], []).append((spelling, language, lemma))
 
@@ -633,9 +921,12 @@ class QueryPolicy:
             for lemma, forms in lang_rules.terms.items():
                 if not forms:
                     raise PolicyRulesError(f"{source}: {language}.terms.{lemma} lists no forms")
-                for form in forms:
-                    for expanded in expand(form, f"{language}.terms.{lemma}"):
-                        add(expanded, language, lemma, lang_rules.transliterate)
+                expanded_forms = [word for form in forms for word in expand(form, f"{language}.terms.{lemma}")]
+                if lang_rules.dictionary_forms:
+                    # Every case the dictionary knows, so that a form the file misses still counts.
+                    expanded_forms += list(lexicon.russian_lexeme(lemma))
+                for expanded in dict.fromkeys(expanded_forms):
+                    add(expanded, language, lemma, lang_rules.transliterate)
             for combo in lang_rules.combinations:
                 where = f"{language}.combinations.{combo.lemma}"
                 firsts = [w for form in combo.first for w in expand(form, where)]
@@ -652,6 +943,27 @@ class QueryPolicy:
                         f"{source}: {language}.animal_modifiers names {lemma!r}, which is not a term"
                     )
                 modifiers.add(f"{language}:{lemma}")
+
+        for symbol, word in rules.emoji.items():
+            if _fold(word) not in single:
+                raise PolicyRulesError(f"{source}: emoji {symbol!r} stands for {word!r}, which is not a term")
+
+        fuzzy = rules.fuzzy
+        excluded = set(fuzzy.exclude_lemmas)
+        slip_index: dict[str, list[_SlipTarget]] = {}
+        if fuzzy.enabled:
+            for word, (_, lemma) in single.items():
+                shortest = fuzzy.min_target_length
+                if word in transliterated:
+                    if word not in usual_spellings:
+                        continue
+                    shortest = fuzzy.min_transliterated_target_length
+                if lemma in excluded or len(word) < shortest or not _is_letters(word):
+                    continue
+                # A Latin spelling of a Russian word has no English frequency: any listed word near it is real.
+                target = _SlipTarget(word, 0.0 if word in transliterated else lexicon.word_zipf(word))
+                for key in _deletions(word):
+                    slip_index.setdefault(key, []).append(target)
 
         numbers = {_fold(word): value for word, value in rules.number_words.items()}
         ordinals = {_fold(word): value for word, value in rules.ordinal_words.items()}
@@ -676,7 +988,9 @@ class QueryPolicy:
                 if unknown:
                     raise PolicyRulesError(f"{source}: age pattern {spec.id!r} names unknown age_contexts {unknown}")
                 contexts.append(frozenset(_fold(w) for name in names for w in rules.age_contexts[name]))
-            patterns.append(_AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1], contexts[2]))
+            patterns.append(
+                _AgePattern(spec.id, regex, spec.unit, contexts[0], contexts[1], contexts[2], "num" in regex.groupindex)
+            )
 
         return cls(
             version=rules.version,
@@ -693,6 +1007,26 @@ class QueryPolicy:
             _thing_heads=_Heads.compile(rules.aged_things),
             _number_words=MappingProxyType({**numbers, **ordinals}),
             _age_patterns=tuple(patterns),
+            _number_trigger=re.compile(
+                r"\d" + "".join(f"|\\b{re.escape(w)}" for w in sorted({*numbers, *ordinals}, key=len, reverse=True))
+            ),
+            _emoji_table=MappingProxyType(_emoji_table(rules.emoji)),
+            _emoji_sequences=tuple((seq, word) for seq, word in rules.emoji.items() if len(seq) > 1),
+            _negations=MappingProxyType(
+                {
+                    language: tuple(tuple(_fold(w) for w in phrase.split()) for phrase in lang_rules.negations)
+                    for language, lang_rules in rules.languages.items()
+                }
+            ),
+            _child_free=MappingProxyType(
+                {language: _ChildFree.compile(lang.child_free) for language, lang in rules.languages.items()}
+            ),
+            _fuzzy=fuzzy,
+            _fuzzy_allow=frozenset(_fold(word) for word in fuzzy.allow),
+            _slip_index=MappingProxyType({k: tuple(v) for k, v in slip_index.items()}),
+            _joining=rules.joining,
+            _keyboard_layout=rules.transliteration.keyboard_layout,
+            _lexicon=lexicon,
         )
 
     # ---------------------------------------------------------------------------- deciding
@@ -716,10 +1050,150 @@ class QueryPolicy:
         """The lemmas and age expressions in ``text`` that describe a child, in query order."""
         if not isinstance(text, str):
             raise TypeError(f"query text must be str, not {type(text).__name__}")
-        tokens, extras = _tokenize(text)
+        cleaned = _clean(_read_emoji(text, self._emoji_table, self._emoji_sequences))
+        tokens, extras = _tokenize(cleaned)
+        extras += self._joined_pieces(tokens)
+        if self._keyboard_layout:
+            extras += self._other_layout(cleaned, tokens)
+        tokens = self._with_slips(tokens)
         hits = [*self._term_hits(tokens, extras), *self._age_hits(tokens)]
+        hits = self._describing(hits, tokens)
         hits.sort(key=lambda hit: (hit.start, hit.end, hit.label))
         return tuple(dict.fromkeys(hit.label for hit in hits))
+
+    def normalized_words(self, text: str) -> tuple[str, ...]:
+        """The query's words after every normalisation step, slips included (for logs and tests).
+
+        A word with several readings shows the one that is a child word, if any, else as typed.
+        """
+        cleaned = _clean(_read_emoji(text, self._emoji_table, self._emoji_sequences))
+        tokens, _ = _tokenize(cleaned)
+        words: list[str] = []
+        for token in self._with_slips(tokens):
+            known = sorted(v for v in token.variants if v in self._single_terms)
+            words.append(known[0] if known else _fold(token.raw))
+        return tuple(words)
+
+    # ---------------------------------------------------------------------------- steps
+
+    def _joined_pieces(self, tokens: Sequence[_Token]) -> list[_Extra]:
+        """Letters split by separators ("chil dren", "ki ds", "chil.dren"), joined where that makes a child word.
+
+        Only where the pieces are not all common words: "min or max" is no "minor", and "kid s" adds
+        nothing to "kid". Runs of single letters are read by the tokenizer already.
+        """
+        extras: list[_Extra] = []
+        for first in range(len(tokens) - 1):
+            joined = tokens[first].raw
+            for last in range(first + 1, min(len(tokens), first + self._joining.max_pieces)):
+                joined += tokens[last].raw
+                # Plain letters of one script (nearly always): one lookup, no readings to build.
+                plain = joined.isalpha() and not _mixes_scripts(joined) and not _RUN_RE.search(joined)
+                variants = frozenset({_fold(joined)}) if plain else _word_variants(joined)
+                if not self._names_a_term(variants):
+                    continue
+                if all(self._is_common_word(_fold(token.raw)) for token in tokens[first : last + 1]):
+                    continue
+                extras.append(_Extra(first, last, variants))
+        return extras
+
+    def _names_a_term(self, variants: frozenset[str]) -> bool:
+        # Hash lookups of the few readings: `isdisjoint` with the mapping would walk all its keys.
+        terms = self._single_terms
+        return any(variant in terms for variant in variants)
+
+    def _is_common_word(self, word: str) -> bool:
+        """A word of its own, not a fragment: "min", "or"; not "ki", "ds", "де", "chil"."""
+        if self._lexicon is None:
+            return False
+        threshold = self._joining.common_word_zipf if len(word) > 2 else self._joining.common_short_word_zipf
+        return self._lexicon.zipf(word, "en") >= threshold or self._lexicon.zipf(word, "ru") >= threshold
+
+    def _other_layout(self, cleaned: str, tokens: Sequence[_Token]) -> list[_Extra]:
+        """Words typed with the other keyboard layout ("ltnb" for дети, "ht,tyjr" for ребенок)."""
+        extras: list[_Extra] = []
+        for chunk in re.finditer(r"\S+", cleaned):
+            word = chunk.group().casefold()
+            if len(word) < 3:
+                continue
+            for candidate in dict.fromkeys((word, word.rstrip(",.;'`"))):
+                swapped = swap_keyboard_layout(candidate)
+                if swapped is None or swapped not in self._single_terms:
+                    continue
+                if self._lexicon is not None and self._lexicon.is_real_word(candidate, self._fuzzy.real_word_zipf):
+                    continue
+                covered = [i for i, t in enumerate(tokens) if chunk.start() <= t.offset < chunk.end()]
+                if covered:
+                    extras.append(_Extra(covered[0], covered[-1], frozenset({swapped})))
+                break
+        return extras
+
+    def _with_slips(self, tokens: Sequence[_Token]) -> list[_Token]:
+        """Tokens with the child words they are one slip away from added to their readings."""
+        if not self._fuzzy.enabled or not self._slip_index:
+            return list(tokens)
+        out: list[_Token] = []
+        for token in tokens:
+            if self._names_a_term(token.variants):
+                out.append(token)
+                continue
+            slips = self._slips(token)
+            out.append(replace(token, variants=token.variants | slips) if slips else token)
+        return out
+
+    def _slips(self, token: _Token) -> frozenset[str]:
+        typed = _fold(token.raw)
+        cached = self._slip_cache.get(typed)
+        if cached is not None:
+            return cached
+        found: set[str] = set()
+        if typed not in self._fuzzy_allow:
+            for variant in sorted(token.variants):
+                wildcard = variant.count("*") == 1
+                letters = variant.replace("*", "") if wildcard else variant
+                if not _is_letters(letters):
+                    continue
+                if len(variant) < (self._fuzzy.min_length - 1 if wildcard else self._fuzzy.min_length):
+                    continue
+                targets = self._slip_targets(variant)
+                if not targets or variant in self._fuzzy_allow:
+                    continue
+                # A real word is no slip: "chilled", "точка", "kidney". The word as typed counts too.
+                for target in targets:
+                    if not wildcard and self._is_real(variant, target.zipf):
+                        continue
+                    if variant != typed and _is_letters(typed) and self._is_real(typed, target.zipf):
+                        continue
+                    found.add(target.word)
+        result = frozenset(found)
+        if len(self._slip_cache) >= 65536:
+            self._slip_cache.clear()  # bounded memory; a lost entry is only recomputed
+        self._slip_cache[typed] = result
+        return result
+
+    def _is_real(self, word: str, target_zipf: float) -> bool:
+        """Whether ``word`` is a real word rather than a slip of a child word as common as ``target_zipf``."""
+        lexicon = self._lexicon
+        if lexicon is None:
+            return False
+        if lexicon.is_real_word(word, self._fuzzy.real_word_zipf):
+            return True
+        zipf = lexicon.word_zipf(word)
+        return zipf >= self._fuzzy.listed_zipf and zipf >= target_zipf - self._fuzzy.slip_gap
+
+    def _slip_targets(self, word: str) -> set[_SlipTarget]:
+        """Child words within one Damerau-Levenshtein edit of ``word``, found through the deletion index."""
+        candidates: set[_SlipTarget] = set()
+        for key in _deletions(word):
+            candidates.update(self._slip_index.get(key, ()))
+        return {
+            target
+            for target in candidates
+            if abs(len(target.word) - len(word)) <= 1
+            and DamerauLevenshtein.distance(word, target.word, score_cutoff=1) <= 1
+        }
+
+    # ---------------------------------------------------------------------------- matching
 
     def _term_hits(self, tokens: Sequence[_Token], extras: Sequence[_Extra]) -> list[_Hit]:
         found: list[_Hit] = []
@@ -741,7 +1215,10 @@ class QueryPolicy:
             hit
             for hit in found
             if (hit.start, hit.end) not in excepted
-            and not (hit.lemma_key in self._animal_modifiers and self._animal_heads.at(tokens, hit.end + 1))
+            and not (
+                hit.lemma_key in self._animal_modifiers
+                and (self._animal_heads.at(tokens, hit.end + 1) or self._animal_heads.at(tokens, hit.start - 1))
+            )
         ]
 
     def _excepted_spans(self, tokens: Sequence[_Token]) -> set[tuple[int, int]]:
@@ -755,22 +1232,60 @@ class QueryPolicy:
                         spans.update((a, b) for a in range(index, last + 1) for b in range(a, last + 1))
         return spans
 
+    def _describing(self, hits: list[_Hit], tokens: Sequence[_Token]) -> list[_Hit]:
+        """The hits that describe a child: not negated ("no kids", "без детей"), not only whom a thing is for.
+
+        Things for children count as naming no child only when every other hit does too: "детская
+        площадка без людей" is allowed, "дети на детской площадке" is not.
+        """
+        if not hits:
+            return hits
+        negated = [hit for hit in hits if self._negated(hit, tokens)]
+        kept = [hit for hit in hits if hit not in negated]
+        if not kept:
+            return []
+        has_context = bool(negated) or any(rules.contexts.anywhere(tokens) for rules in self._child_free.values())
+        for hit in kept:
+            language = hit.lemma_key.partition(":")[0] if hit.lemma_key else None
+            rules = self._child_free.get(language) if language else None
+            if rules is None or not rules.names_no_child(hit, tokens, has_context):
+                return kept
+        return []
+
+    def _negated(self, hit: _Hit, tokens: Sequence[_Token]) -> bool:
+        if hit.lemma_key is None:
+            return False
+        for phrase in self._negations.get(hit.lemma_key.partition(":")[0], ()):
+            start = hit.start - len(phrase)
+            if start >= 0 and _phrase_at(tokens, start, phrase):
+                return True
+        return False
+
     def _age_hits(self, tokens: Sequence[_Token]) -> list[_Hit]:
         found: dict[tuple[int, int, str], _Hit] = {}
         # The query read three ways: as typed, and with mixed-script words read as all-Latin
-        # or all-Cyrillic ("10-лeтний" with a Latin e).
-        for words in (
-            [_fold(t.raw) for t in tokens],
-            [t.latin for t in tokens],
-            [t.cyrillic for t in tokens],
-        ):
+        # or all-Cyrillic ("10-лeтний" with a Latin e); the same reading is searched once.
+        readings = dict.fromkeys(
+            (
+                tuple(_fold(t.raw) for t in tokens),
+                tuple(t.latin for t in tokens),
+                tuple(t.cyrillic for t in tokens),
+            )
+        )
+        for words in readings:
             starts: list[int] = []
             position = 0
             for word in words:
                 starts.append(position)
                 position += len(word) + 1
             rendered = " ".join(words)
-            for pattern in self._age_patterns:
+            # Most queries have no number at all (digits, or a number word starting a word: "семилетка"):
+            # then only the patterns without one (годовалый, "a year old") need reading.
+            if self._number_trigger.search(rendered):
+                patterns: Sequence[_AgePattern] = self._age_patterns
+            else:
+                patterns = [pattern for pattern in self._age_patterns if not pattern.needs_number]
+            for pattern in patterns:
                 for match in pattern.regex.finditer(rendered):
                     if not self._age_counts(pattern, match.groupdict().get("num")):
                         continue
@@ -823,7 +1338,7 @@ class QueryPolicy:
 
 
 def _phrase_at(tokens: Sequence[_Token], index: int, phrase: Phrase) -> bool:
-    if index + len(phrase) > len(tokens):
+    if index < 0 or index + len(phrase) > len(tokens):
         return False
     return all(word in tokens[index + offset].variants for offset, word in enumerate(phrase))
 
@@ -843,6 +1358,33 @@ def _token_at(starts: Sequence[int], offset: int) -> int:
         else:
             high = middle - 1
     return low
+
+
+# --------------------------------------------------------------------------------------------
+# The model's second opinion (optional; settings `policy_model_check`, `policy_model_threshold`).
+
+
+def model_child_score(text_vector: np.ndarray, moderator: ZeroShotModerator) -> float:
+    """How much the query's text embedding looks like the zero-shot child prompts that screen images (0..1).
+
+    The same prompts and the same scoring as for a photo (core/moderation.py): the softmax mass of
+    the "minor" category's positive prompts. The highest such category counts when there are several.
+    """
+    verdict = moderator.score(text_vector)
+    scores = [score.score for score in verdict.scores if score.effect == "minor"]
+    return max(scores) if scores else 0.0
+
+
+def with_model_opinion(decision: PolicyDecision, score: float, threshold: float) -> PolicyDecision:
+    """The decision with the model's opinion added: it may block a query the rules allow, never the reverse."""
+    if decision.blocked or not math.isfinite(score) or score < threshold:
+        return decision
+    return PolicyDecision(
+        blocked=True,
+        matched_terms=(*decision.matched_terms, f"{MODEL_TERM_PREFIX}{score:.2f}"),
+        rules_version=decision.rules_version,
+        category=CATEGORY_MINORS,
+    )
 
 
 # --------------------------------------------------------------------------------------------

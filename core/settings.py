@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # fused graph) or "onnx-int8" (dynamically quantised, about 2x torch; BENCHMARKS.md). Needs the `onnx`
     # extra. The export is checked against torch (cosine >= 0.99) when loaded. GPUs always use torch fp16.
     image_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # A model that cannot be loaded is tried again in the background (API) or by one delayed task (worker),
+    # after 2 s, then twice as long each time up to this many seconds; nobody waits on a hub meanwhile.
+    model_retry_max_s: float = Field(default=300.0, ge=0.1, le=86400)
     onnx_cache_dir: Path | None = None  # default: WITHSENSE_HOME/onnx
 
     # Upload limits: checked while streaming, before anything is stored.
@@ -50,6 +53,12 @@ class Settings(BaseSettings):
     # The content policy: the query policy's rules and the zero-shot moderation prompts (default: core/*.yaml).
     policy_file: Path | None = None
     moderation_prompts: Path | None = None
+
+    # The model's second opinion on text queries: the query's embedding scored against the zero-shot child
+    # prompts that screen images. It may block a query the rules allow, never the reverse. Off by default;
+    # choose the threshold for the deployed model with `python -m evaluation.policy_check --model NAME`.
+    policy_model_check: bool = False
+    policy_model_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
 
     # Worker and queue.
     worker_concurrency: int = Field(default=1, ge=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class Principal:
         return f"key:{self.key_id}:{self.name}"
 
 
+_PREFIX = re.compile(r"[0-9a-f]{12}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
 def _hash(secret: str) -> str:
     # Keys are 32 random bytes: a fast hash is enough (there is nothing to brute-force).
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -56,6 +61,9 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
     _, prefix, secret = parts
+    # A key is `wsk_<12 hex>_<urlsafe base64>`; anything else (control characters included) never reaches SQL.
+    if not _PREFIX.fullmatch(prefix) or not _SECRET.fullmatch(secret):
+        return None
     key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
     if key is None or key.revoked_at is not None:
         return None
@@ -65,10 +73,13 @@ def authenticate(session: Session, presented: str) -> Principal | None:
 
 
 def revoke_key(session: Session, key_id: int) -> bool:
-    result = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now())
-    )
-    return result.rowcount > 0
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(ApiKey.id)
+    ).first()
+    return revoked is not None
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -33,7 +34,7 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
         try:
             register_vector(dbapi_connection)
         except psycopg.ProgrammingError:

@@ -5,8 +5,9 @@ The rules (what a declaration, a classifier verdict or a moderator's decision ch
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -51,17 +52,16 @@ def lock_photos(session: Session, photo_ids: list[uuid.UUID]) -> list[Photo]:
     return list(session.scalars(select(Photo).where(Photo.id.in_(photo_ids)).with_for_update()).all())
 
 
-def review_queue(session: Session, limit: int, offset: int = 0) -> list[tuple[Photo, dict[str, float]]]:
-    """Indexed photos waiting for a person, oldest first, with their latest classifier scores."""
-    photos = list(
-        session.scalars(
-            select(Photo)
-            .where(Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED)
-            .order_by(Photo.created_at, Photo.id)
-            .limit(limit)
-            .offset(offset)
-        )
+def review_queue(
+    session: Session, limit: int, offset: int = 0, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[tuple[Photo, dict[str, float]]]:
+    """Indexed photos waiting for a person, oldest first (after the position `after`), with their latest scores."""
+    query = select(Photo).where(
+        Photo.moderation_status == ModerationStatus.PENDING_REVIEW, Photo.status == PhotoStatus.INDEXED
     )
+    if after is not None:
+        query = query.where(tuple_(Photo.created_at, Photo.id) > tuple_(after[0], after[1]))
+    photos = list(session.scalars(query.order_by(Photo.created_at, Photo.id).limit(limit).offset(offset)))
     scores: dict[uuid.UUID, dict[str, float]] = {p.id: {} for p in photos}
     if photos:
         for row in session.scalars(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from pgvector import HalfVector
@@ -198,18 +198,24 @@ def release_after_error(session: Session, photo_ids: list[uuid.UUID], reason: st
 
 
 def list_photos(
-    session: Session, *, uploaded_by_key: int | None, status: str | None, before: uuid.UUID | None, limit: int
+    session: Session,
+    *,
+    uploaded_by_key: int | None,
+    status: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
 ) -> list[Photo]:
-    """Photos newest first, a page at a time (keyset: those older than `before`); only one key's when given."""
+    """Photos newest first, a page at a time (keyset: those older than the position `after`); one key's when given.
+
+    The position is a (created_at, id) pair, not a photo that must still exist: a page boundary whose photo was
+    deleted meanwhile still works, and no lookup tells a caller anything about photos that are not theirs.
+    """
     mine = [Photo.uploaded_by_key == uploaded_by_key] if uploaded_by_key is not None else []
     query = select(Photo).where(*mine)
     if status is not None:
         query = query.where(Photo.status == status)
-    if before is not None:  # the cursor must be one of the caller's own photos: it says nothing about others'
-        anchor = session.execute(select(Photo.created_at, Photo.id).where(Photo.id == before, *mine)).one_or_none()
-        if anchor is None:
-            raise LookupError(f"no photo {before}: `before` must be the previous page's `next_before`")
-        query = query.where(tuple_(Photo.created_at, Photo.id) < tuple_(anchor.created_at, anchor.id))
+    if after is not None:
+        query = query.where(tuple_(Photo.created_at, Photo.id) < tuple_(after[0], after[1]))
     return list(session.scalars(query.order_by(Photo.created_at.desc(), Photo.id.desc()).limit(limit)))
 
 
@@ -399,16 +405,15 @@ def add_embeddings(session: Session, model: EmbeddingModel, vectors: dict[uuid.U
     if not normalised:
         return []
     present = set(session.scalars(select(Photo.id).where(Photo.id.in_(list(normalised))).with_for_update()))
-    rows = [
-        {"photo_id": p, "model_id": model.id, "embedding": HalfVector(v)} for p, v in normalised.items() if p in present
-    ]
+    stored = [photo_id for photo_id in normalised if photo_id in present]
+    rows = [{"photo_id": p, "model_id": model.id, "embedding": HalfVector(normalised[p])} for p in stored]
     if rows:
         session.execute(
             insert(PhotoEmbedding)
             .values(rows)
             .on_conflict_do_nothing(index_elements=[PhotoEmbedding.photo_id, PhotoEmbedding.model_id])
         )
-    return [row["photo_id"] for row in rows]
+    return stored
 
 
 def status_counts(session: Session, photo_ids: list[uuid.UUID] | None = None) -> dict[str, int]:
@@ -417,6 +422,59 @@ def status_counts(session: Session, photo_ids: list[uuid.UUID] | None = None) ->
     if photo_ids is not None:
         query = query.where(Photo.id.in_(photo_ids))
     return {status: count for status, count in session.execute(query)}
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    """How many photos in `status` carry this stored `error` (why they failed, or why they still wait)."""
+
+    status: str
+    reason: str
+    count: int
+
+
+def counts_by_reason(
+    session: Session, photo_ids: list[uuid.UUID] | None = None, limit: int = 10
+) -> tuple[list[ReasonCount], int]:
+    """Photos not indexed that carry a reason, grouped by status and reason, most frequent first (at most `limit`
+    groups), and how many such photos the groups left out. Of these photos only, when given."""
+    waiting = [Photo.status.in_([PhotoStatus.PENDING, PhotoStatus.PROCESSING, PhotoStatus.FAILED])]
+    if photo_ids is not None:
+        waiting.append(Photo.id.in_(photo_ids))
+    count = func.count().label("n")
+    rows = session.execute(
+        select(Photo.status, Photo.error, count)
+        .where(*waiting, Photo.error.is_not(None))
+        .group_by(Photo.status, Photo.error)
+        .order_by(count.desc(), Photo.status, Photo.error)
+    ).all()
+    groups = [ReasonCount(str(status), str(error), int(n)) for status, error, n in rows]
+    return groups[:limit], sum(group.count for group in groups[limit:])
+
+
+def pending_photo_ids(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Photos still `pending` (of these only, when given), touched so the reconciler does not queue them again."""
+    condition = [Photo.status == PhotoStatus.PENDING]
+    if photo_ids is not None:
+        condition.append(Photo.id.in_(photo_ids))
+    rows = session.execute(
+        update(Photo)
+        .where(*condition)
+        .values(updated_at=func.now())
+        .returning(Photo.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())
+
+
+def display_names(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """What to call each photo when listing it: its title, else the file name it was uploaded or ingested as."""
+    rows = session.execute(
+        select(Photo.id, func.coalesce(func.nullif(Photo.title, ""), Photo.original_name)).where(
+            Photo.id.in_(photo_ids)
+        )
+    )
+    return {photo_id: name for photo_id, name in rows}
 
 
 def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
@@ -431,3 +489,19 @@ def reset_for_redrive(session: Session, photo_ids: list[uuid.UUID] | None = None
         .returning(Photo.id)
     )
     return list(rows.scalars())
+
+
+# The reason services.indexing records on photos whose task failed because the worker had no model.
+MODEL_LOAD_FAILURE = "indexing attempt failed: ModelUnavailableError%"
+
+
+def photos_waiting_for_model(session: Session, limit: int = 100_000) -> list[uuid.UUID]:
+    """Pending photos whose last task failed because the worker could not load its model (oldest first)."""
+    return list(
+        session.scalars(
+            select(Photo.id)
+            .where(Photo.status == PhotoStatus.PENDING, Photo.error.like(MODEL_LOAD_FAILURE))
+            .order_by(Photo.created_at)
+            .limit(limit)
+        )
+    )

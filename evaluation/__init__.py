@@ -1,8 +1,11 @@
-"""Offline tools: evaluation on the seed dataset, synthetic data and stand-in models.
+"""Offline tools: evaluation on the seed dataset format, and (in :mod:`evaluation.standins`) the stand-ins.
 
-The evaluation's Python API (imported lazily, so ``evaluation.synthetic`` stays light)::
+The evaluation's Python API (imported lazily, so that importing a light submodule stays light)::
 
     from evaluation import EvaluationConfig, ModelSpec, run_evaluation, load_dataset
+
+The stand-ins (synthetic data, the tiny CLIP, the demo dataset) are not part of this API: they live in
+:mod:`evaluation.standins`, which the production image leaves out.
 """
 
 from importlib import import_module
@@ -10,22 +13,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from evaluation.dataset import SeedDataset, load_dataset
-    from evaluation.demo import DEMO_DIR, build_demo_dataset
     from evaluation.models import ModelSpec
-    from evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
+    from evaluation.results import EvaluationConfig, EvaluationResult
+    from evaluation.runner import run_evaluation
 
 _EXPORTS = {
-    "EvaluationConfig": "evaluation.runner",
-    "EvaluationResult": "evaluation.runner",
+    "EvaluationConfig": "evaluation.results",
+    "EvaluationResult": "evaluation.results",
     "run_evaluation": "evaluation.runner",
     "ModelSpec": "evaluation.models",
     "SeedDataset": "evaluation.dataset",
     "load_dataset": "evaluation.dataset",
-    "DEMO_DIR": "evaluation.demo",
-    "build_demo_dataset": "evaluation.demo",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["EvaluationConfig", "EvaluationResult", "ModelSpec", "SeedDataset", "load_dataset", "run_evaluation"]
 
 
 def __getattr__(name: str) -> object:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import krippendorff
 import numpy as np
@@ -14,10 +16,14 @@ from sklearn.metrics import cohen_kappa_score
 
 from evaluation.dataset import EXPERT_COLUMNS, EXPERT_MAX, EXPERT_MIN
 
-EXPERT_DOMAIN = list(range(EXPERT_MIN, EXPERT_MAX + 1))
+EXPERT_DOMAIN = tuple(range(EXPERT_MIN, EXPERT_MAX + 1))
+
+MeasurementLevel = Literal["nominal", "ordinal", "interval", "ratio"]
 
 
-def krippendorff_alpha(reliability: np.ndarray, level: str = "ordinal", domain: list[float] | None = None) -> float:
+def krippendorff_alpha(
+    reliability: np.ndarray, level: MeasurementLevel = "ordinal", domain: Sequence[float] | None = None
+) -> float:
     """Krippendorff's alpha for (raters, units) data with NaN for missing ratings.
 
     NaN when it is undefined: fewer than two pairable ratings, or no variation at all (every
@@ -28,9 +34,10 @@ def krippendorff_alpha(reliability: np.ndarray, level: str = "ordinal", domain: 
     observed = np.unique(data[~np.isnan(data)])
     if pairable == 0 or observed.size < 2:
         return float("nan")
+    value_domain = None if domain is None else list(domain)
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=domain))
+        return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=value_domain))
 
 
 @dataclass(frozen=True)

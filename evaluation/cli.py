@@ -12,11 +12,16 @@ Registered by the main CLI as ``app.command("eval")(eval_command)``. Examples::
 ``builtin:`` names build small local stand-ins (no download): ``tiny-clip`` (the trained tiny
 CLIP the tests use), ``random-clip`` (the same architecture, random weights), ``tiny-cnn`` and
 ``tiny-bert`` (random frozen encoders for the baseline). They live under
-``$WITHSENSE_HOME/models``.
+``$WITHSENSE_HOME/models``. They, and ``--demo``, come from :mod:`evaluation.standins`, which only a
+development checkout has (the production image and the wheel leave it out); without it they stop
+with one line that says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +35,25 @@ BUILTIN_BASELINE_IMAGE = ("tiny-cnn",)
 BUILTIN_BASELINE_TEXT = ("tiny-bert",)
 
 
+STANDINS_PACKAGE = "evaluation.standins"
+
+
+@contextmanager
+def _standins(what: str) -> Iterator[None]:
+    """Around an import of the stand-ins: where this install has none, stop with one line that says so."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (exc.name == STANDINS_PACKAGE or exc.name.startswith(STANDINS_PACKAGE + ".")):
+            raise
+        typer.echo(
+            f"error: {what} needs the test stand-ins ({STANDINS_PACKAGE}), which this installation leaves out "
+            "(the production image and the wheel do); run it from a development checkout (make install)",
+            err=True,
+        )
+        raise typer.Exit(code=2) from None
+
+
 def _models_dir() -> Path:
     from core.settings import get_settings
 
@@ -38,7 +62,8 @@ def _models_dir() -> Path:
 
 def resolve_clip(value: str) -> ModelSpec:
     """A ``--model`` value as a spec: a name, a folder, ``IMAGE+TEXT`` (a CLIP with a separate text model in
-    its space, e.g. ``clip-ViT-B-32+clip-ViT-B-32-multilingual-v1``), or ``builtin:tiny-clip`` / ``builtin:random-clip``."""
+    its space, e.g. ``clip-ViT-B-32+clip-ViT-B-32-multilingual-v1``), or ``builtin:tiny-clip`` /
+    ``builtin:random-clip``."""
     if "+" in value and not value.startswith(BUILTIN_PREFIX) and not Path(value).exists():
         image, _, text = value.partition("+")
         if not image.strip() or not text.strip():
@@ -48,12 +73,14 @@ def resolve_clip(value: str) -> ModelSpec:
         return ModelSpec.clip(value)
     name = value.removeprefix(BUILTIN_PREFIX)
     if name == "tiny-clip":
-        from evaluation.tiny_clip import ensure_tiny_clip
+        with _standins(value):
+            from evaluation.standins.tiny_clip import ensure_tiny_clip
 
         typer.echo("building (or reusing) the tiny CLIP stand-in: about a minute the first time", err=True)
         return ModelSpec.clip(str(ensure_tiny_clip(_models_dir())), name="tiny CLIP (trained stand-in)")
     if name == "random-clip":
-        from evaluation.tiny_clip import save_random_clip, tiny_clip_config
+        with _standins(value):
+            from evaluation.standins.tiny_clip import save_random_clip, tiny_clip_config
 
         folder = _models_dir() / "random-tiny-clip"
         if not (folder / "modules.json").is_file():
@@ -69,7 +96,8 @@ def resolve_encoder(value: str, side: Literal["image", "text"]) -> str:
     if not value.startswith(BUILTIN_PREFIX):
         return value
     name = value.removeprefix(BUILTIN_PREFIX)
-    from evaluation.standins import build_tiny_image_encoder, build_tiny_text_encoder
+    with _standins(value):
+        from evaluation.standins.baseline_encoders import build_tiny_image_encoder, build_tiny_text_encoder
 
     if side == "image" and name in BUILTIN_BASELINE_IMAGE:
         return str(build_tiny_image_encoder(_models_dir() / "tiny-cnn"))
@@ -97,7 +125,7 @@ def eval_command(
             help="sentence-transformers CLIP name or folder, or IMAGE+TEXT for a CLIP with a separate text "
             "model in its space; repeat to compare. Default: WITHSENSE_MODEL (+ WITHSENSE_TEXT_MODEL).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     baseline_image: Annotated[
         str | None, typer.Option("--baseline-image", help="Baseline image encoder folder (e.g. microsoft/resnet-50).")
     ] = None,
@@ -123,7 +151,8 @@ def eval_command(
 ) -> None:
     """Evaluate text-to-image search on a seed-format dataset and write an HTML + Markdown report."""
     from core.settings import get_settings
-    from evaluation.runner import EvaluationConfig, run_evaluation
+    from evaluation.results import EvaluationConfig
+    from evaluation.runner import run_evaluation
 
     if demo and dataset_dir is not None:
         raise typer.BadParameter("give either DATASET_DIR or --demo, not both")
@@ -179,8 +208,9 @@ def eval_command(
 
 
 def _demo_dataset(out: Path) -> Path:
-    """The shipped demo dataset, rebuilt next to the report if this install lacks it."""
-    from evaluation.demo import DEMO_DIR, build_demo_dataset
+    """The shipped demo dataset, rebuilt next to the report if this checkout lacks it."""
+    with _standins("--demo"):
+        from evaluation.standins.demo import DEMO_DIR, build_demo_dataset
 
     if (DEMO_DIR / "train_dataset.csv").is_file():
         return DEMO_DIR
@@ -195,9 +225,5 @@ def _unique_names(specs: list[ModelSpec]) -> list[ModelSpec]:
     for spec in specs:
         count = seen.get(spec.name, 0)
         seen[spec.name] = count + 1
-        if count:
-            from dataclasses import replace
-
-            spec = replace(spec, name=f"{spec.name} ({count + 1})")
-        unique.append(spec)
+        unique.append(replace(spec, name=f"{spec.name} ({count + 1})") if count else spec)
     return unique

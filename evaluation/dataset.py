@@ -279,7 +279,7 @@ def read_train(path: Path, report: ValidationReport) -> pd.DataFrame:
         if len(fields) > len(order) and len(order) == 3 and order[-1] == "query_text":
             # An unquoted comma inside the caption: the extra fields belong to the text.
             report.add(name, line, "unquoted_separator", "caption contains unquoted commas (joined back)")
-            fields = fields[:2] + [",".join(raw[2:]).strip()]
+            fields = [*fields[:2], ",".join(raw[2:]).strip()]
         if len(fields) != len(order):
             report.add(name, line, "bad_row", f"expected {len(order)} fields, found {len(fields)} (dropped)")
             continue
@@ -456,11 +456,12 @@ def read_test_queries(path: Path, report: ValidationReport) -> pd.DataFrame:
         )
         if has_index and not row_has_index:
             report.add(name, line, "missing_index", "row has no index field (accepted)")
+        unstripped = raw[1:] if row_has_index else raw
         if row_has_index:
-            fields, raw = fields[1:], raw[1:]
+            fields = fields[1:]
         if len(fields) > 3 and _looks_like_image(fields[-1]):
             report.add(name, line, "unquoted_separator", "query text contains '|' (joined back)")
-            fields = [fields[0], "|".join(raw[1:-1]).strip(), fields[-1]]
+            fields = [fields[0], "|".join(unstripped[1:-1]).strip(), fields[-1]]
         if len(fields) != 3:
             report.add(name, line, "bad_row", f"expected 3 fields after the index, found {len(fields)} (dropped)")
             continue

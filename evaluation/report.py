@@ -19,10 +19,10 @@ import base64
 import html
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -33,9 +33,7 @@ import pandas as pd
 
 from evaluation.dataset import EXPERT_COLUMNS
 from evaluation.metrics import RECALL_KS
-
-if TYPE_CHECKING:
-    from evaluation.runner import EvaluationResult, ModelResult
+from evaluation.results import EvaluationResult, ModelResult, write_metrics_json
 
 
 @dataclass
@@ -158,7 +156,7 @@ def rank_buckets(gallery: int) -> list[tuple[int, int]]:
     """Rank ranges for the rank plot: 1, 2-5, 6-10, 11-20, 21-50, ... up to the gallery size."""
     edges = [1, 2, 6, 11, 21, 51, 101, 201, 501, 1001, 2001, 5001, 10001]
     buckets = []
-    for low, high in zip(edges, edges[1:] + [None], strict=True):
+    for low, high in zip(edges, [*edges[1:], None], strict=True):
         if low > gallery:
             break
         top = gallery if high is None or high - 1 >= gallery else high - 1
@@ -243,7 +241,7 @@ def comparison_table(result: EvaluationResult) -> pd.DataFrame:
     return frame
 
 
-def _dict_table(data: dict[str, object], key: str = "what", value: str = "count") -> pd.DataFrame:
+def _dict_table(data: Mapping[str, object], key: str = "what", value: str = "count") -> pd.DataFrame:
     return pd.DataFrame({key: [str(k).replace("_", " ") for k in data], value: [_fmt(v) for v in data.values()]})
 
 
@@ -371,7 +369,8 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
         blocks.append(
             Block(
                 "p",
-                "Problems found (each repaired, kept or dropped as its message says; all are in validation_issues.csv):",
+                "Problems found (each repaired, kept or dropped as its message says; "
+                "all are in validation_issues.csv):",
             )
         )
         blocks.append(Block("table", table=summary))
@@ -472,7 +471,9 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
         )
     )
     train_summary, test_summary = result.train_text.summary(), result.test_text.summary()
-    text_rows = [(key.replace("_", " "), train_summary[key], test_summary[key]) for key in train_summary]
+    text_rows: list[tuple[str, int | str, int | str]] = [
+        (key.replace("_", " "), train_summary[key], test_summary[key]) for key in train_summary
+    ]
     text_rows.append(("test queries also in train (same normalised text)", "", result.test_queries_seen_in_train))
     blocks.append(Block("table", table=pd.DataFrame(text_rows, columns=["", "train", "test"])))
     examples = [f"uninformative: {q} ({reason})" for q, reason in list(result.train_text.uninformative.items())[:5]]
@@ -543,7 +544,8 @@ def build_blocks(result: EvaluationResult) -> list[Block]:
 # --------------------------------------------------------------------------- rendering
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #4c72b0;padding-bottom:.2em}
 h2{font-size:1.3em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em}
@@ -564,7 +566,8 @@ def _inline(text: str) -> str:
 
 def render_html(blocks: list[Block], title: str) -> str:
     out = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
     ]
     for block in blocks:
         if block.kind in ("h1", "h2", "h3"):
@@ -658,8 +661,6 @@ def per_query_frame(result: EvaluationResult) -> pd.DataFrame:
 
 def write_outputs(result: EvaluationResult) -> None:
     """Write the report, figures, CSVs and metrics.json; sets the paths on ``result``."""
-    from evaluation.runner import write_metrics_json
-
     out = Path(result.config.out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

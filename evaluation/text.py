@@ -105,7 +105,8 @@ def analyse_queries(
     ``queries`` has columns ``query_id`` and ``query_text`` (repeated ids are collapsed).
     Near duplicates are different normalised texts with the same set of content words, up to a
     plural "s" ("a dog runs on grass" / "dogs run on the grass"): they differ only in stop
-    words, punctuation, number and word order. Duplicates are clustered transitively; the first query id of a cluster is its canonical id.
+    words, punctuation, number and word order. Duplicates are clustered transitively; the first query
+    id of a cluster is its canonical id.
     """
     unique = queries.drop_duplicates("query_id")[["query_id", "query_text"]]
     ids = [str(q) for q in unique["query_id"]]

@@ -11,4 +11,5 @@ these modules; these call db/ for SQL and core/ for settings, models, images and
 - models: which model serves search, coverage and switching
 - queue: the producer side of Celery (tasks sent by name, so no entry point imports the worker)
 - access: API keys; health: readiness of the dependencies
+- rescreen: photos registered under older policy rules, read again with the rules in force
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis
 from sqlalchemy import text
 
-from core.embedding import get_embedder
 from core.settings import get_settings
 from db.engine import get_engine, session_scope
+from services.model_loader import model_loader
 from services.search import model_mismatch
 
 
@@ -34,9 +34,14 @@ def broker_problem() -> str | None:
 
 
 def model_state(database_ok: bool) -> tuple[str, bool]:
-    """("ok" | "loading" | the mismatch, whether that is a problem): queries must use the active model."""
-    if not get_embedder().is_loaded:
-        return "loading", False  # the first search waits for it; nothing is wrong
+    """("ok" | "loading" | why not, whether that is a problem): the model must load, and be the active one.
+
+    A first load in progress is not a problem (requests wait for it); a failed load is, with the model's name, the
+    reason and when the next attempt is, until the background retry loads it.
+    """
+    status = model_loader().status()
+    if status.state != "ready":
+        return status.describe(), status.state == "failed"
     if not database_ok:
         return "unknown (the database is unreachable)", False
     with session_scope() as session:

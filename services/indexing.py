@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from core.embedding import ModelUnavailableError
 from core.images import ImageRejected, encode_jpeg, load_rgb, make_derivative
 from core.moderation import ModerationVerdict, get_moderator
 from core.runtime import runtime
@@ -29,7 +30,7 @@ from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import EmbeddingModel
 from services.moderation import ClassifierOutcome, apply_classifier
-from services.queue import enqueue_in_batches, enqueue_ingest
+from services.queue import QueueUnavailable, enqueue_in_batches, enqueue_ingest, enqueue_resume_after_model_failure
 
 if TYPE_CHECKING:
     from core.embedding import ClipEmbedder
@@ -60,10 +61,93 @@ def _register_loaded_model() -> EmbeddingModel:
 
 _registered = runtime.slot("registered-model", _register_loaded_model)
 
+FIRST_MODEL_RETRY_S = 2.0
 
-def registered_model() -> EmbeddingModel:
-    """The embedding_models row of the model this process loaded (registered once per process)."""
-    return _registered.get()
+
+class _ModelGate:
+    """After a failed load, the worker does not try again on every task: one delayed task tries, with backoff."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failure: Exception | None = None
+        self.failed_at = 0.0
+        self.delay = FIRST_MODEL_RETRY_S
+        self.resume_due = 0.0
+
+
+_gate = runtime.slot("model-gate", _ModelGate)
+
+
+def registered_model(*, retry_now: bool = False) -> EmbeddingModel:
+    """The embedding_models row of the model this process loaded (registered once per process).
+
+    After a failed load the same error is raised at once until the backoff has passed (or `retry_now`), and one
+    delayed `photos.resume_waiting` task is queued to try again. The first successful load queues the photos that
+    were left pending for want of the model (`resume_photos_waiting_for_model`).
+    """
+    if _registered.is_built:
+        return _registered.get()
+    gate = _gate.get()
+    with gate.lock:
+        if gate.failure is not None and not retry_now and time.monotonic() - gate.failed_at < gate.delay:
+            raise gate.failure
+    try:
+        model = _registered.get()
+    except Exception as exc:
+        with gate.lock:
+            if gate.failure is not None:
+                gate.delay = min(gate.delay * 2, get_settings().model_retry_max_s)
+            gate.failure, gate.failed_at = exc, time.monotonic()
+        _schedule_resume(gate)
+        raise
+    with gate.lock:
+        recovered = gate.failure is not None
+        gate.failure, gate.delay = None, FIRST_MODEL_RETRY_S
+    if recovered:
+        log.info("the model %s@%s is loaded now", model.name, model.revision)
+    resume_photos_waiting_for_model()
+    return model
+
+
+def _schedule_resume(gate: _ModelGate) -> None:
+    """One delayed try of the model per backoff period, not one per task that needed it."""
+    with gate.lock:
+        now = time.monotonic()
+        if gate.resume_due > now:
+            return
+        gate.resume_due = now + gate.delay
+        delay = gate.delay
+    try:
+        enqueue_resume_after_model_failure(delay)
+    except QueueUnavailable as exc:  # the reconciler still finds the photos later
+        log.warning("could not schedule another try of the model: %s", exc)
+
+
+def resume_photos_waiting_for_model() -> int:
+    """Queue the pending photos whose last task failed because a worker could not load its model; returns how many.
+
+    Called when this process has just loaded its model: they are indexed now, not when the reconciler finds them.
+    """
+    with session_scope() as session:
+        waiting = photo_sql.photos_waiting_for_model(session)
+        photo_sql.touch(session, waiting)
+    if waiting:
+        enqueue_in_batches(waiting, get_settings().ingest_batch_size)
+        log.info("queued %d photos that were waiting for the model", len(waiting))
+    return len(waiting)
+
+
+def resume_after_model_failure() -> dict[str, object]:
+    """The delayed task's work: try the model again; once loaded, the photos that waited for it are queued."""
+    try:
+        model = registered_model(retry_now=True)
+    except Exception as exc:  # noqa: BLE001 - the answer of this task; the next try is already scheduled
+        return {"loaded": False, "reason": _first_line(exc)}
+    return {"loaded": True, "model": f"{model.name}@{model.revision}"}
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 class ModelNotActive(RuntimeError):
@@ -195,9 +279,18 @@ class BatchResult:
     failed: dict[str, str]
     skipped: list[str]
     split: list[str]
+    waiting: str | None = None  # why the photos wait as pending: this worker has no model (yet)
 
     def as_dict(self) -> dict[str, object]:
-        return {"indexed": self.indexed, "failed": self.failed, "skipped": self.skipped, "split": self.split}
+        result: dict[str, object] = {
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "split": self.split,
+        }
+        if self.waiting:
+            result["waiting_for_model"] = self.waiting
+        return result
 
 
 def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> BatchResult:
@@ -215,6 +308,11 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
     started = time.perf_counter()
     try:  # before any claim: a worker that cannot index (no model, or not the active one) uses no attempts
         ensure_model_is_active(registered_model())
+    except ModelUnavailableError as exc:
+        # Not the photos' fault and not this task's: they wait as pending with the reason, and are queued again
+        # as soon as a worker loads the model (a delayed try is scheduled). One log line, no task traceback.
+        _record_task_error(photo_ids, exc, claimed=False)
+        return BatchResult([], {}, [str(p) for p in photo_ids], [], waiting=_first_line(exc))
     except Exception as exc:
         _record_task_error(photo_ids, exc, claimed=False)
         raise
@@ -240,8 +338,7 @@ def index_photos(photo_ids: list[uuid.UUID], *, allow_split: bool = True) -> Bat
 
 def _record_task_error(photo_ids: list[uuid.UUID], exc: Exception, *, claimed: bool) -> None:
     """Put the reason on the photos of the failed task, so their status shows it (and their final failure)."""
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    reason = f"indexing attempt failed: {type(exc).__name__}: {first_line}"
+    reason = f"indexing attempt failed: {_first_line(exc)}"
     log.error("indexing %d photos failed: %s", len(photo_ids), reason)
     try:
         with session_scope() as session:

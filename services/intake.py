@@ -5,13 +5,14 @@ enqueue `photos.ingest`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from core.images import ImageInfo, inspect_image
-from core.policy import check_query
+from core.policy import PolicyDecision, check_query
 from core.settings import Settings
 from core.storage import move_into_place, new_storage_key, original_path, remove_quietly
 from db import photos as photo_sql
@@ -31,16 +32,34 @@ class IntakeResult:
     created: bool
 
 
-def screen_words(session: Session, photo: Photo) -> None:
-    """The query policy applied to the photo's title: "my kids at the beach" marks it as showing a minor."""
+def screened_field(
+    photo: Photo, check: Callable[[str], PolicyDecision] = check_query
+) -> tuple[str, str, PolicyDecision] | None:
+    """The first of the photo's own words (title, then file name) that describe a child: (field, words, decision)."""
     for field, words in (("title", photo.title), ("original file name", photo.original_name)):
         if words:
-            decision = check_query(words)
+            decision = check(words)
             if decision.blocked:
-                record_text_flag(
-                    session, photo, field, decision.matched_terms, decision.rules_version, actor=TEXT_SCREEN_ACTOR
-                )
-                return
+                return field, words, decision
+    return None
+
+
+def screen_words(
+    session: Session,
+    photo: Photo,
+    *,
+    actor: str = TEXT_SCREEN_ACTOR,
+    check: Callable[[str], PolicyDecision] = check_query,
+) -> tuple[str, str, PolicyDecision] | None:
+    """The query policy applied to the photo's words: "my kids at the beach" marks it as showing a minor (audited).
+
+    Returns what marked it, or None. `withsense policy rescreen` calls it too, as its own actor.
+    """
+    found = screened_field(photo, check)
+    if found is not None:
+        field, _, decision = found
+        record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version, actor=actor)
+    return found
 
 
 def find_duplicate(sha256: str) -> Photo | None:

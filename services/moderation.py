@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from db import moderation as moderation_sql
 from db import photos as photo_sql
 from db.models import ModerationAudit, ModerationStatus, Photo
+from services.pages import decode_cursor, encode_cursor
 
 CLASSIFIER_ACTOR = moderation_sql.CLASSIFIER_ACTOR
 
@@ -174,9 +175,23 @@ def apply_moderator_decision(
     return photo
 
 
-def review_queue(session: Session, limit: int, offset: int = 0) -> tuple[int, list[tuple[Photo, dict[str, float]]]]:
-    """The queue's size and one page of it: indexed photos waiting for a person, oldest first, with their scores."""
-    return moderation_sql.queue_size(session), moderation_sql.review_queue(session, limit, offset)
+@dataclass(frozen=True)
+class ReviewPage:
+    total: int
+    items: list[tuple[Photo, dict[str, float]]]
+    next_cursor: str | None
+
+
+def review_queue(session: Session, limit: int, offset: int = 0, cursor: str | None = None) -> ReviewPage:
+    """The queue's size and one page of it: indexed photos waiting for a person, oldest first, with their scores.
+
+    `cursor` is the previous page's `next_cursor` (a position: photos decided meanwhile do not shift the pages).
+    """
+    after = decode_cursor(cursor) if cursor else None
+    rows = moderation_sql.review_queue(session, limit + 1, offset, after)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][0].created_at, page[-1][0].id) if len(rows) > limit else None
+    return ReviewPage(moderation_sql.queue_size(session), page, next_cursor)
 
 
 def audit_trails(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[ModerationAudit]]:

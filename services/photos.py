@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from db.moderation import audit, photo_visibility
 from services import intake
 from services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Restricted
 from services.moderation import record_declaration
+from services.pages import decode_cursor, encode_cursor
 from services.queue import enqueue_in_batches
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,7 @@ class Upload:
 class UploadResult:
     photo: Photo
     created: bool
-    ignored: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # a duplicate's fields that the upload changed
 
 
 def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> UploadResult:
@@ -112,7 +114,8 @@ def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> Up
 
     Raises core.images.ImageRejected (nothing stored), services.queue.QueueUnavailable (nothing stored), and
     `Conflict` for bytes that another key uploaded (its id and metadata are not this caller's to see). A duplicate
-    sent again by its uploader with a declaration records the declaration (audited, not dropped).
+    sent again by its uploader (or a moderator) with a declaration records the declaration (audited, not dropped);
+    with a new title or photographer it updates them, a title screened as an edit's (`updated` names them).
     """
     result = intake.register_photo(
         settings,
@@ -132,11 +135,19 @@ def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> Up
         return UploadResult(photo, True)
     if not may_manage(principal, photo):
         raise Conflict("this image is already in the catalogue, uploaded with another key")
-    if upload.depicts_minor is not None or upload.parental_consent is not None:
-        with session_scope() as session:
-            locked = photo_sql.get_photo(session, photo.id, for_update=True)
-            if locked is None:
-                raise NotFound(f"photo {photo.id} was deleted meanwhile")
+    edits: dict[str, object] = {
+        name: value
+        for name, value in (("title", upload.title), ("photographer", upload.photographer))
+        if value is not None and value != getattr(photo, name)
+    }
+    declares = upload.depicts_minor is not None or upload.parental_consent is not None
+    if not edits and not declares:
+        return UploadResult(photo, False)
+    with session_scope() as session:
+        locked = photo_sql.get_photo(session, photo.id, for_update=True)
+        if locked is None:
+            raise NotFound(f"photo {photo.id} was deleted meanwhile")
+        if declares:
             record_declaration(
                 session,
                 locked,
@@ -144,11 +155,12 @@ def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> Up
                 parental_consent=upload.parental_consent,
                 actor=principal.actor,
             )
-            locked.updated_at = func.now()
-            session.flush()
-            session.refresh(locked)
-            photo = locked
-    return UploadResult(photo, False)
+        # The same bytes sent again with a new title or photographer: an edit, screened as PATCH screens it.
+        _apply_edits(session, locked, edits)
+        locked.updated_at = func.now()
+        session.flush()
+        session.refresh(locked)
+    return UploadResult(locked, False, updated=sorted(edits))
 
 
 EDITABLE_FIELDS = ("title", "photographer", "visibility")
@@ -160,14 +172,19 @@ def update_photo(session: Session, photo_id: uuid.UUID, principal: Principal, ch
     if unknown:
         raise InvalidRequest(f"cannot change {', '.join(sorted(unknown))}")
     photo = load_managed(session, photo_id, principal, "change")
-    for name, value in changes.items():
-        setattr(photo, name, value)
+    _apply_edits(session, photo, changes)
     photo.updated_at = func.now()
-    if "title" in changes:
-        intake.screen_words(session, photo)
     session.flush()
     session.refresh(photo)
     return photo
+
+
+def _apply_edits(session: Session, photo: Photo, changes: Mapping[str, object]) -> None:
+    """Set the fields; a new title is screened by the query policy (a child in the words marks the photo)."""
+    for name, value in changes.items():
+        setattr(photo, name, value)
+    if "title" in changes:
+        intake.screen_words(session, photo)
 
 
 def delete_photo(settings: Settings, photo_id: uuid.UUID, principal: Principal) -> None:
@@ -192,6 +209,49 @@ def redrive(settings: Settings, photo_ids: list[uuid.UUID] | None = None) -> lis
     return reset
 
 
+def redrive_pending(settings: Settings, photo_ids: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Queue again the photos still pending (these, or all when None), e.g. once the model loads again.
+
+    A photo waits as pending, with the reason in `error`, when its task could not run (no model, another model
+    active, the database blinked); the reconciler would queue it after WITHSENSE_RECONCILE_AFTER_S. Attempts are
+    kept: a photo that keeps crashing the worker still fails after WITHSENSE_TASK_MAX_ATTEMPTS. A photo already
+    queued gets a second task, which finds it indexed and changes nothing.
+    """
+    with session_scope() as session:
+        pending = photo_sql.pending_photo_ids(session, photo_ids)
+    enqueue_in_batches(pending, settings.ingest_batch_size)
+    return pending
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Photos by indexing status, and the reasons stored on those not indexed (most frequent first)."""
+
+    counts: dict[str, int]
+    reasons: list[photo_sql.ReasonCount]
+    other_reasons: int  # photos whose reasons the list left out
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def status_report(photo_ids: list[uuid.UUID] | None = None, max_reasons: int = 10) -> StatusReport:
+    """Counts by status and by reason: of all photos, or of these (`withsense ingest --wait` follows its own)."""
+    with session_scope() as session:
+        counts = photo_sql.status_counts(session, photo_ids)
+        reasons, others = photo_sql.counts_by_reason(session, photo_ids, max_reasons)
+    return StatusReport(counts, reasons, others)
+
+
+def display_names(photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """Each photo's title, else its original file name (for listings such as `withsense search`)."""
+    if not photo_ids:
+        return {}
+    with session_scope() as session:
+        return photo_sql.display_names(session, photo_ids)
+
+
 def redrive_one(settings: Settings, photo_id: uuid.UUID) -> None:
     """One failed photo back to indexing; `NotFound` or `Conflict` (it has not failed)."""
     with session_scope() as session:
@@ -206,7 +266,7 @@ def redrive_one(settings: Settings, photo_id: uuid.UUID) -> None:
 @dataclass(frozen=True)
 class PhotoPage:
     photos: list[Photo]
-    next_before: uuid.UUID | None
+    next_cursor: str | None
 
 
 def list_photos(
@@ -214,25 +274,25 @@ def list_photos(
     principal: Principal,
     *,
     status: str | None,
-    before: uuid.UUID | None,
+    cursor: str | None,
     limit: int,
     all_uploaders: bool = False,
 ) -> PhotoPage:
-    """The photos this key uploaded (every uploader's for moderators who ask), newest first, a page at a time."""
+    """The photos this key uploaded (every uploader's for moderators who ask), newest first, a page at a time.
+
+    `cursor` is the previous page's `next_cursor` (services/pages.py); `InvalidRequest` for anything else.
+    """
     if all_uploaders and not principal.allows("moderate"):
         raise Forbidden("`all_uploaders` needs the `moderate` or `admin` scope")
-    try:
-        photos = photo_sql.list_photos(
-            session,
-            uploaded_by_key=None if all_uploaders else principal.key_id,
-            status=status,
-            before=before,
-            limit=limit + 1,
-        )
-    except LookupError as exc:  # the cursor photo was deleted meanwhile, or is not the caller's
-        raise InvalidRequest(f"{exc}; it may have been deleted, start over") from None
+    photos = photo_sql.list_photos(
+        session,
+        uploaded_by_key=None if all_uploaders else principal.key_id,
+        status=status,
+        after=decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+    )
     page = photos[:limit]
-    return PhotoPage(page, page[-1].id if len(photos) > limit else None)
+    return PhotoPage(page, encode_cursor(page[-1].created_at, page[-1].id) if len(photos) > limit else None)
 
 
 def status_counts(photo_ids: list[uuid.UUID] | None = None) -> dict[str, int]:

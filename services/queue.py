@@ -92,11 +92,17 @@ def enqueue_reindex_batch(photo_ids: list[uuid.UUID]) -> None:
         _send("reindex.embed", [[str(p) for p in photo_ids]])
 
 
-def _send(task_name: str, args: list[object]) -> None:
+def enqueue_resume_after_model_failure(countdown_s: float = 0.0) -> None:
+    """Queue the task that tries the model again and, once it loads, indexes the photos that waited for it."""
+    _send("photos.resume_waiting", [], countdown=countdown_s)
+
+
+def _send(task_name: str, args: list[object], countdown: float | None = None) -> None:
     try:
         _celery.get().send_task(
             task_name,
             args=args,
+            countdown=countdown or None,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )

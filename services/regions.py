@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.regions import InvalidRegion
 from db import policy as region_sql
 from db.engine import session_scope
 from services.errors import InvalidRequest
@@ -15,7 +16,8 @@ def rules() -> list[tuple[str, bool, str | None]]:
 
 def set_rule(region: str, *, restricted: bool, note: str | None = None) -> None:
     """Declare whether the minors law applies in `region` ('*': every region without a rule of its own)."""
-    if not region.strip():
-        raise InvalidRequest("the region must not be empty")
-    with session_scope() as session:
-        region_sql.set_region_rule(session, region, minors_restricted=restricted, note=note)
+    try:
+        with session_scope() as session:
+            region_sql.set_region_rule(session, region, minors_restricted=restricted, note=note)
+    except InvalidRegion as exc:
+        raise InvalidRequest(str(exc)) from None

@@ -9,6 +9,7 @@ scan, so nothing is filtered afterwards in Python.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from core.embedding import get_embedder
 from core.images import load_rgb, make_derivative
 from core.moderation import get_moderator
-from core.policy import DISCLAIMER, check_query
+from core.policy import DISCLAIMER, PolicyDecision, check_query, model_child_score, with_model_opinion
 from core.settings import Settings, get_settings
 from db import photos as photo_sql
 from db import search as search_sql
@@ -28,7 +28,10 @@ from db.moderation import photo_visibility
 from db.policy import region_is_restricted
 from db.search import SearchHit
 from services.errors import Conflict, InvalidRequest, Unavailable
+from services.model_loader import query_embedder
 from services.photos import load_visible
+
+log = logging.getLogger(__name__)
 
 
 class ModelMismatch(Unavailable):
@@ -43,6 +46,7 @@ class SearchOutcome:
     blocked: bool = False
     query: str | None = None
     region: str | None = None
+    truncated: bool = False  # the query was longer than the model reads and was cut to its context
 
     @property
     def disclaimer(self) -> str | None:
@@ -51,8 +55,7 @@ class SearchOutcome:
 
 def model_mismatch(session: Session) -> str | None:
     """Why this process's query vectors would not match the index (another model is active), or None."""
-    embedder = get_embedder()
-    embedder.load()  # its revision is known once it is loaded (at most once per process)
+    embedder = query_embedder()  # loaded, or ModelUnavailable (503) at once: never a wait on the hub
     active = photo_sql.cached_active_model(session)
     if active is None or active.revision == embedder.revision:  # the revision names the weights, whatever the path
         return None
@@ -87,16 +90,47 @@ def _nearest(session: Session, vector: np.ndarray, k: int, region: str | None, *
         raise InvalidRequest(str(exc)) from None  # a caller's vector of another dimension
 
 
+def with_second_opinion(decision: PolicyDecision, vector: np.ndarray) -> PolicyDecision:
+    """The rules' decision with the model's opinion added when `policy_model_check` is on (it never unblocks)."""
+    settings = get_settings()
+    if not settings.policy_model_check or decision.blocked:
+        return decision
+    return with_model_opinion(decision, model_child_score(vector, get_moderator()), settings.policy_model_threshold)
+
+
+def _log_blocked(decision: PolicyDecision, region: str | None) -> None:
+    # The decision's record: which rules version and which terms (or the model's score) blocked it, and where.
+    log.info(
+        "text query blocked in region %s by query policy %s: %s",
+        region or "*",
+        decision.rules_version,
+        ", ".join(decision.matched_terms),
+    )
+
+
 def search_text(session: Session, query: str, k: int, region: str | None) -> SearchOutcome:
-    """Photos that best match a text description, best first, scored by cosine similarity."""
+    """Photos that best match a text description, best first, scored by cosine similarity.
+
+    The rules decide first, before anything is embedded; with `policy_model_check` on, the query's embedding is
+    also scored against the zero-shot child prompts and may block what the rules let through.
+    """
     text = query.strip()
     if not text:
         raise InvalidRequest("the query is empty")
-    if text_is_blocked(session, text, region):
+    decision = check_query(text)
+    if decision.blocked and region_is_restricted(session, region):
+        _log_blocked(decision, region)
         return SearchOutcome(blocked=True, query=text, region=region)
     ensure_query_model(session)
-    vector = get_embedder().embed_texts([text])[0]
-    return SearchOutcome(_nearest(session, vector, k, region, for_query=True), query=text, region=region)
+    embedder = query_embedder()
+    vector = embedder.embed_texts([text])[0]
+    opinion = with_second_opinion(decision, vector)
+    if opinion.blocked and not decision.blocked and region_is_restricted(session, region):
+        _log_blocked(opinion, region)
+        return SearchOutcome(blocked=True, query=text, region=region)
+    truncated = embedder.truncated_texts([text])[0]
+    hits = _nearest(session, vector, k, region, for_query=True)
+    return SearchOutcome(hits, query=text, region=region, truncated=truncated)
 
 
 def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
@@ -107,7 +141,7 @@ def embed_image_file(settings: Settings, path: Path) -> np.ndarray:
         max_pixels=settings.max_image_pixels,
         draft_size=settings.derivative_size,
     )
-    vectors = get_embedder().embed_images([make_derivative(image, settings.derivative_size)])
+    vectors = query_embedder().embed_images([make_derivative(image, settings.derivative_size)])
     return np.asarray(vectors[0], dtype=np.float32)
 
 
@@ -146,11 +180,22 @@ def search_vector(session: Session, vector: np.ndarray, k: int, region: str | No
     Such a vector carries no words, so the query policy cannot apply: `embed_texts` says which texts describe
     a minor, and a service that searches on its own shows the disclaimer for those.
     """
-    array = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(array)) if array.size else 0.0
-    if not np.all(np.isfinite(array)) or norm < 1e-6:
-        raise InvalidRequest("the embedding must be finite and non-zero")
-    return SearchOutcome(_nearest(session, array / norm, k, region, for_query=False), region=region)
+    return SearchOutcome(_nearest(session, unit_vector(vector), k, region, for_query=False), region=region)
+
+
+def unit_vector(vector: np.ndarray | list[float]) -> np.ndarray:
+    """A caller's vector scaled to length 1 (float32); `InvalidRequest` unless it is finite and not all zero.
+
+    Scaled by its largest component first, so neither 1e-300 nor 1e300 components under- or overflow on the way.
+    """
+    array = np.asarray(vector, dtype=np.float64)
+    if array.ndim != 1 or not array.size or not np.all(np.isfinite(array)):
+        raise InvalidRequest("the embedding must be a list of finite numbers")
+    largest = float(np.max(np.abs(array)))
+    if largest == 0.0:
+        raise InvalidRequest("the embedding must not be all zeros: a zero vector points nowhere")
+    scaled = array / largest
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -160,6 +205,7 @@ class TextEmbeddings:
     dimension: int
     vectors: list[np.ndarray]
     describes_minor: list[bool]
+    truncated: list[bool]
 
 
 def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
@@ -168,12 +214,15 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
         if not text.strip():
             raise InvalidRequest("every text must have at least one non-blank character")
     ensure_query_model(session)
-    embedder = get_embedder()
+    embedder = query_embedder()
     vectors = embedder.embed_texts(texts)
     return TextEmbeddings(
         model=embedder.model_name,
         revision=embedder.revision,
         dimension=embedder.dimension,
         vectors=list(vectors),
-        describes_minor=[check_query(text).blocked for text in texts],
+        describes_minor=[
+            with_second_opinion(check_query(text), vector).blocked for text, vector in zip(texts, vectors, strict=True)
+        ],
+        truncated=embedder.truncated_texts(texts),
     )

@@ -13,35 +13,47 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.fixtures_model import tiny_clip_path  # noqa: F401 - re-exported fixture
+if TYPE_CHECKING:
+    # What TestClient answers with (httpx2 comes with huggingface_hub; starlette prefers it to httpx).
+    import httpx2
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from cli.local_services import LocalPostgres, LocalRedis
+    from evaluation.standins.synthetic import SyntheticImage, TemplateSet
+
+# Fixture modules every test gets by name (the trained tiny CLIP).
+pytest_plugins = ["tests.fixtures_model"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class Services:
+    """The session's servers and data folder."""
+
     home: Path
-    postgres: object
-    redis: object
+    postgres: LocalPostgres
+    redis: LocalRedis
 
     @property
     def database_url(self) -> str:
-        return self.postgres.url  # type: ignore[attr-defined]
+        return self.postgres.url
 
     @property
     def broker_url(self) -> str:
-        return self.redis.url  # type: ignore[attr-defined]
+        return self.redis.url
 
 
 def reset_cached_state() -> None:
     """Settings, engine, model, policy, classifier, queue producer and caches are process-wide: after changing the
     environment, forget them all (they are rebuilt from the new settings on next use)."""
-    from core.runtime import runtime
-
     import workers.celery_app  # noqa: F401 - registers the worker app's reconfiguration with the reset
+    from core.runtime import runtime
 
     runtime.reset()
 
@@ -50,7 +62,7 @@ def reset_cached_state() -> None:
 def services(tiny_clip_path: Path) -> Iterator[Services]:
     """Postgres and Redis on loopback, migrated, with WITHSENSE_* pointing at them and at the tiny model."""
     from cli.local_services import LocalPostgres, LocalRedis
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     # Short path: keeps any unix socket well under the ~107-byte limit.
     home = Path(tempfile.mkdtemp(prefix="wst-", dir="/tmp"))
@@ -188,7 +200,7 @@ def worker(services: Services) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture()
-def own_broker(services: Services) -> Iterator[object]:
+def own_broker(services: Services) -> Iterator[LocalRedis]:
     """A Redis of this test's own, so the session worker never takes these tasks and it can be killed."""
     from cli.local_services import LocalRedis
 
@@ -235,7 +247,7 @@ def admin_key(services: Services) -> str:
 
 
 @pytest.fixture()
-def api(services: Services, admin_key: str) -> Iterator[object]:
+def api(services: Services, admin_key: str) -> Iterator[TestClient]:
     """The real FastAPI app over ASGI, authenticated with an admin key."""
     from fastapi.testclient import TestClient
 
@@ -246,7 +258,7 @@ def api(services: Services, admin_key: str) -> Iterator[object]:
 
 
 @pytest.fixture()
-def anonymous_api(services: Services) -> Iterator[object]:
+def anonymous_api(services: Services) -> Iterator[TestClient]:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -255,15 +267,15 @@ def anonymous_api(services: Services) -> Iterator[object]:
         yield client
 
 
-def wait_for_status(client: object, photo_ids: list[str], timeout: float = 120.0) -> dict[str, dict]:
-    """Poll GET /v1/photos/{id} until every photo is indexed or failed."""
+def wait_for_status(client: TestClient, photo_ids: list[str], timeout: float = 120.0) -> dict[str, dict[str, Any]]:
+    """Poll GET /v1/photos/{id} until every photo is indexed or failed; their JSON bodies by id."""
     deadline = time.monotonic() + timeout
-    final: dict[str, dict] = {}
+    final: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         for photo_id in photo_ids:
             if photo_id in final:
                 continue
-            body = client.get(f"/v1/photos/{photo_id}").json()  # type: ignore[attr-defined]
+            body = client.get(f"/v1/photos/{photo_id}").json()
             if body.get("status") in ("indexed", "failed"):
                 final[photo_id] = body
         if len(final) == len(photo_ids):
@@ -278,18 +290,19 @@ MINOR_COLOUR = "yellow"
 UNSAFE_COLOUR = "brown"
 
 
-def sample_of(colour: str, shape: str, seed: int, templates: str = "heldout"):  # type: ignore[no-untyped-def]
+def sample_of(colour: str, shape: str, seed: int, templates: TemplateSet = "heldout") -> SyntheticImage:
     """A synthetic image of one colour and shape, with a caption from `templates`."""
-    from evaluation.synthetic import generate
+    from evaluation.standins.synthetic import generate
 
     for offset in range(50):
-        for sample in generate(80, seed + offset * 1000, templates=templates):  # type: ignore[arg-type]
+        for sample in generate(80, seed + offset * 1000, templates=templates):
             if sample.colour == colour and sample.shape == shape:
                 return sample
     raise LookupError(f"no {colour} {shape} generated")
 
 
-def upload(client, image, **fields: str):  # type: ignore[no-untyped-def]
+def upload(client: TestClient, image: Image.Image, **fields: str) -> httpx2.Response:
+    """POST /v1/photos with ``image`` as a JPEG and ``fields`` as the form."""
     from tests.images import jpeg_bytes
 
     return client.post("/v1/photos", files={"file": ("photo.jpg", jpeg_bytes(image), "image/jpeg")}, data=fields)

@@ -2,7 +2,7 @@
 
 Import them into a conftest (``from tests.fixtures_model import tiny_clip_path``) or a test module.
 The first run trains the model (about a minute of CPU); later runs reuse the cached folder
-until evaluation/tiny_clip.py or evaluation/synthetic.py changes.
+until evaluation/standins/tiny_clip.py or evaluation/standins/synthetic.py changes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.tiny_clip import ensure_tiny_clip
+from evaluation.standins.tiny_clip import ensure_tiny_clip
 
 # WITHSENSE_TEST_CACHE lets CI keep the model in a cached folder between jobs.
 TEST_MODEL_CACHE = Path(

@@ -1,9 +1,10 @@
-"""docker-compose.yml describes the production stack the README promises (the build machines have no Docker engine or compose
-plugin, so the files are parsed here; `docker compose config` is the check on a machine with Docker)."""
+"""docker-compose.yml describes the production stack the README promises (the build machines have no Docker engine
+or compose plugin, so the files are parsed here; `docker compose config` is the check on a machine with Docker)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,13 +15,24 @@ class _ComposeLoader(yaml.SafeLoader):
     pass
 
 
+def _reset(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, bool]:
+    return {"__reset__": True}
+
+
+def _override(loader: yaml.SafeLoader, node: yaml.Node) -> dict[object, object]:
+    assert isinstance(node, yaml.MappingNode), "!override tags a mapping in these files"
+    return loader.construct_mapping(node)
+
+
 # Compose's merge-control tags (!reset, !override) are not YAML 1.1; keep their values.
-_ComposeLoader.add_constructor("!reset", lambda loader, node: {"__reset__": True})
-_ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_mapping(node))
+_ComposeLoader.add_constructor("!reset", _reset)
+_ComposeLoader.add_constructor("!override", _override)
 
 
-def _load(name: str) -> dict:
-    return yaml.load((ROOT / name).read_text(), Loader=_ComposeLoader)
+def _load(name: str) -> dict[str, Any]:
+    """A compose file as parsed YAML (Any: whatever the file holds)."""
+    loaded: dict[str, Any] = yaml.load((ROOT / name).read_text(), Loader=_ComposeLoader)
+    return loaded
 
 
 def test_compose_has_every_service_with_production_settings() -> None:

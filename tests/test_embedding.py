@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import embedding
+from core.clip_parts import clip_parts, square_input_shortcut
 from core.embedding import ClipEmbedder, ModelUnavailableError, folder_content_hash, get_embedder
-from evaluation import synthetic
-from evaluation.tiny_clip import (
+from evaluation.standins import synthetic
+from evaluation.standins.tiny_clip import (
     MARKER_FILE,
     clip_tokenizer,
     ensure_tiny_clip,
@@ -30,7 +30,6 @@ from evaluation.tiny_clip import (
     save_untrained_tiny_clip,
     tiny_clip_config,
 )
-from tests.fixtures_model import tiny_clip_path  # noqa: F401  (a fixture, used by name)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,7 @@ def untrained_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_clip_path: Path) -> ClipEmbedder:  # noqa: F811
+def tiny(tiny_clip_path: Path) -> ClipEmbedder:
     return ClipEmbedder(str(tiny_clip_path), device="cpu")
 
 
@@ -68,7 +67,7 @@ def test_tokenizer_truncates_to_clip_context() -> None:
 # Loading through sentence-transformers --------------------------------------------------------
 
 
-def test_tiny_model_folder_uses_the_transformer_module(tiny_clip_path: Path) -> None:  # noqa: F811
+def test_tiny_model_folder_uses_the_transformer_module(tiny_clip_path: Path) -> None:
     modules = json.loads((tiny_clip_path / "modules.json").read_text())
     assert [m["type"] for m in modules] == ["sentence_transformers.base.modules.transformer.Transformer"]
     config = json.loads((tiny_clip_path / "sentence_bert_config.json").read_text())
@@ -78,7 +77,7 @@ def test_tiny_model_folder_uses_the_transformer_module(tiny_clip_path: Path) -> 
     assert (tiny_clip_path / "processor_config.json").is_file()
 
 
-def test_constructing_loads_nothing(tiny_clip_path: Path) -> None:  # noqa: F811
+def test_constructing_loads_nothing(tiny_clip_path: Path) -> None:
     embedder = ClipEmbedder(str(tiny_clip_path), device="cpu")
     assert not embedder.is_loaded
     assert embedder.model_name == str(tiny_clip_path)
@@ -90,11 +89,13 @@ def test_dimension_comes_from_the_model(tiny: ClipEmbedder) -> None:
     assert tiny.is_loaded
 
 
-def test_revision_is_a_stable_content_hash(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+def test_revision_is_a_stable_content_hash(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:
     assert tiny.revision.startswith("sha256:")
     assert ClipEmbedder(str(tiny_clip_path)).revision == tiny.revision
     # Another process computes the same value.
-    script = "import sys; from core.embedding import folder_content_hash as h; print(h(__import__('pathlib').Path(sys.argv[1])))"
+    script = (
+        "import sys, pathlib; from core.embedding import folder_content_hash as h; print(h(pathlib.Path(sys.argv[1])))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script, str(tiny_clip_path)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
@@ -114,7 +115,7 @@ def test_revision_is_a_stable_content_hash(tiny_clip_path: Path, tiny: ClipEmbed
     assert folder_content_hash(copy) != tiny.revision
 
 
-def _legacy_layout(tiny_clip_path: Path, tmp_path: Path) -> Path:  # noqa: F811
+def _legacy_layout(tiny_clip_path: Path, tmp_path: Path) -> Path:
     """The layout of the hub repo sentence-transformers/clip-ViT-B-32: one deprecated
     ``sentence_transformers.models.CLIPModel`` module in ``0_CLIPModel/``."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
@@ -129,7 +130,7 @@ def _legacy_layout(tiny_clip_path: Path, tmp_path: Path) -> Path:  # noqa: F811
     return legacy
 
 
-def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:  # noqa: F811
+def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEmbedder, tmp_path: Path) -> None:
     """The layout of the hub repo sentence-transformers/clip-ViT-B-32: one deprecated
     ``sentence_transformers.models.CLIPModel`` module in ``0_CLIPModel/``."""
     legacy = _legacy_layout(tiny_clip_path, tmp_path)
@@ -146,10 +147,11 @@ def test_legacy_clip_model_layout_still_loads(tiny_clip_path: Path, tiny: ClipEm
 
 
 def test_random_vit_b32_is_saved_the_same_way(tmp_path: Path) -> None:
-    from transformers import CLIPConfig
+    from transformers import CLIPConfig, CLIPVisionConfig
 
     # The default config is ViT-B/32 (512-d); a narrow twin keeps the test fast.
     default = CLIPConfig()
+    assert isinstance(default.vision_config, CLIPVisionConfig)
     assert (default.projection_dim, default.vision_config.patch_size, default.vision_config.image_size) == (
         512,
         32,
@@ -180,7 +182,7 @@ def test_embeddings_are_unit_float32_rows(tiny: ClipEmbedder) -> None:
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_batching_keeps_order_and_values(tiny_clip_path: Path, tiny: ClipEmbedder) -> None:  # noqa: F811
+def test_batching_keeps_order_and_values(tiny_clip_path: Path, tiny: ClipEmbedder) -> None:
     items = synthetic.generate(7, seed=12)
     captions = [item.caption for item in items] + ["a much longer caption " * 5]
     small_batches = ClipEmbedder(str(tiny_clip_path), device="cpu", image_batch_size=2, text_batch_size=3)
@@ -192,7 +194,7 @@ def test_batching_keeps_order_and_values(tiny_clip_path: Path, tiny: ClipEmbedde
     np.testing.assert_allclose(tiny.embed_texts(captions), one_by_one, atol=1e-5)
 
 
-def test_prepared_images_embed_exactly_like_whole_images(tiny_clip_path: Path, tiny: ClipEmbedder) -> None:  # noqa: F811
+def test_prepared_images_embed_exactly_like_whole_images(tiny_clip_path: Path, tiny: ClipEmbedder) -> None:
     """The worker's split path (preprocess in decode threads, forward in one batch) is embed_images, in pieces."""
     items = synthetic.generate(9, seed=21, size=(300, 200))
     pictures = [item.image for item in items] + [items[0].image.convert("L"), items[1].image.convert("RGBA")]
@@ -209,14 +211,23 @@ def test_images_already_at_the_model_input_size_skip_only_no_op_steps(tiny: Clip
     """The worker's 224x224 derivatives take a shortcut (rescale + normalise only): same pixels as the processor."""
     from core.images import make_derivative
 
-    tiny.load()
-    side = tiny._identity_size
-    assert side is not None and side[0] == side[1]
-    derivatives = [make_derivative(item.image, side[0]) for item in synthetic.generate(6, seed=8, size=(640, 480))]
-    processor = tiny._image_processor
-    expected = processor(images=derivatives, return_tensors="np")["pixel_values"]  # type: ignore[operator]
-    shortcut = np.stack([tiny.prepare_image(image) for image in derivatives])
+    processor = clip_parts(tiny.sentence_transformer).image_processor
+    square = square_input_shortcut(processor)
+    assert square is not None, "the tiny CLIP's processor is CLIP's standard resize + centre crop"
+    side = square.size[0]
+    derivatives = [make_derivative(item.image, side) for item in synthetic.generate(6, seed=8, size=(640, 480))]
+    expected = processor(images=derivatives, return_tensors="np")["pixel_values"]
+    shortcut = np.stack([square.pixel_values(image) for image in derivatives])
     np.testing.assert_allclose(shortcut, expected, atol=1e-5)
+    prepared = [tiny.prepare_image(image) for image in derivatives]
+    np.testing.assert_allclose(np.stack([p for p in prepared if isinstance(p, np.ndarray)]), expected, atol=1e-5)
+    # Any other size goes through the processor itself (resize and crop are real steps there).
+    other = [make_derivative(item.image, side + 3) for item in synthetic.generate(2, seed=9)]
+    np.testing.assert_allclose(
+        np.stack([p for p in map(tiny.prepare_image, other) if isinstance(p, np.ndarray)]),
+        processor(images=other, return_tensors="np")["pixel_values"],
+        atol=1e-5,
+    )
 
 
 def test_prepared_path_works_for_the_legacy_layout_too(
@@ -240,7 +251,7 @@ def test_odd_inputs(tiny: ClipEmbedder) -> None:
     # Longer than CLIP's 77-token context: truncated, not an error.
     assert np.isfinite(tiny.embed_texts(["red " * 300, "", "собака бежит по траве"])).all()
     with pytest.raises(TypeError):
-        tiny.embed_texts("a red circle")  # type: ignore[arg-type]
+        tiny.embed_texts("a red circle")
 
 
 def test_images_and_texts_share_one_space(tiny: ClipEmbedder) -> None:
@@ -275,7 +286,7 @@ def test_colour_only_and_shape_only_prompts(tiny: ClipEmbedder) -> None:
 
 
 def test_heldout_recall_beats_chance_and_untrained_does_not(
-    tiny_clip_path: Path,  # noqa: F811
+    tiny_clip_path: Path,
     untrained_clip_path: Path,
 ) -> None:
     trained = heldout_recall(tiny_clip_path)
@@ -292,7 +303,7 @@ def test_heldout_recall_beats_chance_and_untrained_does_not(
 
 
 def test_text_model_replaces_clip_text_tower(
-    tiny_clip_path: Path,  # noqa: F811
+    tiny_clip_path: Path,
     untrained_clip_path: Path,
     tiny: ClipEmbedder,
 ) -> None:
@@ -305,7 +316,7 @@ def test_text_model_replaces_clip_text_tower(
     assert both.revision == tiny.revision  # stored image vectors are keyed by the image model
 
 
-def test_text_model_of_another_dimension_is_refused(tiny_clip_path: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_text_model_of_another_dimension_is_refused(tiny_clip_path: Path, tmp_path: Path) -> None:
     from transformers import CLIPConfig
 
     other = CLIPConfig(
@@ -336,7 +347,13 @@ def test_missing_hub_model_says_how_to_use_a_local_copy(monkeypatch: pytest.Monk
         "    raise SystemExit('loaded without a model')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # the return code is asserted with the output as the message
     )
     assert result.returncode == 0, result.stderr[-2000:]
     message = result.stdout
@@ -353,7 +370,7 @@ def test_missing_local_folder_is_a_clear_error(tmp_path: Path) -> None:
     assert "WITHSENSE_MODEL" in str(caught.value)
 
 
-def test_missing_text_model_names_its_setting(tiny_clip_path: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_missing_text_model_names_its_setting(tiny_clip_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="WITHSENSE_TEXT_MODEL"):
         ClipEmbedder(str(tiny_clip_path), text_model=str(tmp_path / "absent")).load()
 
@@ -361,7 +378,7 @@ def test_missing_text_model_names_its_setting(tiny_clip_path: Path, tmp_path: Pa
 # Settings, singleton, threads ----------------------------------------------------------------
 
 
-def test_from_settings_and_lazy_singleton(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:  # noqa: F811
+def test_from_settings_and_lazy_singleton(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:
     from core.runtime import runtime
     from core.settings import Settings
 
@@ -381,7 +398,7 @@ def test_from_settings_and_lazy_singleton(monkeypatch: pytest.MonkeyPatch, tiny_
         runtime.reset()
 
 
-def test_load_runs_once_across_threads(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:  # noqa: F811
+def test_load_runs_once_across_threads(monkeypatch: pytest.MonkeyPatch, tiny_clip_path: Path) -> None:
     calls: list[str] = []
     real_load_one = ClipEmbedder._load_one
 

@@ -6,6 +6,7 @@ back from the code under test.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -223,7 +224,7 @@ def test_missing_dataset_folder_raises_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_shipped_demo_dataset_has_the_planted_warts() -> None:
-    from evaluation.demo import DEMO_DIR
+    from evaluation.standins.demo import DEMO_DIR
 
     dataset = load_dataset(DEMO_DIR)
     found = kinds(dataset.report)
@@ -237,7 +238,7 @@ def test_shipped_demo_dataset_has_the_planted_warts() -> None:
 
 
 def test_demo_dataset_is_reproducible(tmp_path: Path) -> None:
-    from evaluation.demo import DEMO_DIR, build_demo_dataset
+    from evaluation.standins.demo import DEMO_DIR, build_demo_dataset
 
     rebuilt = build_demo_dataset(tmp_path / "demo")
     shipped = sorted(p.relative_to(DEMO_DIR) for p in DEMO_DIR.rglob("*") if p.is_file())
@@ -579,4 +580,4 @@ def test_rank_buckets_cover_the_gallery_without_gaps() -> None:
     for gallery in (3, 7, 64, 999, 25_000):
         buckets = rank_buckets(gallery)
         assert buckets[0][0] == 1 and buckets[-1][1] == gallery
-        assert all(b[0] == a[1] + 1 for a, b in zip(buckets, buckets[1:], strict=False))
+        assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(buckets))

@@ -20,7 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from evaluation.cli import eval_command
-from evaluation.demo import DEMO_DIR
+from evaluation.standins.demo import DEMO_DIR
 
 CHANCE_AT_5 = 5 / 40  # 40 test images, one target per query
 
@@ -35,14 +35,14 @@ def _root() -> None:
 
 @pytest.fixture(scope="module")
 def random_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from evaluation.tiny_clip import save_random_clip, tiny_clip_config
+    from evaluation.standins.tiny_clip import save_random_clip, tiny_clip_config
 
     return save_random_clip(tmp_path_factory.mktemp("random-clip") / "model", tiny_clip_config())
 
 
 @pytest.fixture(scope="module")
 def baseline_encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from evaluation.standins import build_tiny_image_encoder, build_tiny_text_encoder
+    from evaluation.standins.baseline_encoders import build_tiny_image_encoder, build_tiny_text_encoder
 
     root = tmp_path_factory.mktemp("baseline")
     return build_tiny_image_encoder(root / "cnn"), build_tiny_text_encoder(root / "bert")

@@ -6,37 +6,40 @@ These tests run their own Redis and Celery workers (so they can kill them) and a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import text
 
-from cli.local_services import LocalPostgres
-from tests.conftest import WorkerProcess, upload, wait_for_status
+from cli.local_services import LocalPostgres, LocalRedis
+from tests.conftest import Services, WorkerProcess, upload, wait_for_status
 from tests.images import jpeg_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_db")]
 
 
 @pytest.fixture()
-def workers(services) -> Iterator[list[WorkerProcess]]:  # type: ignore[no-untyped-def]
+def workers(services: Services) -> Iterator[list[WorkerProcess]]:
     started: list[WorkerProcess] = []
     yield started
     for worker in started:
         worker.kill()
 
 
-def _start_worker(services, started: list[WorkerProcess], **env: str) -> WorkerProcess:  # type: ignore[no-untyped-def]
+def _start_worker(services: Services, started: list[WorkerProcess], **env: str) -> WorkerProcess:
     worker = WorkerProcess(services.home, concurrency=int(env.pop("concurrency", "1")), extra_env=env)
     worker.start()
     started.append(worker)
@@ -109,7 +112,7 @@ class BlockingOriginal:
         os.replace(tmp, self.path)  # the blocked open() keeps waiting on the old pipe; new ones read the file
 
 
-def _wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+def _wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -124,7 +127,7 @@ def _large_jpeg(seed: int, size: tuple[int, int] = (3000, 2000)) -> bytes:
     return jpeg_bytes(small.resize(size, Image.Resampling.BICUBIC), quality=95)
 
 
-def _register(api, images: list[bytes], name: str = "x.jpg") -> list[str]:  # type: ignore[no-untyped-def]
+def _register(api: TestClient, images: list[bytes], name: str = "x.jpg") -> list[str]:
     ids = []
     for data in images:
         response = api.post("/v1/photos", files={"file": (name, data, "image/jpeg")})
@@ -134,7 +137,9 @@ def _register(api, images: list[bytes], name: str = "x.jpg") -> list[str]:  # ty
 
 
 # 11. kill -9 of the worker child mid-task, and of the whole worker.
-def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_killed_worker_child_mid_batch_reruns_with_one_row_each(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     import redis
 
     from services.queue import enqueue_ingest_batch
@@ -156,7 +161,9 @@ def test_killed_worker_child_mid_batch_reruns_with_one_row_each(api, services, o
     assert "WorkerLostError" in worker.full_log() or "SIGKILL" in worker.full_log()
 
 
-def test_killed_whole_worker_is_recovered_by_the_reconciler(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_killed_whole_worker_is_recovered_by_the_reconciler(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     from workers.tasks import reconcile_stale_photos
 
     ids = _register(api, [_large_jpeg(100 + seed, (1200, 800)) for seed in range(6)])
@@ -176,7 +183,9 @@ def test_killed_whole_worker_is_recovered_by_the_reconciler(api, services, own_b
 
 
 # 12. A poison image that kills the worker every time fails after N attempts, not in a loop.
-def test_poison_image_fails_after_the_attempt_cap(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_poison_image_fails_after_the_attempt_cap(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     (poison_id,) = _register(api, [_large_jpeg(555, (640, 480))], name="poison.jpg")
     BlockingOriginal(poison_id)  # every attempt hangs in the decoder until the killer strikes
     worker = _start_worker(services, workers, WITHSENSE_TASK_MAX_ATTEMPTS="3")
@@ -220,7 +229,9 @@ def test_visibility_timeout_is_above_the_task_time_limit() -> None:
 
 
 # 14. Redis restarted (and half its queue lost) with 1,000 uploads queued: none lost.
-def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_redis_restart_with_a_thousand_queued_uploads_loses_none(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     import redis
 
     from workers.tasks import reconcile_stale_photos
@@ -237,6 +248,7 @@ def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, 
     own_broker.start()  # AOF brings the queue back ...
     client = redis.Redis.from_url(own_broker.url)
     survived = client.llen("photos")
+    assert isinstance(survived, int)  # the synchronous client answers at once
     client.ltrim("photos", 0, survived // 2 - 1)  # ... and we throw half of it away, as a lost volume would
     assert client.llen("photos") == survived // 2
     # No worker has run yet: every photo is still pending, and the reconciler must re-enqueue exactly those.
@@ -251,7 +263,7 @@ def test_redis_restart_with_a_thousand_queued_uploads_loses_none(api, services, 
 
 
 # 15. Redis full: uploads answer 503 and nothing is half-done.
-def test_full_redis_makes_uploads_503_with_nothing_stored(api, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_full_redis_makes_uploads_503_with_nothing_stored(api: TestClient, own_broker: LocalRedis) -> None:
     import redis
 
     from core.settings import get_settings
@@ -285,7 +297,7 @@ def _files_under(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
-def test_redis_down_makes_uploads_503_with_nothing_stored_and_recovers(api, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_redis_down_makes_uploads_503_with_nothing_stored_and_recovers(api: TestClient, own_broker: LocalRedis) -> None:
     import redis
 
     from core.settings import get_settings
@@ -324,7 +336,9 @@ def _counts_all() -> int:
 
 
 # 16. Torch in prefork children: no fork deadlock, threads = cores / concurrency.
-def test_prefork_children_split_the_cores_and_do_not_deadlock(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_prefork_children_split_the_cores_and_do_not_deadlock(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     worker = _start_worker(services, workers, concurrency="2")  # `-c 2` alone, as `withsense up --workers 2` runs it
     ids = _register(api, [_large_jpeg(300 + seed, (640, 480)) for seed in range(8)])
     final = wait_for_status(api, ids, timeout=300)
@@ -336,7 +350,7 @@ def test_prefork_children_split_the_cores_and_do_not_deadlock(api, services, own
 
 # 21. Concurrent inserts, searches and VACUUM, then kill -9 of the postmaster.
 def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     home = Path(tempfile.mkdtemp(prefix="wsc-", dir="/tmp"))
     server = LocalPostgres(home / "pg")
@@ -358,14 +372,14 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
                         if stop.is_set():
                             return
                         sha = f"{offset * 100_000 + i:064x}"
-                        row = conn.execute(
+                        [(photo_id,)] = conn.execute(
                             "WITH p AS (INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, "
                             "moderation_status) VALUES (%s, %s, 'JPEG', 1, 1, 1, 'indexed', 'approved') RETURNING id) "
                             "INSERT INTO photo_embeddings (photo_id, model_id, embedding) "
                             "SELECT id, 1, '[0.5,0.5,0.5,0.5]'::halfvec FROM p RETURNING photo_id",
                             (sha, sha),
-                        ).fetchone()
-                        committed.append(str(row[0]))
+                        ).fetchall()
+                        committed.append(str(photo_id))
             except psycopg.OperationalError:
                 return  # the crash
             except BaseException as exc:  # noqa: BLE001 - reported below
@@ -405,18 +419,18 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
         for thread in threads:
             thread.join(30)
         assert not errors, errors
-        try:
+        with contextlib.suppress(psycopg.Error):
             uncommitted.close()
-        except psycopg.Error:
-            pass
         server.start()
         with psycopg.connect(dsn) as conn:
             present = {str(r[0]) for r in conn.execute("SELECT id FROM photos")}
             embedded = {str(r[0]) for r in conn.execute("SELECT photo_id FROM photo_embeddings")}
-            assert conn.execute("SELECT count(*) FROM photos WHERE storage_key = 'ghost'").fetchone()[0] == 0
-            assert conn.execute(
+            [(ghosts,)] = conn.execute("SELECT count(*) FROM photos WHERE storage_key = 'ghost'").fetchall()
+            [(found,)] = conn.execute(
                 "SELECT count(*) FROM search_photos('[0.5,0.5,0.5,0.5]'::vector, 1000, NULL)"
-            ).fetchone()[0] == min(1000, len(embedded))
+            ).fetchall()
+            assert ghosts == 0
+            assert found == min(1000, len(embedded))
         assert len(committed) > 50
         assert set(committed) <= present and set(committed) <= embedded
     finally:
@@ -424,7 +438,7 @@ def test_postmaster_crash_keeps_committed_rows_and_drops_uncommitted() -> None:
 
 
 # 22. Postgres restarted under load: 503 meanwhile, recovery by itself.
-def test_postgres_restart_gives_503_then_recovers(api, services, worker) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_restart_gives_503_then_recovers(api: TestClient, services: Services, worker: WorkerProcess) -> None:
     assert api.get("/v1/search", params={"q": "a red circle"}).status_code == 200
     services.postgres.stop()
     try:
@@ -442,8 +456,14 @@ def test_postgres_restart_gives_503_then_recovers(api, services, worker) -> None
     assert wait_for_status(api, [photo_id], timeout=120)[photo_id]["status"] == "indexed"
 
 
-def _route_request_kwargs(method: str, path: str) -> dict[str, object]:
-    """A plausible body for each /v1 operation, so a route is not refused for its input before it touches the database."""
+class _RouteRequest(TypedDict, total=False):
+    files: dict[str, tuple[str, bytes, str]]
+    json: dict[str, object]
+
+
+def _route_request_kwargs(method: str, path: str) -> _RouteRequest:
+    """A plausible body for each /v1 operation, so a route is not refused for its input before it touches the
+    database."""
     image = ("q.jpg", jpeg_bytes(Image.new("RGB", (48, 48), (9, 80, 9))), "image/jpeg")
     if method == "POST" and path in ("/v1/photos", "/v1/search/image"):
         return {"files": {"file": image}}
@@ -456,8 +476,8 @@ def _route_request_kwargs(method: str, path: str) -> dict[str, object]:
     return {}
 
 
-def test_postgres_down_under_load_every_v1_route_is_503_and_queued_uploads_index_once(  # type: ignore[no-untyped-def]
-    api, services, own_broker, workers
+def test_postgres_down_under_load_every_v1_route_is_503_and_queued_uploads_index_once(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
 ) -> None:
     from api.app import create_app
     from tests.test_hostile_input import _v1_routes
@@ -515,7 +535,9 @@ def test_postgres_down_under_load_every_v1_route_is_503_and_queued_uploads_index
 
 
 # The soak: a few hundred uploads while searching and restarting the worker.
-def test_soak_uploads_searches_and_worker_restarts(api, services, own_broker, workers) -> None:  # type: ignore[no-untyped-def]
+def test_soak_uploads_searches_and_worker_restarts(
+    api: TestClient, services: Services, own_broker: LocalRedis, workers: list[WorkerProcess]
+) -> None:
     from workers.tasks import reconcile_stale_photos
 
     rng = np.random.default_rng(99)

@@ -4,21 +4,29 @@ return k rows and the same ids as an exact scan."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import numpy as np
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from pgvector import HalfVector, Vector
 from sqlalchemy import text
+
+from db.models import EmbeddingModel
+from tests.conftest import Services
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 N = 4000
 K = 10
 
+# The model, the photo ids, their unit vectors (N, dimension) and which of them moderation approved.
+ManyVectors = tuple[EmbeddingModel, Sequence[uuid.UUID], np.ndarray, np.ndarray]
+
 
 @pytest.fixture()
-def many_vectors(services):  # type: ignore[no-untyped-def]
+def many_vectors(services: Services) -> ManyVectors:
     """N indexed photos with random vectors of the active model; 1% approved, the rest hidden by moderation."""
     from db.engine import session_scope
     from services.indexing import registered_model
@@ -56,7 +64,7 @@ def many_vectors(services):  # type: ignore[no-untyped-def]
     return model, rows, vectors, approved
 
 
-def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors: ManyVectors) -> None:
     from db.engine import session_scope
     from db.search import search_by_vector
 
@@ -94,7 +102,7 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors)
     assert np.mean(recalls) >= 0.95, recalls
 
 
-def test_the_search_uses_the_models_hnsw_index(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_the_search_uses_the_models_hnsw_index(many_vectors: ManyVectors) -> None:
     from db.engine import session_scope
 
     model, *_ = many_vectors
@@ -124,7 +132,7 @@ def _plans_inside(conn: psycopg.Connection, query: str, params: tuple[object, ..
     return len(rows), [plan for plan in plans if "photo_embeddings" in plan]
 
 
-def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors, services) -> None:  # type: ignore[no-untyped-def]
+def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors: ManyVectors, services: Services) -> None:
     """The real plan of search_photos' own query: the model's partial HNSW index drives the nearest-neighbour
     loop, and the visibility rule, inlined to plain column tests, filters inside it (for the minors condition,
     only where the region restricts)."""
@@ -160,7 +168,7 @@ def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors, s
         conn.rollback()
 
 
-def test_ef_search_comes_from_the_caller(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_ef_search_comes_from_the_caller(many_vectors: ManyVectors) -> None:
     """Settings.hnsw_ef_search reaches the scan through db.search: a small one loses recall, a large one keeps
     it; SQL callers who set nothing get 200; it is never below k, and nothing of it outlives the call."""
     from db.engine import get_sessionmaker
@@ -210,7 +218,7 @@ def test_ef_search_comes_from_the_caller(many_vectors) -> None:  # type: ignore[
         session.rollback()
 
 
-def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors: ManyVectors) -> None:
     from sqlalchemy.exc import DBAPIError
 
     from db.engine import session_scope
@@ -238,7 +246,7 @@ def test_wrong_dimension_nan_and_zero_vectors_are_refused(many_vectors) -> None:
         session.execute(text("UPDATE photo_embeddings SET embedding = NULL WHERE photo_id = :id"), {"id": ids[0]})
 
 
-def test_query_vector_of_another_dimension_is_a_clear_422(api, many_vectors) -> None:  # type: ignore[no-untyped-def]
+def test_query_vector_of_another_dimension_is_a_clear_422(api: TestClient, many_vectors: ManyVectors) -> None:
     model, *_ = many_vectors
     wrong = api.post("/v1/search/vector", json={"embedding": [0.1] * (model.dimension * 2), "k": 5})
     assert wrong.status_code == 422
@@ -248,7 +256,9 @@ def test_query_vector_of_another_dimension_is_a_clear_422(api, many_vectors) -> 
     assert api.post("/v1/search/vector", json={"embedding": [0.0] * model.dimension}).status_code == 422
 
 
-def test_the_read_only_role_can_call_every_function_it_is_granted(many_vectors, services) -> None:  # type: ignore[no-untyped-def]
+def test_the_read_only_role_can_call_every_function_it_is_granted(
+    many_vectors: ManyVectors, services: Services
+) -> None:
     """region_is_restricted runs with its owner's rights; similar_photos takes k up to 1000 like search_photos."""
     import uuid
 
@@ -259,9 +269,9 @@ def test_the_read_only_role_can_call_every_function_it_is_granted(many_vectors, 
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
     try:
-        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+        with psycopg.connect(services.postgres.dsn_for(role, f"{role}-pw"), autocommit=True) as conn:
             assert conn.execute("SELECT region_is_restricted('*')").fetchone() == (True,)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT * FROM region_rules")

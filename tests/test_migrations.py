@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from cli.local_services import LocalPostgres
-from db.migrate import downgrade, upgrade
+from migrations.apply import downgrade, upgrade
 
 
 @pytest.fixture(scope="module")

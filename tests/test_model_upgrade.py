@@ -13,11 +13,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
+from cli.local_services import LocalRedis
 from tests.conftest import (
     MINOR_COLOUR,
     UNSAFE_COLOUR,
+    Services,
     WorkerProcess,
     reset_cached_state,
     upload,
@@ -46,7 +48,7 @@ def _coverage() -> dict[str, tuple[bool, int, int]]:
         return {m.name: (m.active, m.embedded, m.indexed) for m in photo_sql.model_coverage(session)}
 
 
-def _cli(*args: str):  # type: ignore[no-untyped-def]
+def _cli(*args: str) -> Result:
     from cli.main import app
 
     return CliRunner().invoke(app, list(args))
@@ -63,7 +65,7 @@ def _wait_for_coverage(name: str, embedded: int, timeout: float = 120.0) -> tupl
 
 
 @pytest.fixture()
-def restore_active_model(services) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def restore_active_model(services: Services) -> Iterator[None]:
     """Later tests search with the tiny model: make its row active again whatever this test did."""
     yield
     from db import photos as photo_sql
@@ -75,8 +77,13 @@ def restore_active_model(services) -> Iterator[None]:  # type: ignore[no-untyped
 
 
 def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
-    api, services, own_broker, tiny_clip_path: Path, tmp_path: Path, restore_active_model
-) -> None:  # type: ignore[no-untyped-def]
+    api: TestClient,
+    services: Services,
+    own_broker: LocalRedis,
+    tiny_clip_path: Path,
+    tmp_path: Path,
+    restore_active_model: None,
+) -> None:
     old_model = os.environ["WITHSENSE_MODEL"]
     new_model = str(_another_model(tiny_clip_path, tmp_path / "clip-v2"))
     # The running worker, on the current model; it trusts its answer to "which model is active" for 0.5 s.
@@ -133,7 +140,7 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
     refused_cli = _cli("search", "a red photo")
     assert refused_cli.exit_code == 1, refused_cli.output
     assert "the active model" in refused_cli.output and new_model in refused_cli.output, refused_cli.output
-    with TestClient(api.app, headers=api.headers) as old_api:
+    with TestClient(api.app, headers=dict(api.headers)) as old_api:
         old_api.get("/v1/search", params={"q": "warm up the model"})
         refused_search = old_api.get("/v1/search", params={"q": "a red photo"})
         assert refused_search.status_code == 503, refused_search.text
@@ -146,7 +153,7 @@ def test_model_upgrade_reindexes_then_switches_search_and_never_mixes_models(
     os.environ["WITHSENSE_MODEL"] = new_model
     reset_cached_state()
     try:
-        with TestClient(api.app, headers=api.headers) as new_api:
+        with TestClient(api.app, headers=dict(api.headers)) as new_api:
             found = new_api.get("/v1/search", params={"q": "a photo", "k": 10})
             assert found.status_code == 200, found.text
             assert {r["id"] for r in found.json()["results"]} == searchable

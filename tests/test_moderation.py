@@ -7,14 +7,21 @@ scored by the worker's zero-shot classifier with the tiny trained CLIP.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from core.policy import DISCLAIMER
-from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, create_api_key, sample_of, upload, wait_for_status
+from evaluation.standins.synthetic import SyntheticImage
+from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, Services, create_api_key, sample_of, upload, wait_for_status
 from tests.images import jpeg_bytes
+
+if TYPE_CHECKING:
+    import httpx2
 
 pytestmark = pytest.mark.usefixtures("clean_db", "worker")
 
@@ -22,7 +29,7 @@ FREE = "XF"  # a region where the law does not apply (set per test)
 
 
 @pytest.fixture()
-def free_region(services):  # type: ignore[no-untyped-def]
+def free_region(services: Services) -> Iterator[str]:
     from db.engine import session_scope
     from db.policy import delete_region_rule, set_region_rule
 
@@ -34,48 +41,48 @@ def free_region(services):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def search_client(services):  # type: ignore[no-untyped-def]
-    from fastapi.testclient import TestClient
-
+def search_client(services: Services) -> Iterator[TestClient]:
     from api.app import create_app
 
     with TestClient(create_app(), headers={"Authorization": f"Bearer {create_api_key('search')}"}) as client:
         yield client
 
 
-def _index(api, *samples):  # type: ignore[no-untyped-def]
+def _index(api: TestClient, *samples: SyntheticImage) -> tuple[list[str], dict[str, dict[str, Any]]]:
     ids = [upload(api, s.image).json()["id"] for s in samples]
     final = wait_for_status(api, ids)
     assert all(body["status"] == "indexed" for body in final.values())
     return ids, final
 
 
-def _ids(response) -> list[str]:  # type: ignore[no-untyped-def]
+def _ids(response: httpx2.Response) -> list[str]:
     return [r["id"] for r in response.json()["results"]]
 
 
 @pytest.mark.parametrize("query", ["a child playing in the park", "дети на пляже", "a 10 year old boy", "малыши"])
-def test_queries_for_children_get_exactly_the_disclaimer(search_client, query: str) -> None:  # type: ignore[no-untyped-def]
+def test_queries_for_children_get_exactly_the_disclaimer(search_client: TestClient, query: str) -> None:
     body = search_client.get("/v1/search", params={"q": query}).json()
     assert body == {**body, "blocked": True, "disclaimer": DISCLAIMER, "results": []}
     assert body["disclaimer"] == "This image is unavailable in your country in compliance with local laws."
 
 
-def test_blocked_query_is_answered_where_the_law_does_not_apply(search_client, free_region) -> None:  # type: ignore[no-untyped-def]
+def test_blocked_query_is_answered_where_the_law_does_not_apply(search_client: TestClient, free_region: str) -> None:
     body = search_client.get("/v1/search", params={"q": "a child playing", "region": free_region}).json()
     assert body["blocked"] is False and body["disclaimer"] is None
     via_header = search_client.get("/v1/search", params={"q": "a child playing"}, headers={"X-Region": free_region})
     assert via_header.json()["blocked"] is False
 
 
-def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(api, search_client, free_region) -> None:  # type: ignore[no-untyped-def]
+def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(
+    api: TestClient, search_client: TestClient, free_region: str
+) -> None:
     child = sample_of(MINOR_COLOUR, "star", seed=1)
     other = sample_of("blue", "star", seed=2)
     (child_id, other_id), final = _index(api, child, other)
     assert final[child_id]["depicts_minor"] is True and final[other_id]["depicts_minor"] is False
     assert final[child_id]["moderation_status"] == "approved"
 
-    query = {"q": "a yellow star", "k": 10}
+    query: dict[str, str | int] = {"q": "a yellow star", "k": 10}
     assert child_id not in _ids(search_client.get("/v1/search", params=query))
     assert child_id in _ids(search_client.get("/v1/search", params={**query, "region": free_region}))
 
@@ -103,7 +110,7 @@ def test_photo_classified_as_minor_is_hidden_in_restricted_regions_everywhere(ap
     assert api.get(f"/v1/photos/{child_id}/thumbnail").status_code == 200  # moderators review it
 
 
-def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_client) -> None:  # type: ignore[no-untyped-def]
+def test_parental_consent_makes_it_visible_at_once_and_is_audited(api: TestClient, search_client: TestClient) -> None:
     (child_id, other_id), final = _index(
         api, sample_of(MINOR_COLOUR, "circle", seed=5), sample_of("blue", "circle", seed=15)
     )
@@ -143,7 +150,7 @@ def test_parental_consent_makes_it_visible_at_once_and_is_audited(api, search_cl
     assert trail[1]["reason"] == "signed consent form #123" and trail[1]["actor"].startswith("key:")
 
 
-def test_unsafe_photo_waits_in_the_queue_until_a_moderator_decides(api, search_client) -> None:  # type: ignore[no-untyped-def]
+def test_unsafe_photo_waits_in_the_queue_until_a_moderator_decides(api: TestClient, search_client: TestClient) -> None:
     (unsafe_id, plain_id), final = _index(
         api, sample_of(UNSAFE_COLOUR, "square", seed=6), sample_of("green", "square", seed=7)
     )
@@ -174,7 +181,7 @@ def test_unsafe_photo_waits_in_the_queue_until_a_moderator_decides(api, search_c
     assert actions == [(True, "pending_review"), (False, "approved"), (False, "rejected")]
 
 
-def test_declared_minor_at_upload_is_hidden_and_audited(api, search_client) -> None:  # type: ignore[no-untyped-def]
+def test_declared_minor_at_upload_is_hidden_and_audited(api: TestClient, search_client: TestClient) -> None:
     sample = sample_of("red", "triangle", seed=8)
     photo_id = upload(api, sample.image, depicts_minor="true", parental_consent="false").json()["id"]
     body = wait_for_status(api, [photo_id])[photo_id]
@@ -186,7 +193,7 @@ def test_declared_minor_at_upload_is_hidden_and_audited(api, search_client) -> N
     assert bad.status_code == 422
 
 
-def test_moderation_needs_the_moderate_scope_and_a_reason(api, search_client) -> None:  # type: ignore[no-untyped-def]
+def test_moderation_needs_the_moderate_scope_and_a_reason(api: TestClient, search_client: TestClient) -> None:
     (photo_id,), _ = _index(api, sample_of("blue", "cross", seed=10))
     assert search_client.get("/v1/moderation/queue").status_code == 403
     assert (
@@ -203,7 +210,7 @@ def test_moderation_needs_the_moderate_scope_and_a_reason(api, search_client) ->
     )
 
 
-def test_audit_log_is_append_only_and_outlives_the_photo(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_audit_log_is_append_only_and_outlives_the_photo(api: TestClient, services: Services) -> None:
     from db.engine import session_scope
 
     (photo_id,), _ = _index(api, sample_of("pink", "circle", seed=11))
@@ -215,7 +222,9 @@ def test_audit_log_is_append_only_and_outlives_the_photo(api, services) -> None:
             session.execute(text(statement))
 
 
-def test_read_only_role_sees_only_what_moderation_allows(api, search_client, services, free_region) -> None:  # type: ignore[no-untyped-def]
+def test_read_only_role_sees_only_what_moderation_allows(
+    api: TestClient, search_client: TestClient, services: Services, free_region: str
+) -> None:
     child, plain, unsafe = (
         sample_of(MINOR_COLOUR, "square", seed=12),
         sample_of("purple", "square", seed=13),
@@ -226,8 +235,8 @@ def test_read_only_role_sees_only_what_moderation_allows(api, search_client, ser
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
-    reader_dsn = admin_dsn.replace("postgres@", f"{role}@")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
+    reader_dsn = services.postgres.dsn_for(role, f"{role}-pw")
     try:
         with psycopg.connect(reader_dsn, autocommit=True) as conn:
             for table in ("photos", "photo_embeddings", "moderation_scores", "moderation_audit", "api_keys"):
@@ -261,12 +270,15 @@ def test_read_only_role_sees_only_what_moderation_allows(api, search_client, ser
                 (literal,),
             ).fetchall()
             assert [row[0] for row in joined] == ["ana"]
+            # Dropped here, not at disconnect: the server drops temp tables after the client has gone, which
+            # can be after the DROP ROLE below.
+            conn.execute("DROP TABLE favourites")
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
 
 
-def test_text_embedding_endpoint_matches_the_search_space(api) -> None:  # type: ignore[no-untyped-def]
+def test_text_embedding_endpoint_matches_the_search_space(api: TestClient) -> None:
     body = api.post("/v1/embeddings/text", json={"texts": ["a red circle", "a child"]}).json()
     assert body["dimension"] == len(body["data"][0]["embedding"])
     assert [d["describes_minor"] for d in body["data"]] == [False, True]

@@ -28,7 +28,7 @@ from core.moderation import (
     load_rules,
 )
 from core.settings import Settings
-from evaluation.synthetic import render_image
+from evaluation.standins.synthetic import render_image
 
 TEST_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
 TEMPERATURE = 10.0
@@ -245,7 +245,7 @@ def test_a_broken_prompt_embedding_is_refused() -> None:
     def zeros(texts: Sequence[str]) -> np.ndarray:
         return np.zeros((len(texts), 4), dtype=np.float32)
 
-    with pytest.raises(ValueError, match="'minor'.*zero or not finite"):
+    with pytest.raises(ValueError, match=r"'minor'.*zero or not finite"):
         ZeroShotModerator(_rules(), zeros)
 
 
@@ -340,7 +340,7 @@ def test_a_bad_prompt_file_fails_with_a_clear_error(tmp_path: Path, case: str, r
 
 def test_an_unreadable_prompt_file_fails_with_its_path(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         ModerationRules.load(missing)
     broken = tmp_path / "broken.yaml"
     broken.write_text("version: [unclosed\n", encoding="utf-8")

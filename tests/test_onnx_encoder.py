@@ -8,21 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import ValidationError
 
-from core.embedding import ClipEmbedder
+from cli.local_services import LocalRedis
+from core.embedding import ClipEmbedder, ModelUnavailableError
 from core.onnx_encoder import (
     FP32_FILE,
     INT8_FILE,
     PARITY_MIN_COSINE,
     OnnxExportError,
     OnnxImageEncoder,
-    _clip_parts,
     ensure_export,
+    onnx_clip_parts,
 )
 from core.settings import Settings
-from evaluation.synthetic import generate
-from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, WorkerProcess, upload, wait_for_status
+from evaluation.standins.baseline_encoders import build_tiny_text_encoder
+from evaluation.standins.synthetic import SyntheticImage, generate
+from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, Services, WorkerProcess, upload, wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +42,15 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def images() -> list:  # type: ignore[type-arg]
+def images() -> list[Image.Image]:
     # Every colour/shape pair once, in two sizes, so preprocessing (resize + crop) is exercised too.
     return [s.image for s in generate(40, seed=321)] + [s.image for s in generate(8, seed=9, size=(1024, 768))]
 
 
 @pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "int8"])
-def test_onnx_embeddings_match_torch(embedder: ClipEmbedder, cache_dir: Path, images: list, quantize: bool) -> None:  # type: ignore[type-arg]
+def test_onnx_embeddings_match_torch(
+    embedder: ClipEmbedder, cache_dir: Path, images: list[Image.Image], quantize: bool
+) -> None:
     encoder = OnnxImageEncoder.from_embedder(embedder, cache_dir, quantize=quantize)
     assert encoder.model_path.name == (INT8_FILE if quantize else FP32_FILE)
 
@@ -60,7 +66,9 @@ def test_onnx_embeddings_match_torch(embedder: ClipEmbedder, cache_dir: Path, im
         assert cosines.min() >= 0.9999  # fp32 differs from torch only by kernel rounding
 
 
-def test_onnx_keeps_the_ranking_of_the_trained_model(embedder: ClipEmbedder, cache_dir: Path, images: list) -> None:  # type: ignore[type-arg]
+def test_onnx_keeps_the_ranking_of_the_trained_model(
+    embedder: ClipEmbedder, cache_dir: Path, images: list[Image.Image]
+) -> None:
     """Image-to-image neighbours (what search uses) stay the same under int8."""
     encoder = OnnxImageEncoder.from_embedder(embedder, cache_dir, quantize=True)
     reference = embedder.embed_images(images)
@@ -74,8 +82,7 @@ def test_onnx_keeps_the_ranking_of_the_trained_model(embedder: ClipEmbedder, cac
 
 
 def test_export_is_cached_and_reused(embedder: ClipEmbedder, cache_dir: Path) -> None:
-    model = embedder._model
-    assert model is not None
+    model = embedder.sentence_transformer
     first = ensure_export(model, embedder.revision, cache_dir, quantize=True)
     stamp = (first / INT8_FILE).stat().st_mtime_ns
     second = ensure_export(model, embedder.revision, cache_dir, quantize=True)
@@ -87,7 +94,7 @@ def test_export_is_cached_and_reused(embedder: ClipEmbedder, cache_dir: Path) ->
     assert not list(cache_dir.glob(".clip-vision-*")), "staging folders must not be left behind"
 
 
-def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images: list) -> None:  # type: ignore[type-arg]
+def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images: list[Image.Image]) -> None:
     encoder = OnnxImageEncoder.from_embedder(embedder, cache_dir, quantize=True)
     assert encoder.embed_images([]).shape[0] == 0
     encoder.batch_size = 3  # several batches plus a remainder give the same rows as one batch
@@ -100,9 +107,16 @@ def test_batches_and_empty_input(embedder: ClipEmbedder, cache_dir: Path, images
     assert np.sum(split * whole, axis=1).min() >= 0.999
 
 
-def test_a_model_without_a_vision_tower_is_refused() -> None:
+def test_a_model_without_a_vision_tower_is_refused(tmp_path: Path) -> None:
+    """A text-only sentence-transformers model (a tiny BERT) has nothing to export: a clear refusal."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = build_tiny_text_encoder(tmp_path / "bert")
     with pytest.raises(OnnxExportError, match="no CLIP vision tower"):
-        _clip_parts([object()])  # type: ignore[arg-type]
+        onnx_clip_parts(SentenceTransformer(str(folder), device="cpu"))
+    embedder = ClipEmbedder(str(folder), device="cpu", image_encoder="onnx", onnx_cache_dir=tmp_path / "onnx")
+    with pytest.raises(ModelUnavailableError, match="WITHSENSE_IMAGE_ENCODER=onnx: no CLIP vision tower"):
+        embedder.load()
 
 
 # Selecting the encoder with WITHSENSE_IMAGE_ENCODER ------------------------------------------------------
@@ -113,10 +127,10 @@ def test_the_setting_puts_onnx_behind_embed_images(
     tiny_clip_path: Path,
     embedder: ClipEmbedder,
     cache_dir: Path,
-    images: list,
+    images: list[Image.Image],
     choice: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # type: ignore[type-arg]
+) -> None:
     monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", choice)
     monkeypatch.setenv("WITHSENSE_ONNX_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("WITHSENSE_MODEL", str(tiny_clip_path))
@@ -138,7 +152,7 @@ def test_the_setting_puts_onnx_behind_embed_images(
 
 def test_an_unknown_encoder_setting_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WITHSENSE_IMAGE_ENCODER", "tensorrt")
-    with pytest.raises(ValidationError, match="torch.*onnx.*onnx-int8"):
+    with pytest.raises(ValidationError, match=r"torch.*onnx.*onnx-int8"):
         Settings()
     with pytest.raises(ValueError, match="image_encoder must be torch, onnx or onnx-int8"):
         ClipEmbedder("clip-ViT-B-32", image_encoder="int4", onnx_cache_dir="/tmp")
@@ -146,12 +160,12 @@ def test_an_unknown_encoder_setting_is_refused_with_the_choices(monkeypatch: pyt
 
 @pytest.mark.usefixtures("clean_db")
 def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(
-    api, services, own_broker, cache_dir: Path
-) -> None:  # type: ignore[no-untyped-def]
+    api: TestClient, services: Services, own_broker: LocalRedis, cache_dir: Path
+) -> None:
     """Upload -> Redis -> a worker with WITHSENSE_IMAGE_ENCODER=onnx-int8 -> Postgres -> /v1/search."""
 
-    def one_per_concept(seed: int) -> dict[tuple[str, str], object]:
-        chosen: dict[tuple[str, str], object] = {}
+    def one_per_concept(seed: int) -> dict[tuple[str, str], SyntheticImage]:
+        chosen: dict[tuple[str, str], SyntheticImage] = {}
         for sample in generate(600, seed, templates="heldout"):
             if sample.colour not in (MINOR_COLOUR, UNSAFE_COLOUR):
                 chosen.setdefault((sample.colour, sample.shape), sample)
@@ -177,6 +191,6 @@ def test_a_worker_on_onnx_int8_indexes_photos_that_text_search_finds(
 
     hits = 0
     for concept, query in queries.items():
-        body = api.get("/v1/search", params={"q": query.caption, "k": 5}).json()  # type: ignore[attr-defined]
+        body = api.get("/v1/search", params={"q": query.caption, "k": 5}).json()
         hits += concept in [ids[r["id"]] for r in body["results"]]
     assert hits / len(queries) >= 0.6, f"Recall@5 {hits}/{len(queries)} through the int8 worker"

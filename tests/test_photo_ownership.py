@@ -14,17 +14,17 @@ from tests.conftest import create_api_key, upload
 pytestmark = pytest.mark.usefixtures("clean_db", "own_broker")  # nothing indexes: these photos stay pending
 
 
-def _client(api, *scopes: str) -> TestClient:  # type: ignore[no-untyped-def]
+def _client(api: TestClient, *scopes: str) -> TestClient:
     return TestClient(api.app, headers={"Authorization": f"Bearer {create_api_key(*scopes)}"})
 
 
 @pytest.fixture()
-def alice(api) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def alice(api: TestClient) -> Iterator[TestClient]:
     yield _client(api, "upload")
 
 
 @pytest.fixture()
-def bob(api) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def bob(api: TestClient) -> Iterator[TestClient]:
     yield _client(api, "upload")
 
 
@@ -32,7 +32,9 @@ def _image(seed: int) -> Image.Image:
     return Image.new("RGB", (80, 60), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
 
 
-def test_only_the_uploader_or_a_moderator_may_delete_a_photo(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_uploader_or_a_moderator_may_delete_a_photo(
+    api: TestClient, alice: TestClient, bob: TestClient
+) -> None:
     mine = upload(alice, _image(1)).json()["id"]
     theirs = upload(bob, _image(2)).json()["id"]
 
@@ -50,7 +52,9 @@ def test_only_the_uploader_or_a_moderator_may_delete_a_photo(api, alice, bob) ->
     assert api.get(f"/v1/photos/{theirs}").status_code == 404
 
 
-def test_uploaders_follow_their_own_photos_even_while_hidden_by_moderation(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+def test_uploaders_follow_their_own_photos_even_while_hidden_by_moderation(
+    api: TestClient, alice: TestClient, bob: TestClient
+) -> None:
     photo_id = upload(alice, _image(3)).json()["id"]
     rejected = api.post(f"/v1/photos/{photo_id}/moderation", json={"status": "rejected", "reason": "test: off-topic"})
     assert rejected.status_code == 200
@@ -60,7 +64,7 @@ def test_uploaders_follow_their_own_photos_even_while_hidden_by_moderation(api, 
     assert bob.get(f"/v1/photos/{photo_id}").status_code == 404  # for others it does not exist
 
 
-def test_a_duplicate_of_someone_elses_photo_reveals_nothing(alice, bob) -> None:  # type: ignore[no-untyped-def]
+def test_a_duplicate_of_someone_elses_photo_reveals_nothing(alice: TestClient, bob: TestClient) -> None:
     image = _image(4)
     first = upload(alice, image)
     assert first.status_code == 202
@@ -72,38 +76,45 @@ def test_a_duplicate_of_someone_elses_photo_reveals_nothing(alice, bob) -> None:
     assert first.json()["id"] not in other.text and "already in the catalogue" in other.json()["detail"]
 
 
-def test_an_uploader_lists_its_own_photos_newest_first_page_by_page(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+def test_an_uploader_lists_its_own_photos_newest_first_page_by_page(
+    api: TestClient, alice: TestClient, bob: TestClient
+) -> None:
     mine = [upload(alice, _image(10 + i)).json()["id"] for i in range(5)]
     theirs = upload(bob, _image(20)).json()["id"]
 
     first = alice.get("/v1/photos", params={"limit": 2}).json()
-    assert [p["id"] for p in first["photos"]] == mine[::-1][:2]
-    pages, cursor = [first], first["next_before"]
+    assert [p["id"] for p in first["items"]] == mine[::-1][:2]
+    pages, cursor = [first], first["next_cursor"]
     while cursor:
-        pages.append(alice.get("/v1/photos", params={"limit": 2, "before": cursor}).json())
-        cursor = pages[-1]["next_before"]
-    assert [p["id"] for page in pages for p in page["photos"]] == mine[::-1]
+        pages.append(alice.get("/v1/photos", params={"limit": 2, "cursor": cursor}).json())
+        cursor = pages[-1]["next_cursor"]
+    assert [p["id"] for page in pages for p in page["items"]] == mine[::-1]
     assert len(pages) == 3
 
-    assert [p["id"] for p in bob.get("/v1/photos").json()["photos"]] == [theirs]
-    assert alice.get("/v1/photos", params={"status": "indexed"}).json()["photos"] == []
-    assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["photos"]} == {"pending"}
+    assert [p["id"] for p in bob.get("/v1/photos").json()["items"]] == [theirs]
+    assert alice.get("/v1/photos", params={"status": "indexed"}).json()["items"] == []
+    assert {p["status"] for p in alice.get("/v1/photos", params={"status": "pending"}).json()["items"]} == {"pending"}
 
     assert alice.get("/v1/photos", params={"all_uploaders": "true"}).status_code == 403
     everyone = (
-        _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["photos"]
+        _client(api, "moderate").get("/v1/photos", params={"all_uploaders": "true", "limit": 100}).json()["items"]
     )
     assert {p["id"] for p in everyone} == set(mine) | {theirs}
 
-    gone = alice.get("/v1/photos", params={"before": str(uuid.uuid4())})
-    assert gone.status_code == 422 and "next_before" in gone.json()["detail"]
-    # Another uploader's photo is no cursor either: the answer must not tell whether it exists.
-    leak = alice.get("/v1/photos", params={"before": theirs})
-    assert leak.status_code == 422 and "next_before" in leak.json()["detail"]
+    # A cursor is a place in the order, not a photo: it still works when its photo is deleted meanwhile ...
+    boundary = first["next_cursor"]
+    assert alice.delete(f"/v1/photos/{mine[3]}").status_code == 204
+    after_delete = alice.get("/v1/photos", params={"limit": 10, "cursor": boundary}).json()
+    assert [p["id"] for p in after_delete["items"]] == mine[::-1][2:] and after_delete["next_cursor"] is None
+    # ... and anything else is refused with a message, never a lookup that could say whether a photo exists.
+    for bad in (str(uuid.uuid4()), theirs, "1.zz", "12345678901234567.00000000000000000000000000000000"):
+        refused = alice.get("/v1/photos", params={"cursor": bad})
+        assert refused.status_code == 422 and "cursor" in refused.json()["detail"], (bad, refused.text)
+        assert refused.json()["errors"], refused.json()
     assert alice.get("/v1/photos", params={"limit": 0}).status_code == 422
 
 
-def test_the_uploader_edits_its_photo_and_makes_it_private(api, alice, bob) -> None:  # type: ignore[no-untyped-def]
+def test_the_uploader_edits_its_photo_and_makes_it_private(api: TestClient, alice: TestClient, bob: TestClient) -> None:
     from sqlalchemy import text
 
     from db.engine import session_scope
@@ -136,7 +147,7 @@ def test_the_uploader_edits_its_photo_and_makes_it_private(api, alice, bob) -> N
     assert [e["action"] for e in trail][-1] == "screened"
 
 
-def test_a_declaration_sent_with_a_duplicate_is_recorded(api, alice) -> None:  # type: ignore[no-untyped-def]
+def test_a_declaration_sent_with_a_duplicate_is_recorded(api: TestClient, alice: TestClient) -> None:
     image = _image(40)
     photo_id = upload(alice, image).json()["id"]
     again = upload(alice, image, depicts_minor="true", parental_consent="true")
@@ -146,7 +157,7 @@ def test_a_declaration_sent_with_a_duplicate_is_recorded(api, alice) -> None:  #
     assert [e["action"] for e in trail] == ["declared"] and trail[0]["actor"].startswith("key:")
 
 
-def test_a_declaration_never_undoes_a_moderators_decision_by_itself(api, alice) -> None:  # type: ignore[no-untyped-def]
+def test_a_declaration_never_undoes_a_moderators_decision_by_itself(api: TestClient, alice: TestClient) -> None:
     image = _image(41)
     photo_id = upload(alice, image, depicts_minor="true").json()["id"]
     decided = api.post(

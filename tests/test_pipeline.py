@@ -5,36 +5,41 @@ from __future__ import annotations
 import io
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from evaluation.synthetic import generate
-from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, wait_for_status
+from evaluation.standins.synthetic import SyntheticImage, TemplateSet, generate
+from tests.conftest import MINOR_COLOUR, UNSAFE_COLOUR, Services, wait_for_status
 from tests.images import jpeg_bytes
+
+if TYPE_CHECKING:
+    import httpx2
 
 pytestmark = pytest.mark.usefixtures("clean_db", "worker")
 
 
-def _upload(api, image: Image.Image, **fields: str):  # type: ignore[no-untyped-def]
+def _upload(api: TestClient, image: Image.Image, **fields: str) -> httpx2.Response:
     return api.post("/v1/photos", files={"file": ("photo.jpg", jpeg_bytes(image), "image/jpeg")}, data=fields)
 
 
-def _one_per_concept(seed: int, templates: str) -> dict[tuple[str, str], object]:
+def _one_per_concept(seed: int, templates: TemplateSet) -> dict[tuple[str, str], SyntheticImage]:
     """One image per (colour, shape), leaving out the moderation stand-in colours (hidden by design)."""
-    chosen: dict[tuple[str, str], object] = {}
-    for sample in generate(600, seed, templates=templates):  # type: ignore[arg-type]
+    chosen: dict[tuple[str, str], SyntheticImage] = {}
+    for sample in generate(600, seed, templates=templates):
         if sample.colour not in (MINOR_COLOUR, UNSAFE_COLOUR):
             chosen.setdefault((sample.colour, sample.shape), sample)
     return chosen
 
 
-def _plain_samples(n: int, seed: int) -> list:  # type: ignore[type-arg]
+def _plain_samples(n: int, seed: int) -> list[SyntheticImage]:
     return [s for s in generate(n * 4, seed) if s.colour not in (MINOR_COLOUR, UNSAFE_COLOUR)][:n]
 
 
-def test_text_search_ranks_unseen_images_for_unseen_captions(api) -> None:  # type: ignore[no-untyped-def]
+def test_text_search_ranks_unseen_images_for_unseen_captions(api: TestClient) -> None:
     gallery = _one_per_concept(seed=1234, templates="heldout")
     ids: dict[str, tuple[str, str]] = {}
     for concept, sample in gallery.items():
@@ -61,7 +66,7 @@ def test_text_search_ranks_unseen_images_for_unseen_captions(api) -> None:  # ty
     assert recall_at_5 >= max(0.6, 3 * chance)
 
 
-def test_thumbnail_is_the_224_derivative_and_status_reports_it(api) -> None:  # type: ignore[no-untyped-def]
+def test_thumbnail_is_the_224_derivative_and_status_reports_it(api: TestClient) -> None:
     sample = _plain_samples(1, seed=5)[0]
     photo_id = _upload(api, sample.image.resize((1024, 768))).json()["id"]
     body = wait_for_status(api, [photo_id])[photo_id]
@@ -73,7 +78,7 @@ def test_thumbnail_is_the_224_derivative_and_status_reports_it(api) -> None:  # 
     assert body["thumbnail_url"].endswith(f"/v1/photos/{photo_id}/thumbnail")
 
 
-def test_duplicate_bytes_return_the_existing_photo(api) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_bytes_return_the_existing_photo(api: TestClient) -> None:
     data = jpeg_bytes(_plain_samples(1, seed=6)[0].image)
     first = api.post("/v1/photos", files={"file": ("a.jpg", data, "image/jpeg")})
     second = api.post("/v1/photos", files={"file": ("b.jpg", data, "image/jpeg")})
@@ -83,7 +88,7 @@ def test_duplicate_bytes_return_the_existing_photo(api) -> None:  # type: ignore
     assert first.json()["sha256"] == second.json()["sha256"]
 
 
-def test_corrupt_image_fails_for_good_with_a_reason(api) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_image_fails_for_good_with_a_reason(api: TestClient) -> None:
     data = jpeg_bytes(_plain_samples(1, seed=7)[0].image.resize((800, 600)))
     truncated = data[: len(data) // 3]
     response = api.post("/v1/photos", files={"file": ("t.jpg", truncated, "image/jpeg")})
@@ -95,7 +100,7 @@ def test_corrupt_image_fails_for_good_with_a_reason(api) -> None:  # type: ignor
     assert api.get(f"/v1/photos/{body['id']}/thumbnail").status_code == 404
 
 
-def test_task_delivered_twice_leaves_one_embedding(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_task_delivered_twice_leaves_one_embedding(api: TestClient, services: Services) -> None:
     from db.engine import session_scope
     from db.models import PhotoEmbedding
     from workers.tasks import ingest_photo
@@ -118,7 +123,7 @@ def test_task_delivered_twice_leaves_one_embedding(api, services) -> None:  # ty
     assert api.get(f"/v1/photos/{photo_id}").json()["attempts"] == 1
 
 
-def test_concurrent_first_deliveries_write_one_row(api, services) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_first_deliveries_write_one_row(api: TestClient, services: Services) -> None:
     from db import photos as photo_sql
     from db.engine import session_scope
     from workers.tasks import ingest_photo
@@ -149,7 +154,7 @@ def test_concurrent_first_deliveries_write_one_row(api, services) -> None:  # ty
     assert "indexed" in [r["result"] for r in results]
 
 
-def test_delete_removes_from_search_at_once(api) -> None:  # type: ignore[no-untyped-def]
+def test_delete_removes_from_search_at_once(api: TestClient) -> None:
     samples = _plain_samples(3, seed=10)
     ids = [_upload(api, s.image).json()["id"] for s in samples]
     wait_for_status(api, ids)
@@ -165,7 +170,7 @@ def test_delete_removes_from_search_at_once(api) -> None:  # type: ignore[no-unt
     assert ids[0] not in {r["id"] for r in similar}
 
 
-def test_image_search_and_similar_find_the_same_concept(api) -> None:  # type: ignore[no-untyped-def]
+def test_image_search_and_similar_find_the_same_concept(api: TestClient) -> None:
     gallery = _one_per_concept(seed=4321, templates="heldout")
     ids = {}
     for concept, sample in gallery.items():
@@ -187,6 +192,6 @@ def test_image_search_and_similar_find_the_same_concept(api) -> None:  # type: i
     assert similar_hits / len(ids) >= 0.6
 
 
-def test_search_on_an_empty_index_is_empty_not_an_error(api) -> None:  # type: ignore[no-untyped-def]
+def test_search_on_an_empty_index_is_empty_not_an_error(api: TestClient) -> None:
     body = api.get("/v1/search", params={"q": "a red circle"}).json()
     assert body["results"] == [] and body["blocked"] is False

@@ -1059,3 +1059,446 @@ def test_a_long_query_is_read_to_the_end(policy: QueryPolicy) -> None:
     padding = "a dog on the grass " * 2000
     assert policy.check(padding + "kids").blocked
     assert not policy.check(padding).blocked
+
+
+# =============================================================================================
+# Issue 12: the ways people actually type. Each normalisation step first, then the lists.
+
+from core.policy import (  # noqa: E402 - grouped with the tests that use them
+    MODEL_TERM_PREFIX,
+    substitute_symbols,
+    swap_keyboard_layout,
+    transliterations,
+    with_model_opinion,
+)
+
+# ------------------------------------------------------------------------------- step 1: emoji
+
+EMOJI_BLOCKED: list[tuple[str, str]] = [
+    ("🧒", "child"),
+    ("👦 swimming", "boy"),
+    ("👧 in a dress", "girl"),
+    ("👶 sleeping", "baby"),
+    ("👧🏽 portrait", "girl"),  # skin tone
+    ("👦🏿", "boy"),
+    ("👶🏻👶🏻 twins", "baby"),
+    ("👨\u200d👩\u200d👧 family photo", "girl"),  # ZWJ family sequence with a child
+    ("👩\u200d👧\u200d👦 at the park", "girl"),
+    ("👩\u200d🍼", "baby"),  # woman feeding baby
+    ("👪", "child"),
+    ("🧒 на пляже", "child"),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), EMOJI_BLOCKED, ids=[q for q, _ in EMOJI_BLOCKED])
+def test_step_1_emoji_of_children_read_as_child_words(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+@pytest.mark.parametrize("query", ["🐶 dog", "🍼 bottle", "👨\u200d👩 couple", "🌅", "👵 grandma", "🎈🎉 party"])
+def test_step_1_other_emoji_change_nothing(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+def test_an_emoji_must_stand_for_a_term(tmp_path: Path) -> None:
+    with pytest.raises(PolicyRulesError, match="emoji"):
+        QueryPolicy.load(_write_rules(tmp_path, _broken(emoji={"🧒": "nosuchword"})))
+
+
+# ------------------------------------------------------------------------------- step 3: separators
+
+SEPARATED: list[tuple[str, str]] = [
+    ("chil dren at the beach", "child"),
+    ("ki ds in the pool", "kid"),
+    ("chil.dren bathing", "child"),
+    ("chil_dren", "child"),
+    ("tod dler photos", "toddler"),
+    ("tee ns at the mall", "teen"),
+    ("bab ies", "baby"),
+    ("in fants", "infant"),
+    ("де ти на пляже", "ребёнок"),
+    ("реб енок", "ребёнок"),
+    ("школь.ница", "школьница"),
+    ("под ростки", "подросток"),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SEPARATED, ids=[q for q, _ in SEPARATED])
+def test_step_3_separated_letters_are_joined_into_child_words(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+@pytest.mark.parametrize("query", ["min or max", "to do list", "be st friends", "grand ma", "tea ns"])
+def test_step_3_words_are_not_joined_into_child_words_when_each_is_a_word(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+def test_step_3_joining_changes_nothing_in_a_kids_saddle(policy: QueryPolicy) -> None:
+    # "kid s" is no new word: the possessive stays the word "kid", decided exactly as before.
+    assert policy.normalized_words("a kid's saddle") == ("a", "kid", "saddle")
+    assert policy.check("a kid's saddle").matched_terms == ("kid",)
+    assert policy.normalized_words("chil dren") == ("chil", "dren")  # the join is a reading, not a rewrite
+    assert policy.check("chil dren").matched_terms == ("child",)
+
+
+# ------------------------------------------------------------------------------- step 4: signs
+
+
+def test_step_4_digits_and_signs_read_as_letters_of_the_words_script() -> None:
+    assert {"kids", "klds"} <= substitute_symbols("k1ds")
+    assert "kids" in substitute_symbols("k!ds")
+    assert "child" in substitute_symbols("chi|d")
+    assert "school" in substitute_symbols("$chool")
+    assert "baby" in substitute_symbols("b@by")
+    assert "teen" in substitute_symbols("t33n")
+    assert {"дети", "дзти"} <= substitute_symbols("д3ти")
+    assert "мальчик" in substitute_symbols("маль4ик")
+    assert "ребенок" in substitute_symbols("реб@нок")
+    assert "мальчик" in substitute_symbols("мальч1к")
+    assert substitute_symbols("1990") == frozenset()  # a number stays a number
+    assert substitute_symbols("kids") == frozenset()
+
+
+SYMBOLS: list[tuple[str, str]] = [
+    ("k!ds at the pool", "kid"),
+    ("sk00lgirl outfit", "girl"),
+    ("ch1ldren", "child"),
+    ("$choolgirl", "schoolchild"),
+    ("chi|d actor", "child"),
+    ("k|ds", "kid"),
+    ("g1rls", "girl"),
+    ("д3ти в бассейне", "ребёнок"),
+    ("реб@нок", "ребёнок"),
+    ("маль4ики", "мальчик"),
+    ("шк0льница", "школьница"),
+    ("ch*ld", "child"),  # a masked letter
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SYMBOLS, ids=[q for q, _ in SYMBOLS])
+def test_step_4_words_written_with_signs_are_blocked(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+@pytest.mark.parametrize("query", ["under $15", "top 10", "r2d2", "4x4 truck", "mp3 player", "b2b sales", "wi-fi"])
+def test_step_4_numbers_and_prices_stay_what_they_are(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+# ------------------------------------------------------------------------------- step 5: scripts
+
+
+def test_step_5_transliterations_cover_the_standards_and_the_informal_spellings() -> None:
+    assert {"detskiy", "detskij", "detskii"} <= transliterations("детский")
+    assert {"devochka", "devocka"} <= transliterations("девочка")  # informal, and ISO 9 without the caron
+    assert {"shkolnitsa", "skolnica", "shkolnica"} <= transliterations("школьница")
+    assert {"rebyonok", "rebjonok", "rebenok"} <= transliterations("ребёнок")
+    assert swap_keyboard_layout("ltnb") == "дети"
+    assert swap_keyboard_layout("ht,tyjr") == "ребенок"
+    assert swap_keyboard_layout("лшвы") == "kids"
+    assert swap_keyboard_layout("дети kids") is None
+
+
+TRANSLITERATED_12: list[tuple[str, str]] = [
+    ("deti na plyazhe", "ребёнок"),
+    ("rebjonok", "ребёнок"),
+    ("devočka", "девочка"),
+    ("škol'nica", "школьница"),
+    ("malchiki igrayut", "мальчик"),
+    ("ltnb", "ребёнок"),  # дети on the Latin layout
+    ("ht,tyjr", "ребёнок"),
+    ("vfkmxbr", "мальчик"),
+    ("лшвы", "kid"),  # kids on the Russian layout
+    ("кидс на пляже", "kid (cyrillic)"),
+    ("чайлд модель", "kid (cyrillic)"),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), TRANSLITERATED_12, ids=[q for q, _ in TRANSLITERATED_12])
+def test_step_5_either_script_and_either_layout(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+@pytest.mark.parametrize("query", ["doc", "sin city", "ghbdtn", "vfvf", "ljvf", "detail", "malina", "tochka"])
+def test_step_5_english_words_and_other_russian_words_stay_allowed(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+# ------------------------------------------------------------------------------- step 6: slips
+
+SLIPS: list[tuple[str, str]] = [
+    ("chlidren", "child"),
+    ("toddlr", "toddler"),
+    ("childern at the beach", "child"),
+    ("teenagr", "teen"),
+    ("shcoolgirl", "schoolchild"),
+    ("newbron", "newborn"),
+    ("grils in swimsuits", "girl"),
+    ("babby", "baby"),
+    ("daugther", "daughter"),
+    ("шкальница", "школьница"),
+    ("рибенок", "ребёнок"),
+    ("девачка", "девочка"),
+    ("школьнеца", "школьница"),
+    ("малышь", "малыш"),
+    ("подросткии", "подросток"),
+    ("детеи", "ребёнок"),
+    ("шкальницами", "школьница"),  # a form the rules need not spell: pymorphy3 gives every case
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SLIPS, ids=[q for q, _ in SLIPS])
+def test_step_6_one_slip_from_a_child_word_is_blocked(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+REAL_NEAR_WORDS: list[str] = [
+    "chilled wine",
+    "kidney",
+    "kinder chocolate",
+    "Chile",
+    "chilly morning",
+    "buoys in the harbour",
+    "skids",
+    "sprigs of rosemary",
+    "tweed jacket",
+    "miners",
+    "manor house",
+    "barbies",
+    "точка на карте",
+    "бочка",
+    "почка",
+    "дедки",
+    "детокс",
+    "бэмби",
+    "тиндер",
+    "Внуково",
+    "Девочкин",
+    "дочерняя компания",
+    "dtei",  # four letters: too short to be read as a slip
+]
+
+
+@pytest.mark.parametrize("query", REAL_NEAR_WORDS)
+def test_step_6_real_words_near_child_words_are_no_slips(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+def test_step_6_slips_can_be_switched_off_in_the_rules(tmp_path: Path) -> None:
+    rules = copy.deepcopy(RULES)
+    rules["fuzzy"]["enabled"] = False
+    strict = QueryPolicy.load(_write_rules(tmp_path, rules))
+    assert not strict.describes_minor("chlidren")
+    assert strict.describes_minor("children")
+
+
+def test_step_6_the_allow_list_keeps_a_word_out(tmp_path: Path) -> None:
+    rules = copy.deepcopy(RULES)
+    rules["fuzzy"]["allow"].append("chlidren")
+    looser = QueryPolicy.load(_write_rules(tmp_path, rules))
+    assert not looser.describes_minor("chlidren")
+    assert looser.describes_minor("childern")
+
+
+# ------------------------------------------------------------------------------- the lists
+
+GROWN_LISTS: list[tuple[str, str]] = [
+    # Loanwords, slang, diminutives.
+    ("тинэйджер на скейте", "тинэйджер"),
+    ("малявки во дворе", "малявка"),
+    ("мелюзга", "мелюзга"),
+    ("деточки", "деточка"),
+    ("спиногрызы", "спиногрыз"),
+    ("пацанчики", "пацанчик"),
+    ("годовасик", "годовасик"),
+    ("kiddos", "kid"),
+    ("tykes", "tyke"),
+    ("sprogs", "sprog"),
+    ("younglings", "youngling"),
+    ("prepubescent", "pubescent"),
+    # School grades and pupils.
+    ("elementary school pupils", "pupil"),
+    ("grade 3 pupils", "age:"),
+    ("3rd grade class", "age:"),
+    ("year 4 pupils", "age:"),
+    ("middle school students", "pupil"),
+    ("ученики начальной школы", "ученик начальной школы"),
+    ("учащиеся младших классов", "ученик начальной школы"),
+    ("первоклашка", "первоклашка"),
+    ("пятиклашки", "пятиклашка"),
+    ("5-классники", "age:"),
+    # Age phrasing.
+    ("ten yo", "age:"),
+    ("10yo", "age:"),
+    ("under 10s", "age:"),
+    ("u12 team", "age:"),
+    ("12U softball", "age:"),
+    ("7 years young", "age:"),
+    ("семилетка", "age:"),
+    ("трехлетки в ванной", "age:"),
+    ("7-летка", "age:"),
+    # Youth organisations.
+    ("scouts around a campfire", "scout"),
+    ("cub scouts", "cub scout"),
+    ("little league team", "youth organisation"),
+    ("пионеры на линейке", "пионер"),
+    ("пионерский лагерь", "пионерский"),
+    ("октябрята", "октябрёнок"),
+    ("скауты", "скаут"),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), GROWN_LISTS, ids=[q for q, _ in GROWN_LISTS])
+def test_the_grown_lists_block_slang_school_age_and_youth_words(policy: QueryPolicy, query: str, expected: str) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+OTHER_SENSES: list[str] = [
+    "child process exited",
+    "kill child processes",
+    "css child element",
+    "parent and child nodes",
+    "child theme wordpress",
+    "daughter cells mitosis",
+    "daughterboard",
+    "kid goat",
+    "goat kids in a pen",
+    "minor chord",
+    "minor chord progression",
+    "kid rock concert",
+    "beastie boys",
+    "talent scouts",
+    "army scouts",
+    "пионеры космонавтики",
+    "пионер в области генетики",
+    "киндер сюрприз",
+    "сталинская пятилетка",
+    "пятилетка за четыре года",
+    "two yo yos",
+    "grade 3 steel",
+    "childfree wedding",
+    "child-free couple",
+]
+
+
+@pytest.mark.parametrize("query", OTHER_SENSES)
+def test_computing_biology_music_and_adult_senses_are_allowed(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+CHILD_FREE: list[str] = [
+    "детская площадка без людей",
+    "детская одежда на вешалке",
+    "пустая детская площадка",
+    "детские книги на полке",
+    "детская мебель",
+    "детская кроватка",
+    "одежда для детей на вешалке",
+    "игрушки для малышей на полке",
+    "детская коляска без ребенка",
+    "заброшенный детский сад",
+    "children's clothing on a hanger",
+    "kids clothes on a rack",
+    "playground without people",
+    "children's books on a shelf",
+    "kids furniture",
+    "toys for toddlers",
+    "baby crib",
+    "empty children's playground",
+    "no kids allowed sign",
+    "adults only, no children",
+    "отель без детей",
+]
+
+
+@pytest.mark.parametrize("query", CHILD_FREE)
+def test_things_for_children_with_no_child_in_them_are_allowed(policy: QueryPolicy, query: str) -> None:
+    _assert_allowed(policy, query)
+
+
+WITH_A_CHILD: list[tuple[str, str]] = [
+    ("детская площадка", "детский"),  # a playground, said plainly, has children on it
+    ("детская площадка с детьми", "ребёнок"),
+    ("дети на детской площадке", "ребёнок"),
+    ("kids on a playground", "kid"),
+    ("children's clothing on a hanger and a girl", "girl"),
+    ("детская одежда", "детский"),  # clothes are shown worn
+    ("kids' room", "kid"),
+    ("a boy with toys", "boy"),
+    ("kids with toys", "kid"),
+    ("детская площадка без людей, мальчик", "мальчик"),
+    ("kids no shoes", "kid"),
+    ("children without parents", "child"),
+    ("baby car seat", "baby"),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), WITH_A_CHILD, ids=[q for q, _ in WITH_A_CHILD])
+def test_a_thing_for_children_is_blocked_when_the_query_also_shows_a_child(
+    policy: QueryPolicy, query: str, expected: str
+) -> None:
+    _assert_blocked(policy, query, expected)
+
+
+# ------------------------------------------------------------------------------- version, model, list
+
+
+def test_the_rules_version_is_bumped_for_issue_12(policy: QueryPolicy) -> None:
+    assert policy.version == "2026.12.01-1"
+    assert policy.check("chlidren").rules_version == "2026.12.01-1"
+
+
+def test_the_models_opinion_can_block_and_never_unblock() -> None:
+    allowed = PolicyDecision(blocked=False, matched_terms=(), rules_version="v", category=None)
+    blocked = PolicyDecision(blocked=True, matched_terms=("kid",), rules_version="v", category=CATEGORY_MINORS)
+    assert with_model_opinion(allowed, 0.2, 0.6) == allowed
+    flagged = with_model_opinion(allowed, 0.91, 0.6)
+    assert flagged.blocked and flagged.category == CATEGORY_MINORS and flagged.disclaimer == DISCLAIMER
+    assert flagged.matched_terms == (f"{MODEL_TERM_PREFIX}0.91",) and flagged.rules_version == "v"
+    assert with_model_opinion(blocked, 0.0, 0.6) == blocked, "a low score never unblocks what the rules block"
+    assert with_model_opinion(allowed, float("nan"), 0.6) == allowed
+
+
+def test_the_models_child_score_uses_the_image_prompts() -> None:
+    import numpy as np
+
+    from core.moderation import ModerationRules, ZeroShotModerator
+    from core.policy import model_child_score
+
+    rules = ModerationRules.model_validate(
+        {
+            "version": "t",
+            "temperature": 100.0,
+            "categories": {
+                "minor": {
+                    "effect": "minor",
+                    "flag_at": 0.6,
+                    "review_at": 0.3,
+                    "positive": ["child"],
+                    "negative": ["adult"],
+                },
+                "unsafe": {"effect": "hide", "flag_at": 0.6, "review_at": 0.3, "positive": ["x"], "negative": ["y"]},
+            },
+        }
+    )
+    axes = {"child": [1.0, 0.0, 0.0], "adult": [0.0, 1.0, 0.0], "x": [0.0, 0.0, 1.0], "y": [0.0, 1.0, 0.0]}
+    moderator = ZeroShotModerator(rules, lambda texts: np.array([axes[t] for t in texts], dtype=np.float32))
+    assert model_child_score(np.array([0.9, 0.1, 0.0]), moderator) > 0.99
+    assert model_child_score(np.array([0.1, 0.9, 0.0]), moderator) < 0.01
+    with pytest.raises(ValueError, match="zero"):
+        model_child_score(np.zeros(3), moderator)
+
+
+def test_the_labelled_list_meets_the_targets_in_each_language(capsys: pytest.CaptureFixture[str]) -> None:
+    from evaluation.policy_check import DEFAULT_QUERIES, main, read_queries
+
+    rows = read_queries(DEFAULT_QUERIES)
+    for label in ("child", "innocent"):
+        assert sum(r.label == label for r in rows) >= 300
+        for language in ("en", "ru"):
+            kinds = {r.kind for r in rows if r.label == label and r.language == language}
+            assert len(kinds) >= 6, (label, language, kinds)
+    assert {r.split for r in rows} == {"dev", "holdout"}
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("target met") == 2 and "TARGET MISSED" not in out

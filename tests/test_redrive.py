@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from typer.testing import CliRunner
 
+from cli.local_services import LocalRedis
 from cli.main import app as cli_app
 from tests.conftest import create_api_key, upload, wait_for_status
 from tests.images import jpeg_bytes
@@ -16,12 +19,14 @@ from tests.images import jpeg_bytes
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 
-def _sql(statement: str, **params: object) -> list[tuple]:
+def _sql(statement: str, **params: object) -> list[tuple[Any, ...]]:
     from db.engine import session_scope
 
     with session_scope() as session:
         result = session.execute(text(statement), params)
-        return [tuple(row) for row in result.all()] if result.returns_rows else []
+        if isinstance(result, CursorResult) and not result.returns_rows:
+            return []
+        return [tuple(row) for row in result.all()]
 
 
 def _force_failed(photo_id: str) -> None:
@@ -34,7 +39,7 @@ def _force_failed(photo_id: str) -> None:
     derivative_path(get_settings(), uuid.UUID(photo_id)).unlink(missing_ok=True)
 
 
-def _indexed_photo(api, colour: tuple[int, int, int]) -> str:  # type: ignore[no-untyped-def]
+def _indexed_photo(api: TestClient, colour: tuple[int, int, int]) -> str:
     photo_id = upload(api, Image.new("RGB", (96, 64), colour)).json()["id"]
     assert wait_for_status(api, [photo_id])[photo_id]["status"] == "indexed"
     return photo_id
@@ -45,7 +50,7 @@ def _embedding_count(photo_id: str) -> int:
 
 
 @pytest.mark.usefixtures("worker")
-def test_redrive_sends_a_failed_photo_back_and_it_ends_indexed(api) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_sends_a_failed_photo_back_and_it_ends_indexed(api: TestClient) -> None:
     photo_id = _indexed_photo(api, (10, 120, 200))
     _force_failed(photo_id)
     assert api.get(f"/v1/photos/{photo_id}/thumbnail").status_code == 404
@@ -64,7 +69,7 @@ def test_redrive_sends_a_failed_photo_back_and_it_ends_indexed(api) -> None:  # 
 
 
 @pytest.mark.usefixtures("worker")
-def test_redrive_of_a_truncated_jpeg_fails_again_after_one_fresh_attempt(api) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_of_a_truncated_jpeg_fails_again_after_one_fresh_attempt(api: TestClient) -> None:
     data = jpeg_bytes(Image.effect_noise((400, 300), 80).convert("RGB"))
     photo_id = api.post("/v1/photos", files={"file": ("t.jpg", data[: len(data) // 3], "image/jpeg")}).json()["id"]
     first = wait_for_status(api, [photo_id])[photo_id]
@@ -77,7 +82,7 @@ def test_redrive_of_a_truncated_jpeg_fails_again_after_one_fresh_attempt(api) ->
 
 
 @pytest.mark.usefixtures("worker")
-def test_redrive_refuses_photos_that_are_not_failed(api) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_refuses_photos_that_are_not_failed(api: TestClient) -> None:
     photo_id = _indexed_photo(api, (200, 40, 40))
     conflict = api.post(f"/v1/photos/{photo_id}/redrive")
     assert conflict.status_code == 409 and "not failed" in conflict.json()["detail"]
@@ -88,7 +93,7 @@ def test_redrive_refuses_photos_that_are_not_failed(api) -> None:  # type: ignor
     assert missing.status_code == 404
 
 
-def test_redrive_needs_an_admin_key(api, anonymous_api, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_needs_an_admin_key(api: TestClient, anonymous_api: TestClient, own_broker: LocalRedis) -> None:
     """On a broker of its own: no worker may index the photo while the test holds it `failed`."""
     photo_id = upload(api, Image.new("RGB", (64, 64), (1, 2, 250))).json()["id"]
     _sql("UPDATE photos SET status = 'failed', attempts = 3, error = 'forced by the test' WHERE id = :id", id=photo_id)
@@ -107,7 +112,9 @@ def test_redrive_needs_an_admin_key(api, anonymous_api, own_broker) -> None:  # 
     )
 
 
-def test_redrive_while_the_queue_is_down_answers_503_and_leaves_the_photo_pending(api, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_while_the_queue_is_down_answers_503_and_leaves_the_photo_pending(
+    api: TestClient, own_broker: LocalRedis
+) -> None:
     photo_id = upload(api, Image.new("RGB", (64, 64), (90, 2, 250))).json()["id"]
     _sql("UPDATE photos SET status = 'failed', attempts = 3, error = 'forced by the test' WHERE id = :id", id=photo_id)
     own_broker.stop()
@@ -119,7 +126,7 @@ def test_redrive_while_the_queue_is_down_answers_503_and_leaves_the_photo_pendin
 
 
 @pytest.mark.usefixtures("worker")
-def test_cli_redrive_by_id_and_all_failed(api) -> None:  # type: ignore[no-untyped-def]
+def test_cli_redrive_by_id_and_all_failed(api: TestClient) -> None:
     first, second, untouched = (_indexed_photo(api, colour) for colour in ((5, 200, 5), (200, 200, 5), (5, 5, 90)))
     for photo_id in (first, second):
         _force_failed(photo_id)

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from pgvector import HalfVector, Vector
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core.regions import InvalidRegion, normalise_region, normalise_rule_region
+from db.models import EmbeddingModel
+from tests.conftest import Services
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -39,6 +42,10 @@ class PhotoState:
         )
 
 
+# The model row and every photo state the visibility rule distinguishes, by photo id.
+EveryState = tuple[EmbeddingModel, dict[uuid.UUID, PhotoState]]
+
+
 STATES = [
     PhotoState(*combo)
     for combo in itertools.product(
@@ -53,7 +60,7 @@ FREE = "XF"  # made unrestricted inside each test's own transaction
 
 
 @pytest.fixture()
-def session(services) -> Iterator[Session]:  # type: ignore[no-untyped-def]
+def session(services: Services) -> Iterator[Session]:
     """A session whose work is rolled back at the end: region rules changed here never reach other tests."""
     from db.engine import get_sessionmaker
 
@@ -65,7 +72,7 @@ def session(services) -> Iterator[Session]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def every_state(services) -> tuple[object, dict[uuid.UUID, PhotoState]]:  # type: ignore[no-untyped-def]
+def every_state(services: Services) -> EveryState:
     """One photo for each combination of the columns the rule reads, each with a vector of the active model."""
     from db.engine import session_scope
     from services.indexing import registered_model
@@ -107,7 +114,7 @@ def _free_region(session: Session) -> None:
     set_region_rule(session, FREE, minors_restricted=False, note="test_sql_surface")
 
 
-def test_every_consumer_applies_the_one_visibility_rule(session: Session, every_state) -> None:  # type: ignore[no-untyped-def]
+def test_every_consumer_applies_the_one_visibility_rule(session: Session, every_state: EveryState) -> None:
     """The view, search_photos, similar_photos and photo_visibility agree with the rule on every combination."""
     from db.moderation import photo_visibility
     from db.search import search_by_vector, similar_to_photo
@@ -263,7 +270,7 @@ def test_region_rules_are_written_as_sql_reads_them(session: Session) -> None:
     assert delete_region_rule(session, "XQ") is False
 
 
-def test_the_api_refuses_a_region_it_cannot_read(api) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_refuses_a_region_it_cannot_read(api: TestClient) -> None:
     for params, headers in (
         ({"region": "DE\t"}, {}),
         ({"region": "DE\x00"}, {}),
@@ -280,16 +287,16 @@ def test_the_api_refuses_a_region_it_cannot_read(api) -> None:  # type: ignore[n
     assert api.get("/v1/search", params={"q": "a red circle", "region": "us-ca"}).json()["region"] == "US-CA"
 
 
-def test_the_reader_role_cannot_see_past_the_view(services, every_state) -> None:  # type: ignore[no-untyped-def]
+def test_the_reader_role_cannot_see_past_the_view(services: Services, every_state: EveryState) -> None:
     """A function of the reader's own in a WHERE clause sees only the rows the view shows (security_barrier)."""
     _model, photos = every_state
     visible_titles = {f"state {STATES.index(s)}" for s in photos.values() if s.visible(minors_allowed=False)}
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
     try:
-        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+        with psycopg.connect(services.postgres.dsn_for(role, f"{role}-pw"), autocommit=True) as conn:
             seen: list[str] = []
             conn.add_notice_handler(lambda notice: seen.append(str(notice.message_primary)))
             conn.execute(
@@ -309,7 +316,7 @@ def test_the_reader_role_cannot_see_past_the_view(services, every_state) -> None
             conn.execute(f"DROP ROLE {role}")
 
 
-def test_search_photos_refuses_a_bad_ef_search_setting(session: Session, every_state) -> None:  # type: ignore[no-untyped-def]
+def test_search_photos_refuses_a_bad_ef_search_setting(session: Session, every_state: EveryState) -> None:
     model, _photos = every_state
     query = Vector([1.0] + [0.0] * (model.dimension - 1))
     for bad in ("abc", "0", "1001", "-5", "12.5"):

@@ -7,14 +7,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import WorkerProcess, upload
+from cli.local_services import LocalRedis
+from tests.conftest import Services, WorkerProcess, upload
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 
-def test_a_worker_without_its_model_leaves_the_reason_on_the_photo(api, services, own_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_without_its_model_leaves_the_reason_on_the_photo(
+    api: TestClient, services: Services, own_broker: LocalRedis, tmp_path: Path
+) -> None:
     from db import photos as photo_sql
     from db.engine import session_scope
 

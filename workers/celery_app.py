@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_ready
 
 from core.runtime import runtime
 from core.settings import get_settings
@@ -60,3 +60,15 @@ def _configure_child(**_kwargs: object) -> None:
     torch.set_num_threads(threads)
     dispose_engine()
     log.info("worker child %d: torch threads %d", os.getpid(), threads)
+
+
+@worker_ready.connect
+def _resume_photos_waiting_for_a_model(**_kwargs: object) -> None:
+    """A worker (re)started, perhaps with the model fixed: photos left pending for want of one need not wait for
+    the reconciler. One task; a child loads its model for it and queues them (services.indexing)."""
+    from services.queue import QueueUnavailable, enqueue_resume_after_model_failure
+
+    try:
+        enqueue_resume_after_model_failure()
+    except QueueUnavailable as exc:
+        log.warning("could not queue the resume of photos waiting for the model: %s", exc)

@@ -8,6 +8,7 @@ import uuid
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
+from core.embedding import ModelUnavailableError
 from services import indexing
 from workers.celery_app import celery_app
 
@@ -25,6 +26,9 @@ RETRY_OPTIONS: dict[str, object] = {
     "retry_backoff_max": 60,
     "retry_jitter": True,
     "max_retries": 8,
+    # Expected verdicts on the worker, already logged in one line with the reason put on the photos: Celery logs
+    # them without a traceback.
+    "throws": (ModelUnavailableError, indexing.ModelNotActive),
 }
 
 
@@ -32,6 +36,8 @@ RETRY_OPTIONS: dict[str, object] = {
 def ingest_photo(self: Task, photo_id: str) -> dict[str, str]:
     """Decode, make the 224x224 derivative, embed, moderate, and store with status `indexed`."""
     result = indexing.index_photos([uuid.UUID(photo_id)])
+    if result.waiting:
+        return {"photo_id": photo_id, "result": "waiting for the model", "reason": result.waiting}
     if result.indexed:
         return {"photo_id": photo_id, "result": "indexed"}
     if result.failed:
@@ -51,6 +57,12 @@ def reindex_photo_batch(self: Task, photo_ids: list[str]) -> dict[str, object]:
     return indexing.reembed_photos([uuid.UUID(p) for p in photo_ids])
 
 
+@celery_app.task(name="photos.resume_waiting")
+def resume_waiting_photos() -> dict[str, object]:
+    """Try this worker's model again; once it loads, photos left pending for want of it are queued at once."""
+    return indexing.resume_after_model_failure()
+
+
 @celery_app.task(name="maintenance.reconcile")
 def reconcile_stale_photos(older_than_s: int = 600, limit: int = 1000) -> dict[str, int]:
     """Re-enqueue photos left pending or processing too long (their task was lost, e.g. Redis restarted)."""
@@ -63,4 +75,5 @@ __all__ = [
     "ingest_photo_batch",
     "reconcile_stale_photos",
     "reindex_photo_batch",
+    "resume_waiting_photos",
 ]

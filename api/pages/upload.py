@@ -50,18 +50,18 @@ def upload_page(
     request: Request,
     session: SessionDep,
     principal: Uploader,
-    before: Annotated[uuid.UUID | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
     done: Annotated[str | None, Query(max_length=20)] = None,
 ) -> Response:
     """The upload form and the photos this key uploaded, newest first (GET /v1/photos)."""
-    page = photo_service.list_photos(session, principal, status=None, before=before, limit=OWN_PAGE_SIZE)
+    page = photo_service.list_photos(session, principal, status=None, cursor=cursor, limit=OWN_PAGE_SIZE)
     return render(
         request,
         "upload.html",
         {
             "active": "upload",
             "photos": [status_of_photo(p) | {"title": p.title, "name": p.original_name} for p in page.photos],
-            "next_before": page.next_before,
+            "next_cursor": page.next_cursor,
             "done": done if done in {"uploaded", "duplicate", "deleted"} else None,
         },
     )

@@ -6,19 +6,24 @@ from typing import Annotated
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import SearchPrincipal
 from api.deps import SessionDep
 from api.schemas import ErrorOut
+from api.validation import FreeText
 from services import search as search_service
 
 router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
 
 
 class TextEmbeddingIn(BaseModel):
-    texts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
-        min_length=1, max_length=64, description="1 to 64 texts of 1 to 1000 characters, not blank"
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    texts: list[Annotated[FreeText, Field(min_length=1, max_length=1000)]] = Field(
+        min_length=1,
+        max_length=64,
+        description="1 to 64 texts of 1 to 1000 characters, not blank, no control characters but tabs and line breaks",
     )
 
 
@@ -26,6 +31,7 @@ class TextEmbedding(BaseModel):
     text: str
     embedding: list[float]
     describes_minor: bool = Field(description="true when the query policy would block this text in restricted regions")
+    truncated: bool = Field(description="true when the text was longer than the model reads (CLIP: 77 tokens) and cut")
 
 
 class TextEmbeddingOut(BaseModel):
@@ -35,7 +41,13 @@ class TextEmbeddingOut(BaseModel):
     data: list[TextEmbedding]
 
 
-@router.post("/text", response_model=TextEmbeddingOut, responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+@router.post(
+    "/text",
+    response_model=TextEmbeddingOut,
+    responses={
+        503: {"model": ErrorOut, "description": "the model is not loaded (with the reason) or not the active one"}
+    },
+)
 async def embed_text(body: TextEmbeddingIn, session: SessionDep, _principal: SearchPrincipal) -> TextEmbeddingOut:
     """L2-normalised embeddings in the space of the indexed photos (pass them to `search_photos`).
 
@@ -47,7 +59,9 @@ async def embed_text(body: TextEmbeddingIn, session: SessionDep, _principal: Sea
         revision=result.revision,
         dimension=result.dimension,
         data=[
-            TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=minor)
-            for t, v, minor in zip(body.texts, result.vectors, result.describes_minor, strict=True)
+            TextEmbedding(text=t, embedding=[round(float(x), 7) for x in v], describes_minor=minor, truncated=cut)
+            for t, v, minor, cut in zip(
+                body.texts, result.vectors, result.describes_minor, result.truncated, strict=True
+            )
         ],
     )

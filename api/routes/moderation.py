@@ -7,15 +7,17 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import ModeratorPrincipal
 from api.deps import SessionDep
 from api.presenters import base_url, photo_out
 from api.schemas import ErrorOut, PhotoOut
+from api.validation import FreeText, unset_means_unchanged
 from db.models import ModerationStatus
 from services import moderation as moderation_service
 from services.errors import NotFound
+from services.pages import CURSOR_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["moderation"])
 
@@ -26,16 +28,27 @@ class QueueItem(BaseModel):
 
 
 class QueueOut(BaseModel):
-    total: int
-    items: list[QueueItem]
+    items: list[QueueItem] = Field(description="oldest first")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last page")
+    total: int = Field(description="photos waiting for review in all")
+
+
+_DECISIONS = ("status", "depicts_minor", "parental_consent", "unsafe")
 
 
 class ModerationIn(BaseModel):
-    status: Literal["pending_review", "approved", "rejected"] | None = None
-    depicts_minor: bool | None = None
-    parental_consent: bool | None = None
-    unsafe: bool | None = None
-    reason: str = Field(min_length=3, max_length=2000, description="why: kept in the audit log")
+    # At least one decision; none of them nullable (a default of None means "not sent", so unchanged).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=unset_means_unchanged(*_DECISIONS, at_least_one=_DECISIONS)
+    )
+
+    status: Literal["pending_review", "approved", "rejected"] = None  # type: ignore[assignment]
+    depicts_minor: bool = None  # type: ignore[assignment]
+    parental_consent: bool = None  # type: ignore[assignment]
+    unsafe: bool = None  # type: ignore[assignment]
+    reason: Annotated[FreeText, Field(min_length=3, max_length=2000)] = Field(
+        description="why: kept in the audit log (line breaks allowed)"
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> ModerationIn:
@@ -58,18 +71,30 @@ def moderation_queue(
     request: Request,
     session: SessionDep,
     _principal: ModeratorPrincipal,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="photos per page, 1 to 200")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, max_length=49, description="`next_cursor` of the previous page"),
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=1_000_000, deprecated=True, description="photos to skip (after `cursor`); use `cursor`")
+    ] = 0,
 ) -> QueueOut:
     """Indexed photos waiting for a moderator, oldest first, with the classifier's scores."""
-    total, page = moderation_service.review_queue(session, limit, offset)
+    page = moderation_service.review_queue(session, limit, offset, cursor)
     base = base_url(request)
     return QueueOut(
-        total=total, items=[QueueItem(photo=photo_out(photo, base), scores=scores) for photo, scores in page]
+        items=[QueueItem(photo=photo_out(photo, base), scores=scores) for photo, scores in page.items],
+        next_cursor=page.next_cursor,
+        total=page.total,
     )
 
 
-@router.post("/photos/{photo_id}/moderation", response_model=PhotoOut, responses={404: {"model": ErrorOut}})
+@router.post(
+    "/photos/{photo_id}/moderation",
+    response_model=PhotoOut,
+    responses={404: {"model": ErrorOut, "description": "no such photo"}},
+)
 def moderate_photo(
     photo_id: uuid.UUID, body: ModerationIn, request: Request, session: SessionDep, principal: ModeratorPrincipal
 ) -> PhotoOut:

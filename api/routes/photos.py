@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import AdminPrincipal, CuratorPrincipal, UploadPrincipal, ViewerPrincipal
 from api.deps import SessionDep, SettingsDep
@@ -16,36 +16,54 @@ from api.metrics import UPLOADS
 from api.presenters import base_url, photo_out
 from api.regions import ViewerRegion
 from api.schemas import ErrorOut, PhotoOut, PhotoPage, UploadOut
-from api.uploads import parse_image_upload
+from api.uploads import MAX_TEXT_FIELD_CHARS, parse_image_upload
+from api.validation import LINE_PATTERN, LineText, unset_means_unchanged
 from core.images import ImageRejected
 from db.engine import session_scope
 from services import photos as photo_service
+from services.errors import InvalidRequest
+from services.pages import CURSOR_PATTERN
 from services.queue import QueueUnavailable
 
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "JPEG, PNG, WebP, GIF, TIFF or BMP",
-                        },
-                        "title": {"type": "string", "maxLength": 1000},
-                        "photographer": {"type": "string", "maxLength": 1000},
-                    },
-                }
-            }
-        },
+
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/tiff", "image/bmp")
+
+
+def _multipart_body(*, with_fields: bool) -> dict[str, object]:
+    """The multipart schema, written out: FastAPI cannot see the streamed parts (api/uploads.py parses them)."""
+    properties: dict[str, object] = {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "minLength": 1,
+            "description": "JPEG, PNG, WebP, GIF (first frame), TIFF or BMP, decided from the bytes",
+        }
     }
-}
+    if with_fields:
+        text = {"type": "string", "maxLength": MAX_TEXT_FIELD_CHARS, "pattern": LINE_PATTERN}
+        properties |= {
+            "title": {**text, "description": "shown in results; screened by the query policy"},
+            "photographer": {**text, "description": "the photographer's name"},
+            "depicts_minor": {"type": "boolean", "description": "the photographer's declaration"},
+            "parental_consent": {"type": "boolean", "description": "the photographer's declaration"},
+        }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": properties},
+                    "encoding": {"file": {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}},
+                }
+            },
+        }
+    }
+
+
+UPLOAD_BODY = _multipart_body(with_fields=True)
+IMAGE_QUERY_BODY = _multipart_body(with_fields=False)
 
 
 @router.post(
@@ -53,12 +71,16 @@ UPLOAD_BODY = {
     status_code=status.HTTP_202_ACCEPTED,
     response_model=UploadOut,
     responses={
-        200: {"model": UploadOut, "description": "the same bytes were uploaded before"},
-        400: {"model": ErrorOut},
-        409: {"model": ErrorOut},
-        413: {"model": ErrorOut},
-        415: {"model": ErrorOut},
-        503: {"model": ErrorOut},
+        200: {
+            "model": UploadOut,
+            "description": "the same bytes were uploaded before (by this key): `id` is that photo; a new title or "
+            "photographer sent with them updates it (listed in `updated`)",
+        },
+        400: {"model": ErrorOut, "description": "malformed multipart, no `file` part, or bytes that do not decode"},
+        409: {"model": ErrorOut, "description": "these bytes were uploaded with another key"},
+        413: {"model": ErrorOut, "description": "the body, a text field or the image's pixel count is over the cap"},
+        415: {"model": ErrorOut, "description": "not multipart, or not an image in an accepted format"},
+        503: {"model": ErrorOut, "description": "the queue or the database is unavailable; nothing was stored"},
     },
     openapi_extra=UPLOAD_BODY,
 )
@@ -96,7 +118,9 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
     finally:
         upload.file.discard()  # a no-op once the file was moved into storage
     UPLOADS.labels(result="accepted" if result.created else "duplicate").inc()
-    body = UploadOut(**photo_out(result.photo, base_url(request)).model_dump(), duplicate=not result.created)
+    body = UploadOut(
+        **photo_out(result.photo, base_url(request)).model_dump(), duplicate=not result.created, updated=result.updated
+    )
     return JSONResponse(
         body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK
     )
@@ -106,15 +130,16 @@ def parse_bool(name: str, value: str | None) -> bool | None:
     """A form field's true/false (also 1/0, yes/no); None when absent; 422 for anything else."""
     if value is None:
         return None
+    # The schema says boolean: a form field spells it `true` or `false`, nothing else.
     lowered = value.strip().lower()
-    if lowered in {"true", "1", "yes"}:
+    if lowered == "true":
         return True
-    if lowered in {"false", "0", "no"}:
+    if lowered == "false":
         return False
-    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"`{name}` must be true or false, not {value[:20]!r}")
+    raise InvalidRequest(f"`{name}` must be true or false, not {value[:20]!r}")
 
 
-@router.get("", response_model=PhotoPage, responses={403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
+@router.get("", response_model=PhotoPage)
 def list_photos(
     session: SessionDep,
     request: Request,
@@ -123,19 +148,26 @@ def list_photos(
         Literal["pending", "processing", "indexed", "failed"] | None,
         Query(alias="status", description="only photos in this indexing status"),
     ] = None,
-    before: Annotated[uuid.UUID | None, Query(description="`next_before` of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, max_length=49, description="`next_cursor` of the previous page"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="photos per page, 1 to 100")] = 50,
     all_uploaders: Annotated[bool, Query(description="moderators and admins: every uploader's photos")] = False,
 ) -> PhotoPage:
     """The photos this key uploaded, newest first, with their indexing and moderation status."""
     page = photo_service.list_photos(
-        session, principal, status=status_, before=before, limit=limit, all_uploaders=all_uploaders
+        session, principal, status=status_, cursor=cursor, limit=limit, all_uploaders=all_uploaders
     )
     base = base_url(request)
-    return PhotoPage(photos=[photo_out(p, base) for p in page.photos], next_before=page.next_before)
+    return PhotoPage(items=[photo_out(p, base) for p in page.photos], next_cursor=page.next_cursor)
 
 
-@router.get("/{photo_id}", response_model=PhotoOut, responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}})
+NOT_VISIBLE = {"model": ErrorOut, "description": "no such photo, or not one this caller may see (yet)"}
+RESTRICTED = {"model": ErrorOut, "description": "the minors law hides it in the viewer's region: the disclaimer"}
+
+
+@router.get("/{photo_id}", response_model=PhotoOut, responses={404: NOT_VISIBLE, 451: RESTRICTED})
 def get_photo(
     photo_id: uuid.UUID, session: SessionDep, request: Request, principal: ViewerPrincipal, region: ViewerRegion
 ) -> PhotoOut:
@@ -146,7 +178,14 @@ def get_photo(
 @router.get(
     "/{photo_id}/thumbnail",
     response_class=FileResponse,
-    responses={404: {"model": ErrorOut}, 451: {"model": ErrorOut}},
+    responses={
+        200: {
+            "description": "the 224x224 JPEG",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        404: {"model": ErrorOut, "description": "no such photo, not one this caller may see, or not indexed yet"},
+        451: RESTRICTED,
+    },
 )
 def get_thumbnail(
     photo_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: ViewerPrincipal, region: ViewerRegion
@@ -160,35 +199,54 @@ def get_thumbnail(
 
 
 class PhotoChange(BaseModel):
-    title: str | None = Field(None, max_length=1000)
-    photographer: str | None = Field(None, max_length=1000)
-    visibility: Literal["public", "private"] | None = Field(None, description="private: kept, but never in search")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=unset_means_unchanged("visibility", at_least_one=("title", "photographer", "visibility")),
+    )
+
+    title: Annotated[LineText, Field(max_length=MAX_TEXT_FIELD_CHARS)] | None = Field(
+        None, description="null clears it"
+    )
+    photographer: Annotated[LineText, Field(max_length=MAX_TEXT_FIELD_CHARS)] | None = Field(
+        None, description="null clears it"
+    )
+    # Not nullable: a photo is always public or private (a default of None means "not sent").
+    visibility: Literal["public", "private"] = Field(
+        None,  # type: ignore[arg-type]
+        description="private: kept, but never in search",
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> PhotoChange:
         if not self.model_fields_set:
             raise ValueError("set at least one of title, photographer, visibility")
-        if "visibility" in self.model_fields_set and self.visibility is None:
-            raise ValueError("visibility must be public or private, not null")
         return self
 
 
-@router.patch("/{photo_id}", response_model=PhotoOut, responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+MANAGE_FORBIDDEN = {"model": ErrorOut, "description": "another key's photo (only it, a moderator or an admin)"}
+
+
+@router.patch("/{photo_id}", response_model=PhotoOut, responses={403: MANAGE_FORBIDDEN, 404: NOT_VISIBLE})
 def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: CuratorPrincipal) -> PhotoOut:
     """Edit the title or photographer, or make the photo private (out of search at once) or public again.
 
     The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
     """
-    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    changes = {name: _blank_is_none(getattr(body, name)) for name in body.model_fields_set}
     with session_scope() as session:
         photo = photo_service.update_photo(session, photo_id, principal, changes)
         return photo_out(photo, base_url(request))
 
 
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value.strip() if isinstance(value, str) else value
+
+
 @router.delete(
     "/{photo_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+    responses={403: MANAGE_FORBIDDEN, 404: NOT_VISIBLE},
 )
 def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: CuratorPrincipal) -> Response:
     """Delete the photo: it leaves search when this returns; its files are removed after the commit.
@@ -202,7 +260,14 @@ def delete_photo(photo_id: uuid.UUID, settings: SettingsDep, principal: CuratorP
 @router.post(
     "/{photo_id}/redrive",
     response_model=PhotoOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={
+        404: {"model": ErrorOut, "description": "no such photo"},
+        409: {"model": ErrorOut, "description": "the photo has not failed"},
+        503: {
+            "model": ErrorOut,
+            "description": "the queue is unavailable (the photo stays pending for the reconciler)",
+        },
+    },
 )
 def redrive_photo(photo_id: uuid.UUID, request: Request, settings: SettingsDep, _principal: AdminPrincipal) -> PhotoOut:
     """Send a failed photo through indexing again, with a fresh attempt budget."""

@@ -9,18 +9,18 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import SearchPrincipal
 from api.deps import SessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
-from api.regions import RegionHeader, ViewerRegion, resolve_region
-from api.routes.photos import UPLOAD_BODY
+from api.regions import RegionField, RegionHeader, ViewerRegion, region_error, resolve_region
+from api.routes.photos import IMAGE_QUERY_BODY
 from api.schemas import ErrorOut, SearchOut
 from api.uploads import parse_image_upload
+from api.validation import FreeText, JsonInteger
 from services import search as search_service
-from services.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -34,16 +34,32 @@ def _counted(kind: str, outcome: search_service.SearchOutcome, started: float) -
     return outcome
 
 
-@router.get("/search", response_model=SearchOut, responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+@router.get(
+    "/search",
+    response_model=SearchOut,
+    responses={
+        503: {"model": ErrorOut, "description": "the model is not loaded (with the reason) or not the active one"}
+    },
+)
 async def search_text(
     request: Request,
     session: SessionDep,
     _principal: SearchPrincipal,
     region: ViewerRegion,
-    q: Annotated[str, Query(min_length=1, max_length=1000, description="what the photo should show, in words")],
+    q: Annotated[
+        FreeText,
+        Query(
+            min_length=1,
+            max_length=1000,
+            description="what the photo should show, in words; the model reads the first 77 tokens (`truncated`)",
+        ),
+    ],
     k: KParam = 10,
 ) -> SearchOut:
-    """Photos that best match a text description, best first, scored by cosine similarity."""
+    """Photos that best match a text description, best first, scored by cosine similarity.
+
+    A query that the content policy blocks in the viewer's region gets `blocked: true` with the disclaimer.
+    """
     started = time.perf_counter()
     outcome = await run_in_threadpool(search_service.search_text, session, q, k, region)
     return search_out(_counted("text", outcome, started), k, request)
@@ -52,8 +68,13 @@ async def search_text(
 @router.post(
     "/search/image",
     response_model=SearchOut,
-    responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 503: {"model": ErrorOut}},
-    openapi_extra=UPLOAD_BODY,
+    responses={
+        400: {"model": ErrorOut, "description": "malformed multipart, no `file` part, or bytes that do not decode"},
+        413: {"model": ErrorOut, "description": "the body or the image's pixel count is over the cap"},
+        415: {"model": ErrorOut, "description": "not multipart, or not an image in an accepted format"},
+        503: {"model": ErrorOut, "description": "the model is not loaded (with the reason) or not the active one"},
+    },
+    openapi_extra=IMAGE_QUERY_BODY,
 )
 async def search_image(
     request: Request,
@@ -77,7 +98,10 @@ async def search_image(
 @router.get(
     "/photos/{photo_id}/similar",
     response_model=SearchOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    responses={
+        404: {"model": ErrorOut, "description": "no such photo, or not one this caller may see"},
+        409: {"model": ErrorOut, "description": "the caller's own photo is not indexed yet"},
+    },
 )
 def search_similar(
     photo_id: uuid.UUID,
@@ -94,12 +118,23 @@ def search_similar(
 
 
 class VectorSearchIn(BaseModel):
-    embedding: list[float] = Field(min_length=1, max_length=4096, description="a query vector from /v1/embeddings/text")
-    k: int = Field(10, ge=1, le=100)
-    region: str | None = Field(None, max_length=16)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    embedding: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        min_length=1,
+        max_length=4096,
+        description="a query vector from /v1/embeddings/text: finite numbers, not all zero",
+        json_schema_extra={"contains": {"not": {"const": 0}}},
+    )
+    k: JsonInteger = Field(10, ge=1, le=100, description="how many results, 1 to 100")
+    region: RegionField | None = Field(None, description="the viewer's region, as the `region` parameter of /v1/search")
 
 
-@router.post("/search/vector", response_model=SearchOut, responses={422: {"model": ErrorOut}})
+@router.post(
+    "/search/vector",
+    response_model=SearchOut,
+    responses={422: {"model": ErrorOut, "description": "a vector of another dimension than the active model's"}},
+)
 def search_vector(
     body: VectorSearchIn,
     request: Request,
@@ -112,7 +147,6 @@ def search_vector(
     try:
         region = resolve_region(body.region, x_region)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    vector = np.asarray(body.embedding, dtype=np.float32)
-    outcome = search_service.search_vector(session, vector, body.k, region)
+        raise region_error(exc) from None
+    outcome = search_service.search_vector(session, np.asarray(body.embedding, dtype=np.float64), body.k, region)
     return search_out(_counted("vector", outcome, started), body.k, request)

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import torch
 
-from evaluation.synthetic import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, SHAPES, TRAIN_TEMPLATES
+from evaluation.standins.synthetic import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, SHAPES, TRAIN_TEMPLATES
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-COMMON_WORDS = ["a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "is", "are", "this", "that", "there", "photo", "picture", "image", "drawing", "close", "up", "single", "shows", "showing", "against", "backdrop", "background", "man", "woman", "dog", "cat", "boy", "girl", "child", "children", "kid", "kids", "baby", "people", "person", "running", "sitting", "playing", "red", "blue", "green", "water", "grass", "street"]
+COMMON_WORDS = [
+    "a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "is", "are", "this", "that", "there", "photo",
+    "picture", "image", "drawing", "close", "up", "single", "shows", "showing", "against", "backdrop", "background",
+    "man", "woman", "dog", "cat", "boy", "girl", "child", "children", "kid", "kids", "baby", "people", "person",
+    "running", "sitting", "playing", "red", "blue", "green", "water", "grass", "street",
+]  # fmt: skip
 
 
 def _vocabulary(extra_words: Iterable[str]) -> list[str]:

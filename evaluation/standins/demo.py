@@ -1,4 +1,4 @@
-"""Build the small synthetic dataset shipped in ``evaluation/demo_dataset/``.
+"""Build the small synthetic dataset shipped in ``evaluation/standins/demo_dataset/``.
 
 It follows the seed dataset's format exactly (see :mod:`evaluation.dataset`) and carries a
 few of the real files' warts on purpose, so the loaders' reports have something to show:
@@ -12,13 +12,13 @@ few of the real files' warts on purpose, so the loaders' reports have something 
   image is missing;
 * some captions describe children, so the minors rule has something to remove and block.
 
-Images are :mod:`evaluation.synthetic` shapes (one colour, one shape each), so the relevance
+Images are :mod:`evaluation.standins.synthetic` shapes (one colour, one shape each), so the relevance
 of a caption to an image is known: colour and shape both right = 4, one of them = 2, none = 1
 (the experts add noise, the crowd votes with a matching probability). Test queries use only
 the held-out caption templates the tiny test CLIP was never trained on; the 40 test images
 cover each colour/shape combination exactly once, so each query has one right answer.
 
-Rebuild (deterministic for a seed): ``python -m evaluation.demo [--out DIR] [--seed N]``.
+Rebuild (deterministic for a seed): ``python -m evaluation.standins.demo [--out DIR] [--seed N]``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from evaluation import synthetic
+from evaluation.standins import synthetic
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_dataset"
 DEFAULT_SEED = 2024
@@ -52,7 +53,7 @@ class _Picture:
     colour: str
     shape: str
     background: str
-    image: object  # PIL image, written once
+    image: Image.Image  # written once
 
 
 def _flickr_name(rng: np.random.Generator) -> str:
@@ -92,7 +93,7 @@ def build_demo_dataset(
     ]
     for folder, pictures in (("train_images", train), ("test_images", test)):
         for picture in pictures:
-            picture.image.save(out_dir / folder / picture.name, format="JPEG", quality=JPEG_QUALITY, optimize=True)  # type: ignore[attr-defined]
+            picture.image.save(out_dir / folder / picture.name, format="JPEG", quality=JPEG_QUALITY, optimize=True)
 
     # ---- train captions: two per image; a few describe children, a few are warts.
     captions: dict[str, tuple[str, tuple[str, str]]] = {}  # query_id -> (text, (colour, shape))

@@ -1,7 +1,7 @@
 """Stand-in CLIP models for tests and benchmarks, built here because no model hub is reachable.
 
 - :func:`build_tiny_clip` trains a small transformers ``CLIPModel`` for about a minute on the CPU,
-  on :mod:`evaluation.synthetic` images with training captions only (never ``HELDOUT_TEMPLATES``),
+  on :mod:`evaluation.standins.synthetic` images with training captions only (never ``HELDOUT_TEMPLATES``),
   and saves it as a sentence-transformers folder that :class:`core.embedding.ClipEmbedder` loads exactly as it loads
   ``clip-ViT-B-32`` for users. Being trained, its rankings mean something: "a red circle" finds
   red circles, also when worded with held-out templates.
@@ -10,7 +10,7 @@
 - :func:`clip_tokenizer` is OpenAI's CLIP BPE tokenizer, rebuilt from the merges file that
   ``open_clip`` ships.
 
-``python -m evaluation.tiny_clip [--seconds 60] [--seed 0]`` builds a model and prints its
+``python -m evaluation.standins.tiny_clip [--seconds 60] [--seed 0]`` builds a model and prints its
 held-out Recall@1/@5 next to an untrained model's and chance.
 """
 
@@ -35,9 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
 
-from evaluation import synthetic
+# transformers 5 exports CLIPTokenizerFast lazily (an alias of CLIPTokenizer) and leaves it out of the names its
+# type information declares; it is kept because transformers 4's CLIPTokenizer is the slow one, which takes files.
+from transformers import (  # type: ignore[attr-defined]
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizerFast,
+    CLIPVisionConfig,
+)
+
+from evaluation.standins import synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +79,8 @@ def _bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         raise RuntimeError("open_clip_torch is not installed; it ships CLIP's BPE merges file")
     # Located, not imported: importing open_clip needs torchvision, which this project does not install.
     merges_path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(merges_path).read().decode("utf-8").split("\n")
+    with gzip.open(merges_path) as merges_file:
+        lines = merges_file.read().decode("utf-8").split("\n")
     # Line 0 is a version header; CLIP keeps the first 49152 - 256 - 2 merges.
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     byte_chars = list(_bytes_to_unicode().values())
@@ -172,7 +183,10 @@ def save_random_clip(out_dir: Path, config: CLIPConfig | None = None) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = CLIPModel(config).eval()
-    image_size = int(config.vision_config.image_size)
+    # CLIPConfig turns a vision_config given as a dict (or none) into a CLIPVisionConfig.
+    image_size = config.vision_config.image_size if isinstance(config.vision_config, CLIPVisionConfig) else None
+    if not isinstance(image_size, int):
+        raise ValueError(f"a random CLIP needs one square input size, not {image_size!r}")
     return save_sentence_transformer(model, clip_processor(image_size), Path(out_dir))
 
 
@@ -218,7 +232,10 @@ def default_threads() -> int:
 
 def _pixel_values(processor: CLIPProcessor, images: Sequence[synthetic.SyntheticImage]) -> torch.Tensor:
     """Run the model's own image processor once over the training pool."""
-    return processor.image_processor(images=[item.image for item in images], return_tensors="pt")["pixel_values"]
+    pixels: torch.Tensor = processor.image_processor(images=[item.image for item in images], return_tensors="pt")[
+        "pixel_values"
+    ]
+    return pixels
 
 
 def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -382,18 +399,28 @@ def _cache_key(params: dict[str, object]) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+def cached_tiny_clip(
+    cache_dir: Path, *, train_seconds: float = 60.0, seed: int = 0, steps: int | None = None
+) -> Path | None:
+    """The cached tiny CLIP folder built with these parameters and this code, or None when it is not built yet."""
+    params: dict[str, object] = {"train_seconds": train_seconds, "seed": seed, "steps": steps}
+    target = Path(cache_dir) / f"tiny-clip-{_cache_key(params)}"
+    return target if (target / MARKER_FILE).is_file() else None
+
+
 def ensure_tiny_clip(cache_dir: Path, *, train_seconds: float = 60.0, seed: int = 0, steps: int | None = None) -> Path:
     """Return a cached tiny CLIP folder built with these parameters and this code, building it if needed.
 
     The model is built in a temporary folder next to its final place and renamed into it, so a
     crash or a concurrent build never leaves a half-written model behind.
     """
+    cached = cached_tiny_clip(cache_dir, train_seconds=train_seconds, seed=seed, steps=steps)
+    if cached is not None:
+        return cached
     params: dict[str, object] = {"train_seconds": train_seconds, "seed": seed, "steps": steps}
     key = _cache_key(params)
     cache_dir = Path(cache_dir)
     target = cache_dir / f"tiny-clip-{key}"
-    if (target / MARKER_FILE).is_file():
-        return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tiny-clip-{key}-", dir=cache_dir))
     try:
