@@ -195,7 +195,7 @@ def test_redirects_after_forms_stay_on_this_site(services) -> None:  # type: ign
         "/photos/not-a-uuid",
         "/photos/00000000-0000-0000-0000-000000000000/thumbnail",
         "/upload/status?id=nope",
-        "/moderation?offset=-1",
+        "/moderation?cursor=nope",
         "/upload?cursor=zzz",
         "/search?q=%00%01",
     ],

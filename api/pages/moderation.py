@@ -57,12 +57,12 @@ def moderation_page(
     request: Request,
     session: SessionDep,
     _principal: Moderator,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
     decided: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Response:
     """The queue, oldest first, a page at a time."""
-    total, page = moderation_service.review_queue(session, QUEUE_PAGE_SIZE, offset)
-    trails = moderation_service.audit_trails(session, [photo.id for photo, _scores in page])
+    queue = moderation_service.review_queue(session, QUEUE_PAGE_SIZE, cursor=cursor)
+    trails = moderation_service.audit_trails(session, [photo.id for photo, _scores in queue.items])
     items: list[dict[str, Any]] = [
         {
             "photo": photo,
@@ -71,17 +71,17 @@ def moderation_page(
             "audit": trails[photo.id],
             **photo_links(photo.id, None),
         }
-        for photo, scores in page
+        for photo, scores in queue.items
     ]
     return render(
         request,
         "moderation.html",
         {
             "active": "moderation",
-            "total": total,
+            "total": queue.total,
             "items": items,
-            "offset": offset,
-            "page_size": QUEUE_PAGE_SIZE,
+            "next_cursor": queue.next_cursor,
+            "first_page": cursor is None,
             "decided": decided,
         },
     )
