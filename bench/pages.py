@@ -87,7 +87,7 @@ def _jpeg(image: object) -> bytes:
 
 
 def _upload_photos(client: httpx.Client, count: int, timeout: float) -> list[str]:
-    from evaluation.synthetic import generate
+    from evaluation.standins.synthetic import generate
 
     ids = []
     for sample in generate(count, 7):
@@ -157,7 +157,7 @@ def main() -> None:
     warn_if_busy()
 
     from cli.local_services import LocalPostgres, LocalRedis, free_port
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     model = args.model or random_vit_b32()
     home = short_tmp_dir("wsbp-")
