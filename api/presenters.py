@@ -28,17 +28,29 @@ def search_out(outcome: SearchOutcome, k: int, request: Request) -> SearchOut:
         truncated=outcome.truncated,
         k=k,
         region=outcome.region,
+        mode=outcome.options.mode,
+        sort=outcome.options.sort,
         blocked=outcome.blocked,
         disclaimer=outcome.disclaimer,
+        next_cursor=outcome.next_cursor,
         results=[
             SearchResult(
                 id=h.photo_id,
-                score=round(h.score, 6),
+                rank=h.rank,
+                score=round(h.score, 6) if h.score is not None else None,
+                matched=h.matched,  # type: ignore[arg-type]
                 thumbnail_url=thumbnail_url(base, h.photo_id),
                 title=h.title,
+                description=h.description,
                 photographer=h.photographer,
+                tags=h.tags,
+                taken_at=h.taken_at,
+                uploaded_at=h.uploaded_at,
+                camera=h.camera,
+                lens=h.lens,
                 width=h.width,
                 height=h.height,
+                orientation=h.orientation,  # type: ignore[arg-type]
             )
             for h in outcome.hits
         ],
@@ -53,6 +65,12 @@ def photo_out(photo: Photo, base_url: str) -> PhotoOut:
         sha256=photo.sha256,
         title=photo.title,
         photographer=photo.photographer,
+        description=photo.description,
+        tags=list(photo.tags or []),
+        taken_at=photo.taken_at,
+        camera=photo.camera,
+        lens=photo.lens,
+        orientation=photo.orientation,  # type: ignore[arg-type] # one of the three
         original_name=photo.original_name,
         format=photo.format,
         width=photo.width,

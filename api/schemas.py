@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -15,6 +16,12 @@ class PhotoOut(BaseModel):
     sha256: str
     title: str | None = None
     photographer: str | None = None
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    taken_at: datetime | None = Field(None, description="capture time from the file's EXIF/XMP/IPTC metadata")
+    camera: str | None = None
+    lens: str | None = None
+    orientation: Literal["landscape", "portrait", "square"] | None = Field(None, description="as shown")
     original_name: str | None = None
     format: str
     width: int
@@ -47,12 +54,26 @@ class PhotoPage(BaseModel):
 
 class SearchResult(BaseModel):
     id: uuid.UUID
-    score: float = Field(description="cosine similarity between the query and the photo, higher is better")
+    rank: int = Field(description="position in the whole ranking, from 1 (pages continue it)")
+    score: float | None = Field(
+        description="cosine similarity between the query and the photo, higher is better (null without a query vector)"
+    )
+    matched: Literal["semantic", "keyword", "both"] = Field(
+        description="semantic: by what the photo shows; keyword: by its words (title, tags, description, "
+        "photographer); both"
+    )
     thumbnail_url: str
     title: str | None = None
+    description: str | None = None
     photographer: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    taken_at: datetime | None = Field(None, description="capture time from the file's metadata")
+    uploaded_at: datetime
+    camera: str | None = None
+    lens: str | None = None
     width: int
     height: int
+    orientation: Literal["landscape", "portrait", "square"]
 
 
 class SearchOut(BaseModel):
@@ -62,9 +83,14 @@ class SearchOut(BaseModel):
     )
     k: int
     region: str | None = None
+    mode: Literal["hybrid", "semantic", "keyword"] = "hybrid"
+    sort: Literal["relevance", "newest"] = "relevance"
     blocked: bool = False
     disclaimer: str | None = None
     results: list[SearchResult]
+    next_cursor: str | None = Field(
+        None, description="pass as `cursor` (with the same query and filters) for the next page; null on the last"
+    )
 
 
 class ErrorOut(BaseModel):

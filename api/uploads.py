@@ -11,16 +11,21 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.targets import BaseTarget, ValueTarget
+from streaming_form_data.targets import BaseTarget, ListTarget, ValueTarget
 from streaming_form_data.validators import ValidationError
 
-from api.validation import check_line_field
+from api.validation import check_line_field, refuse_control_characters
 from services.errors import InvalidRequest
 
 MAX_TEXT_FIELD_CHARS = 1000
 # UTF-8 takes up to 4 bytes a character: the byte cap stops a huge field early, the character cap is the rule.
 MAX_TEXT_FIELD_BYTES = 4 * MAX_TEXT_FIELD_CHARS
 MAX_PARTS = 20
+# Fields that carry more than a name (a photo's description, the JSON query beside a search image), and may hold
+# line breaks; a field that may repeat (tags) is capped for all its values together.
+FIELD_LIMITS = {"description": 4000, "query": 8000}
+MULTILINE_FIELDS = frozenset({"description", "query"})
+MAX_LIST_FIELD_CHARS = 8000
 
 
 class _TooLarge(Exception):
@@ -28,20 +33,21 @@ class _TooLarge(Exception):
 
 
 class _FieldTooLong(Exception):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, limit: int) -> None:
         super().__init__(name)
         self.name = name
+        self.limit = limit  # characters
 
 
-def _field_cap(name: str) -> Callable[[bytes], None]:
-    """A validator that stops a text field at MAX_TEXT_FIELD_BYTES, naming the field."""
+def _field_cap(name: str, limit: int = MAX_TEXT_FIELD_CHARS) -> Callable[[bytes], None]:
+    """A validator that stops a text field (all its parts together) at 4 bytes per allowed character, naming it."""
     seen = 0
 
     def validate(chunk: bytes) -> None:
         nonlocal seen
         seen += len(chunk)
-        if seen > MAX_TEXT_FIELD_BYTES:
-            raise _FieldTooLong(name)
+        if seen > 4 * limit:
+            raise _FieldTooLong(name, limit)
 
     return validate
 
@@ -90,6 +96,7 @@ class ParsedUpload:
     file: SpoolingFileTarget
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
+    lists: dict[str, list[str]] = field(default_factory=dict)  # fields that may repeat, each value in order
 
 
 def _boundary(content_type: str) -> bytes:
@@ -101,9 +108,15 @@ def _boundary(content_type: str) -> bytes:
 
 
 async def parse_image_upload(
-    request: Request, *, spool_dir: Path, max_bytes: int, text_fields: tuple[str, ...] = ()
+    request: Request,
+    *,
+    spool_dir: Path,
+    max_bytes: int,
+    text_fields: tuple[str, ...] = (),
+    list_fields: tuple[str, ...] = (),
 ) -> ParsedUpload:
-    """Parse a multipart body with one `file` part and a few short text fields.
+    """Parse a multipart body with one `file` part and a few short text fields (`list_fields` may repeat; all of
+    a list field's values together are capped at MAX_LIST_FIELD_CHARS).
 
     413 as soon as the body passes the cap (or when Content-Length already says so), 400 for malformed
     or missing parts. The caller owns the returned temporary file and must `discard()` it.
@@ -125,12 +138,18 @@ async def parse_image_upload(
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than {max_bytes:,} bytes")
 
     target = SpoolingFileTarget(spool_dir, max_bytes)
-    values = {name: ValueTarget(validator=_field_cap(name)) for name in text_fields}
+    values = {
+        name: ValueTarget(validator=_field_cap(name, FIELD_LIMITS.get(name, MAX_TEXT_FIELD_CHARS)))
+        for name in text_fields
+    }
+    lists = {name: ListTarget(validator=_field_cap(name, MAX_LIST_FIELD_CHARS)) for name in list_fields}
     try:
         parser = StreamingFormDataParser(headers=request.headers)
         parser.register("file", target)
         for name, value_target in values.items():
             parser.register(name, value_target)
+        for name, list_target in lists.items():
+            parser.register(name, list_target)
         delimiter = b"--" + _boundary(content_type)
         received = 0
         parts = 0
@@ -158,7 +177,7 @@ async def parse_image_upload(
         target.discard()
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
-            f"the `{exc.name}` field is longer than {MAX_TEXT_FIELD_CHARS} characters",
+            f"the `{exc.name}` field is longer than {exc.limit} characters",
         ) from None
     except ValidationError as exc:
         target.discard()
@@ -177,17 +196,33 @@ async def parse_image_upload(
     for name, value_target in values.items():
         raw = value_target.value
         if raw:
-            try:
-                text = check_line_field(name, raw.decode("utf-8")).strip()
-            except UnicodeDecodeError:
-                target.discard()
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the `{name}` field is not UTF-8") from None
-            except ValueError as exc:
-                target.discard()
-                raise InvalidRequest(str(exc)) from None
-            if len(text) > MAX_TEXT_FIELD_CHARS:
-                target.discard()
-                raise InvalidRequest(f"`{name}` is longer than {MAX_TEXT_FIELD_CHARS} characters")
+            text = _field_text(target, name, raw, FIELD_LIMITS.get(name, MAX_TEXT_FIELD_CHARS))
             if text:
                 fields[name] = text
-    return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename)
+    repeated: dict[str, list[str]] = {}
+    for name, list_target in lists.items():
+        texts = [_field_text(target, name, raw, MAX_LIST_FIELD_CHARS) for raw in list_target.value]
+        if any(texts):
+            repeated[name] = [text for text in texts if text]
+    return ParsedUpload(file=target, fields=fields, filename=target.multipart_filename, lists=repeated)
+
+
+def _field_text(target: SpoolingFileTarget, name: str, raw: bytes, limit: int) -> str:
+    """A text field's value: UTF-8 (else 400), no control characters (line breaks only in multi-line fields) and
+    at most `limit` characters (else 422). The spooled file is discarded on refusal."""
+    try:
+        decoded = raw.decode("utf-8")
+        if name in MULTILINE_FIELDS:
+            text = refuse_control_characters(decoded, allow_whitespace_controls=True).strip()
+        else:
+            text = check_line_field(name, decoded).strip()
+    except UnicodeDecodeError:
+        target.discard()
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the `{name}` field is not UTF-8") from None
+    except ValueError as exc:
+        target.discard()
+        raise InvalidRequest(str(exc) if str(exc).startswith("`") else f"`{name}` {exc}") from None
+    if len(text) > limit:
+        target.discard()
+        raise InvalidRequest(f"`{name}` is longer than {limit} characters")
+    return text

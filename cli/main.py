@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -135,12 +136,13 @@ def up(
         raise KeyboardInterrupt  # SIGTERM while starting: stop what already runs, as Ctrl-C does
 
     def _stop_after(message: str) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
         typer.echo(message, err=True)
         stack.stop(echo=typer.echo)
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # a closed terminal: the children (own sessions) do not get it
     stack = LocalStack(get_settings(), worker_concurrency=workers, with_flower=flower)
     model_problem = _model_problem(stack.settings)
     if model_problem:  # said at once, and again in the summary: the stack still starts (uploads wait)
@@ -362,10 +364,27 @@ def _print_report(report: StatusReport, *, err: bool = False) -> None:
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what the photo should show")],
-    k: Annotated[int, typer.Option("-k", min=1, max=100, help="number of results")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="results per page")] = 10,
     region: Annotated[str | None, typer.Option(help="viewer region (ISO code)")] = None,
+    photographer: Annotated[
+        list[str] | None, typer.Option("--photographer", help="only this photographer's photos (repeat: any)")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="only photos with this tag (repeat: all)")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="taken at or after (ISO date or time)")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="taken before (ISO date or time)")] = None,
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="only this camera (repeat: any)")] = None,
+    orientation: Annotated[
+        list[str] | None, typer.Option("--orientation", help="landscape, portrait or square (repeat: any)")
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="hybrid, semantic or keyword")] = "hybrid",
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", min=-1, max=1, help="drop results below this cosine similarity")
+    ] = None,
+    sort: Annotated[str, typer.Option("--sort", help="relevance or newest")] = "relevance",
+    negative: Annotated[list[str] | None, typer.Option("--not", help="steer away from this (repeat)")] = None,
+    page: Annotated[int, typer.Option("--page", min=1, help="which page of k results")] = 1,
 ) -> None:
-    """Print the photos that best match QUERY (the same search as the API's: policy, region, model check)."""
+    """Print the photos that best match QUERY: the API's search (policy, region, model check, filters, pages)."""
     from db.engine import session_scope
     from services import search as search_service
     from services.errors import ServiceError
@@ -373,26 +392,54 @@ def search(
     from services.photos import display_names
 
     _settings()
+    viewer = region.strip().upper() if region else None
     problem = database_problem()  # before loading the model (seconds) only to find the database down
     if problem:
         raise StackDown(problem)
     _no_progress_bars()
     try:
+        options = search_service.SearchOptions(
+            filters=search_service.SearchFilters.parse(
+                photographer=photographer,
+                tag=tag,
+                camera=camera,
+                orientation=orientation,
+                taken_after=after,
+                taken_before=before,
+            ),
+            mode=mode,  # type: ignore[arg-type] # checked by SearchOptions
+            min_score=min_score,
+            sort=sort,  # type: ignore[arg-type]
+        )
+        query_parts = search_service.ComposedQuery(text=query, negative=tuple(negative or ()))
         with session_scope() as session:
-            outcome = search_service.search_text(session, query, k, region.strip().upper() if region else None)
+            outcome = search_service.search_composed(session, query_parts, k, viewer, options)
+            reached = 1
+            while reached < page and not outcome.blocked and outcome.next_cursor is not None:
+                # Later pages follow the cursors, as an API client does.
+                options = dataclasses.replace(options, cursor=outcome.next_cursor)
+                outcome = search_service.search_composed(session, query_parts, k, viewer, options)
+                reached += 1
     except ServiceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if outcome.blocked:
         typer.echo(outcome.disclaimer)
         return
+    if reached < page:
+        typer.echo(f"no results on page {page}: the results end on page {reached}")
+        return
     if not outcome.hits:
         typer.echo("no results (is anything indexed yet? see `withsense ingest`)")
         return
     names = display_names([hit.photo_id for hit in outcome.hits])
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'photo id':36}  title / file name")
-    for rank, hit in enumerate(outcome.hits, 1):
-        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.photo_id}  {names.get(hit.photo_id) or hit.title or ''}")
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'match':8}  {'photo id':36}  title / file name")
+    for hit in outcome.hits:
+        score = f"{hit.score:6.3f}" if hit.score is not None else "     -"
+        title = names.get(hit.photo_id) or hit.title or ""
+        typer.echo(f"{hit.rank:>4}  {score}  {hit.matched:8}  {hit.photo_id}  {title}")
+    if outcome.next_cursor:
+        typer.echo(f"(more: --page {page + 1})")
 
 
 def _no_progress_bars() -> None:
@@ -503,6 +550,53 @@ def models_activate(
     typer.echo(
         f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
         "then restart them: an API on another model answers search with 503 until then."
+    )
+
+
+@models_app.command("floor")
+def models_floor(
+    model: Annotated[str, typer.Argument(help="model name or folder, as `withsense models list` shows it")],
+    value: Annotated[str, typer.Argument(help="cosine floor from -1 to 1 (`withsense eval` suggests one), or none")],
+    revision: Annotated[str | None, typer.Option(help="the revision, when several are registered")] = None,
+) -> None:
+    """Set a model's default relevance floor: searches drop semantic matches below it unless they give min_score."""
+    from services.errors import ServiceError
+    from services.models import set_floor
+
+    _settings()
+    try:
+        floor = None if value.strip().lower() in {"none", "off", ""} else float(value)
+        label = set_floor(model, revision, floor)
+    except ValueError:
+        typer.echo(f"error: the floor must be a number from -1 to 1, or none; got {value!r}", err=True)
+        raise typer.Exit(2) from None
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{label}: default floor {'none' if floor is None else f'{floor:g}'}")
+
+
+metadata_app = typer.Typer(help="Photo metadata read from the files (capture time, camera, captions, keywords).")
+app.add_typer(metadata_app, name="metadata")
+
+
+@metadata_app.command("backfill")
+def metadata_backfill(
+    batch_size: Annotated[int, typer.Option(min=1, max=5000, help="photos per transaction")] = 200,
+) -> None:
+    """Read the metadata of photos indexed before the worker read it; what the uploader set is kept."""
+    from services.metadata import backfill
+
+    settings = _settings()
+    with tqdm(desc="metadata", unit="photo") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = backfill(settings, batch_size=batch_size, progress=progress)
+    typer.echo(
+        f"{result.read} photos read: {result.filled} gained metadata, {result.unreadable} files could not be read"
     )
 
 

@@ -384,6 +384,9 @@ class LocalStack:
 
         signal.signal(signal.SIGINT, _handle)
         signal.signal(signal.SIGTERM, _handle)
+        # The children run in sessions of their own: a closed terminal's SIGHUP reaches only this process,
+        # which must then stop them rather than die and leave them running.
+        signal.signal(signal.SIGHUP, _handle)
         code = 0
         try:
             while not stop.wait(0.5):
@@ -394,7 +397,11 @@ class LocalStack:
                     code = 1
                     break
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+            for signum in (
+                signal.SIGINT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+            ):  # a second one must not cut the clean-up short
                 signal.signal(signum, signal.SIG_IGN)
             self.stop(echo)
         return code

@@ -85,41 +85,10 @@ def _hub_offline() -> bool:
     }
 
 
-def _in_hub_cache(repo_id: str, cache_folder: str | None, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision), str)
-
-
-def hub_unreachable_reason(repo_id: str, timeout: float = 3.0) -> str | None:
-    """Why the hub cannot serve `repo_id` now (offline mode, or one quick probe failed), else None.
-
-    One request with a short timeout, made before loading, because huggingface_hub retries every file of an
-    unreachable hub for a minute or more: a model that cannot be loaded must say so in seconds.
-    """
-    if _hub_offline():
-        return "HF_HUB_OFFLINE is set"
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return f"the hub has no model {repo_id} ({url} answered 404)"
-        return None if exc.code < 500 else f"the hub answered {exc.code} at {url}"
-    except (OSError, ValueError) as exc:  # URLError, timeouts, DNS failures
-        reason = getattr(exc, "reason", exc)
-        return f"the Hugging Face hub is unreachable ({constants.ENDPOINT}: {reason})"
-
-
 def model_unavailable_reason(name: str, cache_folder: str | None = None, revision: str | None = None) -> str | None:
-    """Why `name` cannot be loaded, found without loading it (no torch): a missing folder, or a hub model that
-    is not in the local cache while the hub is offline or unreachable. None when loading may go ahead."""
+    """Why `name` cannot be loaded, found without loading it (no torch, for `withsense up`'s summary): a missing
+    folder, or a hub model that is not in the local cache while the hub is offline or unreachable (the loader's
+    own check, :func:`_hub_problem`). None when loading may go ahead."""
     path = Path(name).expanduser()
     if _looks_like_path(name) or path.exists():
         if not path.is_dir():
@@ -127,11 +96,9 @@ def model_unavailable_reason(name: str, cache_folder: str | None = None, revisio
         if not ((path / "modules.json").exists() or (path / "config.json").exists()):
             return f"{name} is not a sentence-transformers model folder (no modules.json or config.json)"
         return None
-    # sentence-transformers' rule for bare names (its BERT-era exceptions are no CLIP models).
+    # sentence-transformers' rule for bare names without importing it (its BERT-era exceptions are no CLIP models).
     repo_id = name if "/" in name else f"sentence-transformers/{name}"
-    if _in_hub_cache(repo_id, cache_folder, revision):
-        return None
-    problem = hub_unreachable_reason(repo_id)
+    _cached, problem = _hub_problem(repo_id, revision, cache_folder)
     return f"{name} is not in the local model cache and {problem}" if problem else None
 
 
@@ -163,30 +130,40 @@ def _unavailable(name: str, setting: str, cause: BaseException | str) -> ModelUn
 HUB_PROBE_TIMEOUT_S = 5.0
 
 
-def _hub_preflight(name: str, setting: str, revision: str | None, cache_folder: str | None) -> bool:
-    """Fail fast on a hub model that cannot be had; True when it is in the local cache (loaded without the hub).
+def _hub_problem(repo_id: str, revision: str | None, cache_folder: str | None) -> tuple[bool, str | None]:
+    """(whether the model is in the local cache, why the hub cannot provide it when it is not).
 
-    Without this, every file of the model is fetched with its own timeouts and retries (minutes of log noise per
-    attempt) before the one clear error. A cached model is read from the cache alone: its revision names the
-    vectors in the index, so it must not change under a running service (WITHSENSE_MODEL_REVISION pins another).
-    Offline (HF_HUB_OFFLINE) and not cached, or the hub unreachable in one short request: ModelUnavailableError.
+    One short request at most (none for a cached model): without it, every file of the model is fetched with its
+    own timeouts and retries (minutes of log noise per attempt) before the one clear error.
     """
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub import HfApi, try_to_load_from_cache
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    repo_id = _hub_repo_id(name)
     cached = try_to_load_from_cache(repo_id, "modules.json", cache_dir=cache_folder, revision=revision)
     if isinstance(cached, str):
-        return True
-    if constants.HF_HUB_OFFLINE:
-        raise _unavailable(name, setting, "HF_HUB_OFFLINE is set and the model is not in the local cache")
+        return True, None
+    if _hub_offline():
+        return False, "HF_HUB_OFFLINE is set"
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise _unavailable(name, setting, f"{repo_id} is not on the hub ({_first_line(exc)})") from exc
-    except Exception as exc:
-        raise _unavailable(name, setting, f"the hub is unreachable ({_first_line(exc)})") from exc
-    return False
+        return False, f"{repo_id} is not on the hub ({_first_line(exc)})"
+    except Exception as exc:  # noqa: BLE001 - any failure of the one request means: not reachable now
+        return False, f"the hub is unreachable ({_first_line(exc)})"
+    return False, None
+
+
+def _hub_preflight(name: str, setting: str, revision: str | None, cache_folder: str | None) -> bool:
+    """Fail fast on a hub model that cannot be had; True when it is in the local cache (loaded without the hub).
+
+    A cached model is read from the cache alone: its revision names the vectors in the index, so it must not
+    change under a running service (WITHSENSE_MODEL_REVISION pins another). Offline (HF_HUB_OFFLINE) and not
+    cached, or the hub unreachable in one short request: ModelUnavailableError.
+    """
+    cached, problem = _hub_problem(_hub_repo_id(name), revision, cache_folder)
+    if problem:
+        raise _unavailable(name, setting, f"{problem}, and the model is not in the local cache")
+    return cached
 
 
 def fit_text_context(model: SentenceTransformer) -> int | None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.runtime import runtime
@@ -46,6 +46,18 @@ class Settings(BaseSettings):
 
     # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+    # Search pages: the key that signs cursors (shared by every API process that serves the same clients); unset:
+    # a key kept in WITHSENSE_HOME/search-cursor.key, made on first use.
+    search_cursor_secret: SecretStr | None = None
+    # Filtered search computes exact distances when the filters leave fewer photos than this (cheaper than an
+    # HNSW scan that skips most of what it visits, and always complete); more: the HNSW scan. Unset: about
+    # sqrt(depth x catalogue size), chosen per query by search_photos_filtered (BENCHMARKS.md).
+    search_exact_below: int | None = Field(default=None, ge=0, le=100_000_000)
+
+    # Metadata read from the file at ingest. GPS positions are personal data: not kept unless asked for, and then
+    # rounded to two decimals of a degree (about a kilometre).
+    store_gps: bool = False
+
     # How long an API or worker trusts its last answer to "which model is active" (changed only by an operator's
     # `withsense models activate`): a switch reaches every process within this many seconds.
     active_model_ttl_s: float = Field(default=5.0, ge=0, le=3600)

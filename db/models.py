@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.metadata import orientation_of
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -34,6 +36,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Square within 1% (core.metadata.orientation_of is the same rule); width and height are as shown (EXIF rotation).
+ORIENTATION_SQL = (
+    "CASE WHEN abs(width - height)::bigint * 100 <= greatest(width, height) THEN 'square' "
+    "WHEN width > height THEN 'landscape' ELSE 'portrait' END"
+)
 
 
 class Base(DeclarativeBase):
@@ -68,6 +77,9 @@ class EmbeddingModel(Base):
     revision: Mapped[str] = mapped_column(Text)
     dimension: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The relevance floor of search with this model (cosine; migration 0008): semantic matches below it are
+    # dropped unless a search gives its own `min_score`. NULL: no floor.
+    min_score: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -110,6 +122,24 @@ class Photo(Base):
     minor_declared: Mapped[bool | None] = mapped_column(Boolean)
     classifier_version: Mapped[str | None] = mapped_column(Text)
     moderated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the file says (migration 0008; core/metadata.py), and what the uploader said instead.
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    camera: Mapped[str | None] = mapped_column(Text)
+    lens: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    gps_latitude: Mapped[float | None] = mapped_column(Float)  # only with WITHSENSE_STORE_GPS, rounded
+    gps_longitude: Mapped[float | None] = mapped_column(Float)
+    # When the worker (or `withsense metadata backfill`) read the file's metadata; NULL: not read yet.
+    metadata_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Two generated columns are left unmapped on purpose (SQL reads them, Python never writes them, and an ORM
+    # flush would expire them): `orientation` (ORIENTATION_SQL; core.metadata.orientation_of in Python) and
+    # `search_document` (photo_search_document(): the words keyword search matches).
+
+    @property
+    def orientation(self) -> str:
+        """landscape, portrait or square, as shown (the rule of the generated column)."""
+        return orientation_of(self.width, self.height)
 
     embeddings: Mapped[list[PhotoEmbedding]] = relationship(back_populates="photo", passive_deletes=True)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from pgvector import HalfVector
-from sqlalchemy import case, delete, func, select, text, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,8 @@ class NewPhoto:
     title: str | None = None
     photographer: str | None = None
     uploaded_by_key: int | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def find_by_sha256(session: Session, sha256: str) -> Photo | None:
@@ -58,6 +60,8 @@ def insert_photo(session: Session, new: NewPhoto) -> tuple[Photo, bool]:
             title=new.title,
             photographer=new.photographer,
             uploaded_by_key=new.uploaded_by_key,
+            description=new.description,
+            tags=list(new.tags),
         )
         .on_conflict_do_nothing(index_elements=[Photo.sha256])
         .returning(Photo.id)
@@ -75,6 +79,30 @@ def insert_photo(session: Session, new: NewPhoto) -> tuple[Photo, bool]:
 
 def get_photo(session: Session, photo_id: uuid.UUID, *, for_update: bool = False) -> Photo | None:
     return session.get(Photo, photo_id, with_for_update=for_update)
+
+
+def lock_photos(session: Session, photo_ids: list[uuid.UUID]) -> list[Photo]:
+    """The photos, locked for the caller's transaction, in id order (so that two batches never deadlock)."""
+    return list(
+        session.scalars(select(Photo).where(Photo.id.in_(photo_ids)).order_by(Photo.id).with_for_update()).all()
+    )
+
+
+def _metadata_unread() -> ColumnElement[bool]:
+    return and_(Photo.status == PhotoStatus.INDEXED, Photo.metadata_read_at.is_(None))
+
+
+def count_metadata_unread(session: Session) -> int:
+    """Indexed photos whose file's metadata was never read (indexed before the worker read it)."""
+    return int(session.scalar(select(func.count()).select_from(Photo).where(_metadata_unread())) or 0)
+
+
+def metadata_unread(session: Session, after: uuid.UUID | None, limit: int) -> list[Photo]:
+    """The next `limit` of those, by id after `after`, locked (skipping photos another backfill holds)."""
+    query = select(Photo).where(_metadata_unread())
+    if after is not None:
+        query = query.where(Photo.id > after)
+    return list(session.scalars(query.order_by(Photo.id).limit(limit).with_for_update(skip_locked=True)).all())
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ every other service that searches at SQL level get the same answer.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from pgvector import Vector
@@ -88,3 +90,106 @@ class NoActiveModel(LookupError):
 
 class DimensionMismatch(ValueError):
     """The query vector's dimension is not the active model's."""
+
+
+@dataclass(frozen=True)
+class FoundPhoto:
+    """One row of search_photos_filtered(): the photo, where it ranks, and how it matched."""
+
+    photo_id: uuid.UUID
+    rank: int
+    score: float | None  # cosine similarity to the query vector
+    matched: str  # 'semantic', 'keyword' or 'both'
+    relevance: float
+    title: str | None
+    description: str | None
+    photographer: str | None
+    tags: list[str]
+    taken_at: datetime | None
+    uploaded_at: datetime
+    camera: str | None
+    lens: str | None
+    width: int
+    height: int
+    orientation: str
+
+
+class InvalidSearch(ValueError):
+    """The SQL function refused an argument (an unknown filter, a value out of range); the message says which."""
+
+
+def search_filtered(
+    session: Session,
+    query: np.ndarray | None,
+    query_text: str | None,
+    k: int,
+    region: str | None,
+    filters: dict[str, object],
+    options: dict[str, object],
+    *,
+    exact_below: int | None = None,
+    ef_search: int | None = None,
+) -> list[FoundPhoto]:
+    """search_photos_filtered(): filters, keyword and hybrid search, the floor, the order and the page in one call.
+
+    `exact_below` (Settings.search_exact_below): below this many photos left by the filters, exact distances
+    instead of the HNSW scan; `ef_search` as for search_by_vector; None leaves the function's own choices (about
+    sqrt(depth x catalogue size), and 200). Raises NoActiveModel before any indexing,
+    DimensionMismatch for a vector of another dimension, InvalidSearch for arguments the function refuses.
+    """
+    vector = Vector(np.asarray(query, dtype=np.float32).tolist()) if query is not None else None
+    try:
+        with session.begin_nested(), _ef_search(session, ef_search):
+            if exact_below is not None:  # for this statement only: the savepoint's end does not undo a SET LOCAL
+                session.execute(
+                    text("SELECT set_config('withsense.exact_below', :value, true)"), {"value": str(exact_below)}
+                )
+            rows = session.execute(
+                text(
+                    "SELECT * FROM search_photos_filtered(CAST(:query AS vector), :query_text, :k, :region, "
+                    "CAST(:filters AS jsonb), CAST(:options AS jsonb))"
+                ),
+                {
+                    "query": vector,
+                    "query_text": query_text,
+                    "k": k,
+                    "region": region,
+                    "filters": json.dumps(filters),
+                    "options": json.dumps(options),
+                },
+            ).all()
+            if exact_below is not None:
+                session.execute(text("SELECT set_config('withsense.exact_below', '', true)"))
+    except DBAPIError as exc:
+        raise _search_error(exc) from exc
+    return [FoundPhoto(*row) for row in rows]
+
+
+def photo_embedding(session: Session, photo_id: uuid.UUID) -> np.ndarray | None:
+    """The active model's vector of a photo (None when it has none): the starting point of "more like this"."""
+    row = session.execute(
+        text(
+            "SELECT e.embedding::vector FROM photo_embeddings e JOIN embedding_models m ON m.id = e.model_id "
+            "WHERE m.active AND e.photo_id = :photo_id"
+        ),
+        {"photo_id": photo_id},
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    if isinstance(row, str):  # a connection made before the extension existed has no vector type registered
+        return np.asarray([float(part) for part in row.strip("[]").split(",")], dtype=np.float32)
+    if isinstance(row, Vector):
+        return np.asarray(row.to_numpy(), dtype=np.float32)
+    return np.asarray(row, dtype=np.float32)
+
+
+def _search_error(exc: DBAPIError) -> Exception:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    message = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+    if sqlstate == "55000":
+        return NoActiveModel(message)
+    if sqlstate == "22000":
+        return DimensionMismatch(message)
+    if sqlstate == "22023":
+        return InvalidSearch(message)
+    return exc

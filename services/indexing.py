@@ -22,6 +22,7 @@ from PIL import Image
 
 from core.embedding import ModelUnavailableError
 from core.images import ImageRejected, encode_jpeg, load_rgb, make_derivative
+from core.metadata import PhotoMetadata
 from core.moderation import ModerationVerdict, get_moderator
 from core.runtime import runtime
 from core.settings import Settings, get_settings
@@ -29,6 +30,7 @@ from core.storage import derivative_path, original_path, write_atomically
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.models import EmbeddingModel
+from services import metadata as file_metadata
 from services.moderation import ClassifierOutcome, apply_classifier
 from services.queue import QueueUnavailable, enqueue_in_batches, enqueue_ingest, enqueue_resume_after_model_failure
 
@@ -218,6 +220,7 @@ class _Decoded:
     photo_id: uuid.UUID
     prepared: np.ndarray | Image.Image | None = None  # the model's input, from ClipEmbedder.prepare_image
     failure: str | None = None
+    metadata: PhotoMetadata | None = None  # what the file says (None: not read, or unreadable)
 
 
 def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, storage_key: str) -> _Decoded:
@@ -235,7 +238,11 @@ def _decode(settings: Settings, embedder: ClipEmbedder, photo_id: uuid.UUID, sto
     except ImageRejected as exc:
         return _Decoded(photo_id, failure=exc.reason)
     write_atomically(derivative_path(settings, photo_id), encode_jpeg(derivative, settings.derivative_quality))
-    return _Decoded(photo_id, prepared=embedder.prepare_image(derivative))
+    return _Decoded(
+        photo_id,
+        prepared=embedder.prepare_image(derivative),
+        metadata=file_metadata.read_file_metadata(settings, storage_key),
+    )
 
 
 def _inputs(ready: list[_Decoded]) -> list[np.ndarray | Image.Image]:
@@ -266,6 +273,10 @@ def _store_chunk(
                 photo_sql.mark_failed(session, item.photo_id, item.failure)
                 failed[str(item.photo_id)] = item.failure
         stored = photo_sql.store_embeddings(session, model, vectors)
+        # The file's metadata and the screening of its words before the classifier: a caption that describes a
+        # child counts when the classifier's decision is made, and the photo becomes searchable with both.
+        metadata = {item.photo_id: item.metadata for item in decoded if item.photo_id in set(stored)}
+        file_metadata.apply_to_photos(session, metadata, store_gps=settings.store_gps)
         apply_classifier(session, {photo_id: outcomes[photo_id] for photo_id in stored})
     gone = [photo_id for photo_id in vectors if photo_id not in set(stored)]
     for photo_id in gone:  # deleted while it was being embedded

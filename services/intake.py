@@ -5,7 +5,7 @@ enqueue `photos.ingest`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,30 +32,46 @@ class IntakeResult:
     created: bool
 
 
+# The words of a photo that the query policy screens, and how each is named in the audit trail.
+SCREENED_WORDS = {
+    "title": "title",
+    "original_name": "original file name",
+    "description": "description",
+    "tags": "tags",
+}
+
+
 def screened_field(
-    photo: Photo, check: Callable[[str], PolicyDecision] = check_query
+    photo: Photo,
+    check: Callable[[str], PolicyDecision] = check_query,
+    fields: Iterable[str] = tuple(SCREENED_WORDS),
 ) -> tuple[str, str, PolicyDecision] | None:
-    """The first of the photo's own words (title, then file name) that describe a child: (field, words, decision)."""
-    for field, words in (("title", photo.title), ("original file name", photo.original_name)):
+    """The first of the photo's own words (title, file name, description, tags) that describe a child:
+    (field as named in the audit trail, words, decision)."""
+    for name in fields:
+        value = getattr(photo, name)
+        words = ", ".join(value) if isinstance(value, list | tuple) else value
         if words:
             decision = check(words)
             if decision.blocked:
-                return field, words, decision
+                return SCREENED_WORDS[name], words, decision
     return None
 
 
 def screen_words(
     session: Session,
     photo: Photo,
+    fields: Iterable[str] = tuple(SCREENED_WORDS),
     *,
     actor: str = TEXT_SCREEN_ACTOR,
     check: Callable[[str], PolicyDecision] = check_query,
 ) -> tuple[str, str, PolicyDecision] | None:
-    """The query policy applied to the photo's words: "my kids at the beach" marks it as showing a minor (audited).
+    """The query policy applied to the photo's words: a title, description or tag "my kids at the beach" marks it
+    as showing a minor (audited, once: the first field that describes a child).
 
     Returns what marked it, or None. `withsense policy rescreen` calls it too, as its own actor.
     """
-    found = screened_field(photo, check)
+    found = screened_field(photo, check, fields)
     if found is not None:
         field, _, decision = found
         record_text_flag(session, photo, field, decision.matched_terms, decision.rules_version, actor=actor)
@@ -76,6 +92,8 @@ def register_photo(
     original_name: str | None = None,
     title: str | None = None,
     photographer: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] = (),
     info: ImageInfo | None = None,
     depicts_minor: bool | None = None,
     parental_consent: bool | None = None,
@@ -114,6 +132,8 @@ def register_photo(
                     title=title,
                     photographer=photographer,
                     uploaded_by_key=uploaded_by_key,
+                    description=description,
+                    tags=tuple(tags),
                 ),
             )
             if created:

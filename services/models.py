@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.photos import ModelCoverage
-from services.errors import Conflict, NotFound
+from services.errors import Conflict, InvalidRequest, NotFound
 from services.queue import enqueue_reindex_batch
 
 
@@ -42,6 +42,19 @@ def activate(name: str, revision: str | None = None, *, force: bool = False) -> 
         label = f"{model.name}@{model.revision}"
     photo_sql.forget_active_model()
     return label
+
+
+def set_floor(name: str, revision: str | None, floor: float | None) -> str:
+    """A model's default relevance floor (cosine; None: none), used by every search with it from now on."""
+    if floor is not None and not (-1.0 <= floor <= 1.0):
+        raise InvalidRequest(f"the floor is a cosine similarity, from -1 to 1; got {floor}")
+    with session_scope() as session:
+        try:
+            model = photo_sql.find_model(session, name, revision)
+        except photo_sql.ModelNotRegistered as exc:
+            raise NotFound(str(exc)) from None
+        model.min_score = floor
+        return f"{model.name}@{model.revision}"
 
 
 def status_counts() -> dict[str, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
+from core.metadata import MAX_DESCRIPTION, clean_text, parse_tags
 from core.settings import Settings
 from core.storage import derivative_path, original_path, remove_quietly
 from db import photos as photo_sql
@@ -98,6 +99,8 @@ class Upload:
     filename: str | None = None
     title: str | None = None
     photographer: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()  # as sent: each value may hold several, comma-separated
     depicts_minor: bool | None = None
     parental_consent: bool | None = None
 
@@ -125,6 +128,8 @@ def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> Up
         original_name=intake.display_name(upload.filename),
         title=upload.title,
         photographer=upload.photographer,
+        description=clean_text(upload.description, MAX_DESCRIPTION),
+        tags=parse_tags(upload.tags),
         depicts_minor=upload.depicts_minor,
         parental_consent=upload.parental_consent,
         actor=principal.actor,
@@ -163,16 +168,28 @@ def upload_photo(settings: Settings, upload: Upload, principal: Principal) -> Up
     return UploadResult(locked, False, updated=sorted(edits))
 
 
-EDITABLE_FIELDS = ("title", "photographer", "visibility")
+EDITABLE_FIELDS = ("title", "photographer", "description", "tags", "visibility")
 
 
 def update_photo(session: Session, photo_id: uuid.UUID, principal: Principal, changes: dict[str, object]) -> Photo:
-    """Edit a photo this caller may manage; a new title is screened by the query policy as at upload."""
+    """Edit a photo this caller may manage; new words (title, description, tags) are screened by the query policy
+    as at upload. Tags replace the old ones (normalised as at upload: lower case, split at commas)."""
     unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidRequest(f"cannot change {', '.join(sorted(unknown))}")
+    values = dict(changes)
+    if "description" in values:
+        values["description"] = clean_text(values["description"], MAX_DESCRIPTION)
+    if "tags" in values:
+        given = values["tags"]
+        if given is None:
+            values["tags"] = []
+        elif isinstance(given, list | tuple) and all(isinstance(tag, str) for tag in given):
+            values["tags"] = parse_tags(given)
+        else:
+            raise InvalidRequest("`tags` must be a list of strings")
     photo = load_managed(session, photo_id, principal, "change")
-    _apply_edits(session, photo, changes)
+    _apply_edits(session, photo, values)
     photo.updated_at = func.now()
     session.flush()
     session.refresh(photo)
@@ -180,11 +197,13 @@ def update_photo(session: Session, photo_id: uuid.UUID, principal: Principal, ch
 
 
 def _apply_edits(session: Session, photo: Photo, changes: Mapping[str, object]) -> None:
-    """Set the fields; a new title is screened by the query policy (a child in the words marks the photo)."""
+    """Set the fields; new words (title, description, tags) are screened by the query policy (a child in the words
+    marks the photo)."""
     for name, value in changes.items():
         setattr(photo, name, value)
-    if "title" in changes:
-        intake.screen_words(session, photo)
+    screened = [name for name in ("title", "description", "tags") if name in changes]
+    if screened:
+        intake.screen_words(session, photo, screened)
 
 
 def delete_photo(settings: Settings, photo_id: uuid.UUID, principal: Principal) -> None:

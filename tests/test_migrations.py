@@ -204,6 +204,49 @@ def test_0007_downgrade_restores_0006_exactly_and_keeps_the_readers_grants(empty
     upgrade(empty_postgres.url)
 
 
+def _columns(dsn: str, table: str) -> list[tuple[str, str, str | None]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT column_name, data_type, generation_expression FROM information_schema.columns "
+            "WHERE table_name = %s ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+
+
+def test_0008_downgrade_restores_0007_exactly(empty_postgres: LocalPostgres) -> None:
+    """Metadata columns, their indexes and the search functions come and go with 0008; the view returns to the
+    0007 text with the reader's grant, and the functions 0007 left are untouched."""
+    dsn = empty_postgres.url.replace("+psycopg", "")
+    downgrade(empty_postgres.url, "base")
+    upgrade(empty_postgres.url, "0007")
+    with psycopg.connect(dsn) as conn:
+        at_0007 = _surface(conn)
+    columns_0007 = _columns(dsn, "photos")
+
+    upgrade(empty_postgres.url)
+    with psycopg.connect(dsn) as conn:
+        head = _surface(conn)
+    added = {name for name, *_ in _columns(dsn, "photos")} - {name for name, *_ in columns_0007}
+    assert added == {
+        "taken_at", "camera", "lens", "description", "tags", "gps_latitude", "gps_longitude", "metadata_read_at",
+        "orientation", "search_document",
+    }  # fmt: skip
+    for name in (
+        "search_photos_filtered(query_embedding vector, query_text text, k integer, region text, filters jsonb, "
+        "options jsonb)",
+        "similar_photos_filtered(source_photo_id uuid, k integer, region text, filters jsonb, options jsonb)",
+    ):
+        assert "withsense_reader=X/" in (head.functions[name][1] or ""), name
+    assert head.functions["search_filter_values(filter_name text, filter_value jsonb)"][1] == "{postgres=X/postgres}"
+    assert "taken_at" in head.views["searchable_photos"][0] and "gps" not in head.views["searchable_photos"][0]
+
+    downgrade(empty_postgres.url, "0007")
+    with psycopg.connect(dsn) as conn:
+        assert _surface(conn) == at_0007
+    assert _columns(dsn, "photos") == columns_0007
+    upgrade(empty_postgres.url)
+
+
 def test_definition_files_are_frozen() -> None:
     from db import sql
 

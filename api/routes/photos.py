@@ -16,9 +16,10 @@ from api.metrics import UPLOADS
 from api.presenters import base_url, photo_out
 from api.regions import ViewerRegion
 from api.schemas import ErrorOut, PhotoOut, PhotoPage, UploadOut
-from api.uploads import MAX_TEXT_FIELD_CHARS, parse_image_upload
-from api.validation import LINE_PATTERN, LineText, unset_means_unchanged
+from api.uploads import FIELD_LIMITS, MAX_TEXT_FIELD_CHARS, parse_image_upload
+from api.validation import FREE_TEXT_PATTERN, LINE_PATTERN, FreeText, LineText, unset_means_unchanged
 from core.images import ImageRejected
+from core.metadata import MAX_DESCRIPTION, MAX_TAGS
 from db.engine import session_scope
 from services import photos as photo_service
 from services.errors import InvalidRequest
@@ -46,6 +47,19 @@ def _multipart_body(*, with_fields: bool) -> dict[str, object]:
         properties |= {
             "title": {**text, "description": "shown in results; screened by the query policy"},
             "photographer": {**text, "description": "the photographer's name"},
+            "description": {
+                "type": "string",
+                "maxLength": FIELD_LIMITS["description"],
+                "pattern": FREE_TEXT_PATTERN,
+                "description": "a caption (line breaks allowed); the file's IPTC/XMP caption is used when absent",
+            },
+            "tags": {
+                "type": "array",
+                "maxItems": MAX_TAGS,
+                "items": {"type": "string", "maxLength": MAX_TEXT_FIELD_CHARS, "pattern": LINE_PATTERN},
+                "description": "keywords, comma-separated or the field repeated; added to the file's IPTC/XMP "
+                "keywords (at most 100, stored in lower case)",
+            },
             "depicts_minor": {"type": "boolean", "description": "the photographer's declaration"},
             "parental_consent": {"type": "boolean", "description": "the photographer's declaration"},
         }
@@ -87,14 +101,16 @@ IMAGE_QUERY_BODY = _multipart_body(with_fields=False)
 async def upload_photo(request: Request, settings: SettingsDep, principal: UploadPrincipal) -> JSONResponse:
     """Accept an image, store it under a generated name, register it as `pending` and queue it for indexing.
 
-    Optional fields: `title`, `photographer`, and the photographer's declarations `depicts_minor`
-    and `parental_consent` (true/false).
+    Optional fields: `title`, `photographer`, `description`, `tags` (comma-separated or repeated), and the
+    photographer's declarations `depicts_minor` and `parental_consent` (true/false). The worker reads the rest
+    from the file (capture time, camera, lens, IPTC/XMP caption and keywords); what is sent here wins.
     """
     upload = await parse_image_upload(
         request,
         spool_dir=settings.home / "tmp",
         max_bytes=settings.max_upload_bytes,
-        text_fields=("title", "photographer", "depicts_minor", "parental_consent"),
+        text_fields=("title", "photographer", "description", "depicts_minor", "parental_consent"),
+        list_fields=("tags",),
     )
     try:
         received = photo_service.Upload(
@@ -104,6 +120,8 @@ async def upload_photo(request: Request, settings: SettingsDep, principal: Uploa
             filename=upload.filename,
             title=upload.fields.get("title"),
             photographer=upload.fields.get("photographer"),
+            description=upload.fields.get("description"),
+            tags=tuple(upload.lists.get("tags", ())),
             depicts_minor=parse_bool("depicts_minor", upload.fields.get("depicts_minor")),
             parental_consent=parse_bool("parental_consent", upload.fields.get("parental_consent")),
         )
@@ -202,7 +220,9 @@ class PhotoChange(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra=unset_means_unchanged("visibility", at_least_one=("title", "photographer", "visibility")),
+        json_schema_extra=unset_means_unchanged(
+            "visibility", at_least_one=("title", "photographer", "description", "tags", "visibility")
+        ),
     )
 
     title: Annotated[LineText, Field(max_length=MAX_TEXT_FIELD_CHARS)] | None = Field(
@@ -210,6 +230,14 @@ class PhotoChange(BaseModel):
     )
     photographer: Annotated[LineText, Field(max_length=MAX_TEXT_FIELD_CHARS)] | None = Field(
         None, description="null clears it"
+    )
+    description: Annotated[FreeText, Field(max_length=MAX_DESCRIPTION)] | None = Field(
+        None, description="a caption (null clears it)"
+    )
+    tags: list[Annotated[LineText, Field(max_length=MAX_TEXT_FIELD_CHARS)]] | None = Field(
+        None,
+        max_length=MAX_TAGS,
+        description="the photo's tags, replacing the old ones (each may be comma-separated; null or [] clears them)",
     )
     # Not nullable: a photo is always public or private (a default of None means "not sent").
     visibility: Literal["public", "private"] = Field(
@@ -220,7 +248,7 @@ class PhotoChange(BaseModel):
     @model_validator(mode="after")
     def _changes_something(self) -> PhotoChange:
         if not self.model_fields_set:
-            raise ValueError("set at least one of title, photographer, visibility")
+            raise ValueError("set at least one of title, photographer, description, tags, visibility")
         return self
 
 
@@ -229,9 +257,11 @@ MANAGE_FORBIDDEN = {"model": ErrorOut, "description": "another key's photo (only
 
 @router.patch("/{photo_id}", response_model=PhotoOut, responses={403: MANAGE_FORBIDDEN, 404: NOT_VISIBLE})
 def update_photo(photo_id: uuid.UUID, body: PhotoChange, request: Request, principal: CuratorPrincipal) -> PhotoOut:
-    """Edit the title or photographer, or make the photo private (out of search at once) or public again.
+    """Edit the title, photographer, description or tags, or make the photo private (out of search at once) or
+    public again.
 
-    The key that uploaded it, a moderator or an admin. A new title is screened by the query policy as at upload.
+    The key that uploaded it, a moderator or an admin. New words (title, description, tags) are screened by the
+    query policy as at upload; keyword search finds the new words at once.
     """
     changes = {name: _blank_is_none(getattr(body, name)) for name in body.model_fields_set}
     with session_scope() as session:
