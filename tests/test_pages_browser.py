@@ -2,7 +2,8 @@
 uvicorn serving api.app:app on loopback, Postgres, Redis, a Celery worker and the tiny trained CLIP.
 
 Chromium and Playwright come from scripts/install_browser.sh (and the test extra). Where they are missing these
-tests fail under CI=true and are skipped elsewhere, saying what to install.
+tests fail under CI=true or WITHSENSE_REQUIRE_BROWSER=1 (.ci/run sets it) and are skipped elsewhere, saying what
+to install.
 
 With WITHSENSE_SCREENSHOTS=DIR set, the tests also save a PNG of each page into DIR (scripts/screenshots.sh makes
 the README's screenshots this way).
@@ -46,7 +47,8 @@ pytestmark = pytest.mark.usefixtures("clean_db", "worker")
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+    required = (os.environ.get(name, "").lower() for name in ("CI", "WITHSENSE_REQUIRE_BROWSER"))
+    if any(value in {"1", "true", "yes"} for value in required):
         pytest.fail(f"{reason}; CI must install the browser: run scripts/install_browser.sh before the tests")
     pytest.skip(f"{reason}; install it with scripts/install_browser.sh (as root)")
 
@@ -264,6 +266,79 @@ def test_search_by_image_file(api, new_page) -> None:  # type: ignore[no-untyped
     page.wait_for_load_state()
     assert page.get_by_role("heading", name="Photos that look like your image").is_visible()
     assert result_ids(page)[0] == ids[1]
+
+
+def test_filter_controls_narrow_the_results_with_and_without_javascript(api, new_page) -> None:  # type: ignore[no-untyped-def]
+    ada = upload(api, sample_of("red", "circle", seed=180).image, title="Red Circle", photographer="Ada", tags="alpha")
+    nadar = upload(
+        api, sample_of("red", "circle", seed=181).image, title="Red Circle", photographer="Nadar", tags="beta, gamma"
+    )
+    other = upload(api, sample_of("blue", "square", seed=182).image, title="Blue Square", photographer="Nadar")
+    ids = [ada.json()["id"], nadar.json()["id"], other.json()["id"]]
+    assert all(body["status"] == "indexed" for body in wait_for_status(api, ids).values())
+    page = new_page()
+    sign_in(page, create_api_key("search"))
+    page.goto("/search?q=a+red+circle")
+    assert set(result_ids(page)[:2]) == {ids[0], ids[1]}
+
+    # The photographer control: only Nadar's photos, his red circle first; the choice is in the shareable URL.
+    page.get_by_text("Options", exact=True).click()
+    page.get_by_label("Photographer", exact=True).fill("Nadar")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**photographer=Nadar*")
+    found = result_ids(page)
+    assert found[0] == ids[1] and ids[0] not in found
+    assert page.get_by_label("Photographer", exact=True).input_value() == "Nadar"  # the form shows the filter
+    shot(page, "search-filters")
+
+    # The tag control instead: Ada's photo alone.
+    page.get_by_label("Photographer", exact=True).fill("")
+    page.get_by_label("Tags", exact=True).fill("alpha")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**tag=alpha*")
+    assert result_ids(page) == [ids[0]]
+
+    # Without JavaScript: the same GET form, the same server-rendered answer.
+    plain = new_page(js=False)
+    sign_in(plain, create_api_key("search"))
+    plain.goto("/search?q=a+red+circle")
+    plain.get_by_text("Options", exact=True).click()
+    plain.get_by_label("Tags", exact=True).fill("beta, gamma")
+    plain.get_by_label("Portrait").check()  # the synthetic photos are 320x240, landscape: nothing left
+    plain.get_by_role("button", name="Apply").click()
+    plain.wait_for_url("**orientation=portrait*")
+    assert result_ids(plain) == [] and plain.get_by_text("No photo matches").is_visible()
+    plain.get_by_label("Portrait").uncheck()
+    plain.get_by_label("Landscape").check()
+    plain.get_by_role("button", name="Apply").click()
+    plain.wait_for_url("**orientation=landscape*")
+    assert result_ids(plain) == [ids[1]]
+    # A filter the service refuses is a message on the page, not an error page.
+    response = plain.goto("/search?q=a+red+circle&taken_after=2024-02-01&taken_before=2024-01-01")
+    assert response is not None and response.status == 422
+    assert plain.get_by_role("alert").inner_text() == "`taken_after` must be earlier than `taken_before`"
+
+
+def test_the_next_page_link_shows_the_next_results_without_duplicates(api, new_page) -> None:  # type: ignore[no-untyped-def]
+    shapes = ["circle", "square", "triangle", "star", "cross"]
+    ids = index(api, *(sample_of("red", shape, seed=190 + i) for i, shape in enumerate(shapes)))
+    page = new_page(js=False)  # a plain link: no script needed
+    sign_in(page, create_api_key("search"))
+    page.goto("/search?q=a+red+shape&k=100&min_score=-1")
+    everything = result_ids(page)
+    assert sorted(everything) == sorted(ids)
+    page.goto("/search?q=a+red+shape&k=2&min_score=-1")
+    pages = [result_ids(page)]
+    while page.get_by_test_id("next-page").count():
+        page.get_by_test_id("next-page").click()
+        page.wait_for_url("**cursor=*")
+        pages.append(result_ids(page))
+        assert len(pages) <= 5, pages
+    assert [len(found) for found in pages] == [2, 2, 1]
+    assert [photo for found in pages for photo in found] == everything  # in order, none twice, none left out
+    assert page.get_by_role("link", name="First page").is_visible()
+    page.get_by_role("link", name="First page").click()
+    assert result_ids(page) == pages[0]
 
 
 def test_a_blocked_query_shows_the_disclaimer_in_place_of_results(api, new_page) -> None:  # type: ignore[no-untyped-def]

@@ -4,6 +4,8 @@ same pages in Chromium."""
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 
 import pytest
@@ -198,6 +200,18 @@ def test_redirects_after_forms_stay_on_this_site(services) -> None:  # type: ign
         "/moderation?cursor=nope",
         "/upload?cursor=zzz",
         "/search?q=%00%01",
+        "/search?q=x&taken_after=2024-02-01&taken_before=2024-01-01",
+        "/search?q=x&taken_after=yesterday",
+        "/search?q=x&min_score=2",
+        "/search?q=x&min_score=abc",
+        "/search?q=x&orientation=diagonal",
+        "/search?q=x&mode=magic",
+        "/search?q=x&sort=oldest",
+        "/search?q=x&min_width=-1",
+        "/search?q=x&cursor=garbage",
+        "/search?q=x&tag=%01",
+        "/search?q=x&photographer=" + "p" * 201,
+        "/search?like=00000000-0000-0000-0000-000000000000&mode=keyword",
     ],
 )
 def test_bad_input_gets_a_4xx_page_never_a_5xx(services, path: str) -> None:  # type: ignore[no-untyped-def]
@@ -282,6 +296,10 @@ def test_search_results_are_in_the_html_the_server_sends(api) -> None:  # type: 
 
 @pytest.mark.usefixtures("clean_db", "worker")
 def test_the_uploader_edits_and_deletes_from_the_photo_page_and_others_may_not(services) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
     uploader_key, stranger_key = create_api_key("upload"), create_api_key("upload", "search")
     photo_id = upload_with(uploader_key, sample_of("green", "circle", seed=50))
     with page_client(uploader_key) as owner, page_client(stranger_key) as stranger:
@@ -295,6 +313,31 @@ def test_the_uploader_edits_and_deletes_from_the_photo_page_and_others_may_not(s
         assert saved.status_code == 303 and saved.headers["location"] == f"/photos/{photo_id}?done=saved"
         shown = owner.get(f"/photos/{photo_id}?done=saved").text
         assert "Green light" in shown and "Saved." in shown and "private" in shown
+        # Description and tags: edited in the form (tags comma-separated), shown on the page, in the API's record.
+        described = owner.post(
+            f"/photos/{photo_id}/edit",
+            data={
+                "csrf_token": token,
+                "title": "Green light",
+                "description": "A green circle at dusk",
+                "tags": "Dusk, signal , ",
+                "visibility": "private",
+            },
+        )
+        assert described.status_code == 303
+        shown = owner.get(f"/photos/{photo_id}").text
+        assert "A green circle at dusk" in shown and 'value="dusk, signal"' in shown
+        assert '<a href="/search?q=dusk&amp;tag=dusk">dusk</a>' in shown
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {uploader_key}"}) as bearer:
+            record = bearer.get(f"/v1/photos/{photo_id}").json()
+        assert record["description"] == "A green circle at dusk" and record["tags"] == ["dusk", "signal"]
+        cleared = owner.post(
+            f"/photos/{photo_id}/edit", data={"csrf_token": token, "title": "Green light", "visibility": "private"}
+        )
+        assert cleared.status_code == 303
+        with TestClient(create_app(), headers={"Authorization": f"Bearer {uploader_key}"}) as bearer:
+            record = bearer.get(f"/v1/photos/{photo_id}").json()
+        assert record["description"] is None and record["tags"] == []
         bad = owner.post(f"/photos/{photo_id}/edit", data={"csrf_token": token, "title": "x\x00y"})
         assert bad.status_code == 422 and "control characters" in bad.text
 
@@ -339,3 +382,37 @@ def test_a_moderation_decision_needs_a_reason_and_the_moderate_scope(api) -> Non
             f"/moderation/{photo_id}", data={"csrf_token": other, "action": "approve", "reason": "let me in"}
         )
         assert refused.status_code == 403
+
+
+@pytest.mark.usefixtures("clean_db", "worker")
+def test_filters_options_and_next_pages_are_in_the_links_the_server_sends(api) -> None:  # type: ignore[no-untyped-def]
+    from tests.images import jpeg_bytes
+
+    ada = upload(api, sample_of("red", "circle", seed=60).image, title="Red circle", photographer="Ada", tags="alpha")
+    nadar = upload(api, sample_of("red", "circle", seed=61).image, title="Red circle", photographer="Nadar")
+    ids = [ada.json()["id"], nadar.json()["id"]]
+    assert all(b["status"] == "indexed" for b in wait(api, ids).values())
+    with page_client(create_api_key("search")) as client:
+        narrowed = client.get("/search", params={"q": "a red circle", "photographer": "Nadar", "mode": "semantic"})
+        assert narrowed.status_code == 200 and result_ids(narrowed.text) == [ids[1]]
+        # The form shows what the link asked for, so "Apply" keeps it.
+        assert 'id="photographer" name="photographer" value="Nadar"' in narrowed.text
+        assert '<option value="semantic" selected>' in narrowed.text
+        tagged = client.get("/search", params={"q": "a red circle", "tag": "ALPHA"})  # tags match in lower case
+        assert result_ids(tagged.text) == [ids[0]] and 'value="alpha"' in tagged.text
+        # Search by image carries the form's filters (hidden fields), as POST /v1/search/image takes them.
+        form = client.get("/search", params={"q": "a red circle", "photographer": "Ada"}).text
+        assert '<input type="hidden" name="photographer" value="Ada">' in form
+        by_image = client.post(
+            "/search/image",
+            data={"csrf_token": csrf_of(form), "photographer": "Ada"},
+            files={"file": ("q.jpg", jpeg_bytes(sample_of("red", "circle", seed=62).image), "image/jpeg")},
+        )
+        assert by_image.status_code == 200 and result_ids(by_image.text) == [ids[0]]
+        # One result a page: the next page link carries the search's cursor and shows the other photo.
+        first = client.get("/search", params={"q": "a red circle", "k": 1, "min_score": -1})
+        next_link = re.search(r'href="([^"]+)" rel="next"', first.text)
+        assert next_link, "no next page link"
+        second = client.get(html.unescape(next_link.group(1)))
+        assert second.status_code == 200 and "cursor=" in next_link.group(1)
+        assert sorted(result_ids(first.text) + result_ids(second.text)) == sorted(ids)

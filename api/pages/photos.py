@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from api.deps import SessionDep, SettingsDep
 from api.regions import resolve_region
 from api.routes.photos import PhotoChange
+from core.metadata import MAX_DESCRIPTION
 from db.engine import session_scope
 from db.models import PhotoStatus
 from services import moderation as moderation_service
@@ -33,6 +34,7 @@ from .session import CSRF_FIELD, check_csrf
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 SIMILAR_K = 12
+MAX_TAGS_TEXT = 20_000  # the tag box: up to MAX_TAGS tags of a line each, comma-separated
 RegionQuery = Annotated[str | None, Query(max_length=16)]
 RegionHeader = Annotated[str | None, Header(alias="X-Region", max_length=16)]
 CsrfForm = Annotated[str, Form(alias=CSRF_FIELD, max_length=200)]
@@ -74,6 +76,7 @@ def photo_page(
         {
             "photo": photo,
             "links": photo_links(photo.id, viewer_region),
+            "tag_links": [(tag, _tag_search(tag, viewer_region)) for tag in photo.tags or []],
             "region": viewer_region,
             "manages": manages,
             "moderates": principal.allows("moderate"),
@@ -83,7 +86,7 @@ def photo_page(
                     "id": str(hit.photo_id),
                     "title": hit.title,
                     "photographer": hit.photographer,
-                    "score": f"{hit.score:.3f}",
+                    "score": f"{hit.score:.3f}" if hit.score is not None else None,
                     **photo_links(hit.photo_id, viewer_region),
                 }
                 for hit in (similar.hits if similar else [])
@@ -120,13 +123,20 @@ def edit_photo(
     csrf: CsrfForm,
     title: Annotated[str, Form(max_length=1000)] = "",
     photographer: Annotated[str, Form(max_length=1000)] = "",
+    description: Annotated[str, Form(max_length=MAX_DESCRIPTION)] = "",
+    tags: Annotated[str, Form(max_length=MAX_TAGS_TEXT)] = "",
     visibility: Annotated[Literal["public", "private"], Form()] = "public",
 ) -> Response:
-    """PATCH /v1/photos/{id} from a form: title, photographer, public or private."""
+    """PATCH /v1/photos/{id} from a form: title, photographer, description, tags (comma-separated), public or
+    private. A blank field clears it, as null does in the API."""
     check_csrf(request, csrf)
     try:
         change = PhotoChange(
-            title=_clean(title, "title"), photographer=_clean(photographer, "photographer"), visibility=visibility
+            title=_clean(title, "title"),
+            photographer=_clean(photographer, "photographer"),
+            description=_clean(description, "description"),
+            tags=[tag.strip() for tag in tags.split(",") if tag.strip()],
+            visibility=visibility,
         )
     except ValidationError as exc:
         raise InvalidRequest("; ".join(str(e["msg"]) for e in exc.errors())) from None
@@ -151,3 +161,9 @@ def delete_photo(
     target = safe_next(next_, default)
     separator = "&" if "?" in target else "?"
     return redirect(f"{target}{separator}{urllib.parse.urlencode({'done': 'deleted'})}")
+
+
+def _tag_search(tag: str, region: str | None) -> str:
+    """A search for the photos with this tag: its word as the query, the tag as a filter."""
+    query = {"q": tag, "tag": tag, **({"region": region} if region else {})}
+    return "/search?" + urllib.parse.urlencode(query)
