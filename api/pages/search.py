@@ -241,6 +241,7 @@ def search_page(
     started = time.perf_counter()
     try:
         options = params.options()
+        params = params.model_copy(update={"tag": list(options.filters.tag)})  # as matched: lower case, once each
         if params.q is None and not params.negative and params.like is not None:
             # "More like this": GET /v1/photos/{id}/similar, found by what the photos show (hybrid means semantic).
             if options.mode == "hybrid":
