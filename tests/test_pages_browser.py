@@ -408,10 +408,16 @@ def test_uploading_two_files_shows_progress_until_both_are_indexed(api, new_page
     page.goto(f"/photos/{photo_ids[0]}")
     assert page.locator("[data-status]").get_attribute("data-status") == "indexed"
     page.get_by_label("Title", exact=True).fill("Sunset over the bay")
+    page.get_by_label("Description", exact=True).fill("Blue hour over the harbour, from the pier")
+    page.get_by_label("Tags", exact=True).fill("Harbour, blue hour")
     page.get_by_role("button", name="Save").click()
     page.wait_for_url("**done=saved")
     assert page.get_by_role("heading", level=1).inner_text() == "Sunset over the bay"
-    assert api.get(f"/v1/photos/{photo_ids[0]}").json()["title"] == "Sunset over the bay"
+    assert page.get_by_test_id("tags").inner_text().split() == ["harbour", "blue", "hour"]
+    record = api.get(f"/v1/photos/{photo_ids[0]}").json()
+    assert record["title"] == "Sunset over the bay" and record["tags"] == ["harbour", "blue hour"]
+    assert record["description"] == "Blue hour over the harbour, from the pier"
+    assert page.get_by_text("Blue hour over the harbour, from the pier", exact=True).is_visible()
     shot(page, "photo-owner")
     page.goto("/upload")
 
