@@ -417,7 +417,7 @@ def test_uploading_two_files_shows_progress_until_both_are_indexed(api, new_page
     record = api.get(f"/v1/photos/{photo_ids[0]}").json()
     assert record["title"] == "Sunset over the bay" and record["tags"] == ["harbour", "blue hour"]
     assert record["description"] == "Blue hour over the harbour, from the pier"
-    assert page.get_by_text("Blue hour over the harbour, from the pier", exact=True).is_visible()
+    assert page.locator("dd.description").inner_text() == "Blue hour over the harbour, from the pier"
     shot(page, "photo-owner")
     page.goto("/upload")
 
