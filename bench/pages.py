@@ -150,6 +150,17 @@ def _measure(client: httpx.Client, path: str, requests: int) -> PageFigures:
     return PageFigures(path, latency_stats(server), latency_stats(wall))
 
 
+def _warm_up(client: httpx.Client, timeout: float) -> None:
+    """One search once the model is loaded: the API answers 503 while it loads in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/v1/search", params={"q": "warm up"})
+        if response.status_code != 503 or time.monotonic() > deadline:
+            response.raise_for_status()
+            return
+        time.sleep(1)
+
+
 def _label(path: str) -> str:
     return re.sub(r"cursor=[^&]+", "cursor=…", path)[:100]
 
@@ -237,7 +248,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         _wait_for(f"{base}/healthz", home / "api.log", api, 180)
         bearer = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_key}"}, timeout=300)
-        bearer.get("/v1/search", params={"q": "warm up"}).raise_for_status()  # waits for the model
+        _warm_up(bearer, timeout=600)
         ids = _upload_photos(bearer, args.photos, timeout=600)
         for photo_id in ids[: max(1, len(ids) // 4)]:
             bearer.post(f"/v1/photos/{photo_id}/moderation", json={"status": "pending_review", "reason": "bench"})
