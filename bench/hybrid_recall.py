@@ -78,8 +78,8 @@ def run(url: str, seed: int, k: int, model_name: str) -> dict[str, object]:
     from core.runtime import runtime
     from db import photos as photo_sql
     from db.engine import session_scope
-    from db.migrate import upgrade
     from evaluation.hybrid import catalogue, queries, suggest_floor, summarise
+    from migrations.apply import upgrade
     from services import search as search_service
 
     runtime.reset()

@@ -220,7 +220,7 @@ def main() -> None:
 
     from bench.search_at_scale import server_settings
     from cli.local_services import LocalPostgres
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     home = args.keep or short_tmp_dir("wsf-")
     postgres = LocalPostgres(home / "pg", server_settings=server_settings(args.shared_buffers))

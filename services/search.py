@@ -55,7 +55,8 @@ MAX_NEGATIVES = 10
 MAX_TEXT = 1000
 MAX_WEIGHT = 10.0
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Free text may hold tabs and line breaks (a pasted query), as api/validation.py allows; nothing else of C0/C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class ModelMismatch(Unavailable):

@@ -375,10 +375,10 @@ def test_the_reader_role_gets_filters_keywords_and_pages(catalogue: Catalogue, s
     role = f"catalogue_{uuid.uuid4().hex[:8]}"
     admin_dsn = services.database_url.replace("+psycopg", "")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE withsense_reader")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
     vector = "[" + ",".join(f"{x:.6f}" for x in catalogue.query(12)) + "]"
     try:
-        with psycopg.connect(admin_dsn.replace("postgres@", f"{role}@"), autocommit=True) as conn:
+        with psycopg.connect(services.postgres.dsn_for(role, f"{role}-pw"), autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT photo_id, rank, matched FROM search_photos_filtered(%s::vector, 'Baikal', 10, 'RU', "
                 '%s::jsonb, \'{"mode": "hybrid"}\')',

@@ -16,7 +16,7 @@ from api.metrics import UPLOADS
 from api.presenters import base_url, photo_out
 from api.regions import ViewerRegion
 from api.schemas import ErrorOut, PhotoOut, PhotoPage, UploadOut
-from api.uploads import FIELD_LIMITS, MAX_TEXT_FIELD_CHARS, parse_image_upload
+from api.uploads import FIELD_LIMITS, MAX_LIST_FIELD_CHARS, MAX_TEXT_FIELD_CHARS, parse_image_upload
 from api.validation import FREE_TEXT_PATTERN, LINE_PATTERN, FreeText, LineText, unset_means_unchanged
 from core.images import ImageRejected
 from core.metadata import MAX_DESCRIPTION, MAX_TAGS
@@ -53,12 +53,14 @@ def _multipart_body(*, with_fields: bool) -> dict[str, object]:
                 "pattern": FREE_TEXT_PATTERN,
                 "description": "a caption (line breaks allowed); the file's IPTC/XMP caption is used when absent",
             },
+            # One string in the schema (commas separate tags); the field may also be repeated, one tag or several
+            # each time, which a JSON schema of a multipart body cannot say without describing it as an array.
             "tags": {
-                "type": "array",
-                "maxItems": MAX_TAGS,
-                "items": {"type": "string", "maxLength": MAX_TEXT_FIELD_CHARS, "pattern": LINE_PATTERN},
-                "description": "keywords, comma-separated or the field repeated; added to the file's IPTC/XMP "
-                "keywords (at most 100, stored in lower case)",
+                "type": "string",
+                "maxLength": MAX_LIST_FIELD_CHARS,
+                "pattern": LINE_PATTERN,
+                "description": "keywords, comma-separated (or the field repeated); added to the file's IPTC/XMP "
+                f"keywords (at most {MAX_TAGS}, stored in lower case)",
             },
             "depicts_minor": {"type": "boolean", "description": "the photographer's declaration"},
             "parental_consent": {"type": "boolean", "description": "the photographer's declaration"},

@@ -27,8 +27,19 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 KParam = Annotated[int, Query(ge=1, le=100, description="results per page, 1 to 100")]
 
-# ISO 8601: a date, or a date and time with an optional zone (UTC when it has none).
-ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([zZ]|[+-]\d{2}:?\d{2})?)?$"
+# ISO 8601: a date, or a date and time with an optional zone (UTC when it has none); only real calendar days from
+# 1800 to 9999 (leap years included), ASCII digits only, so that what the schema allows the service accepts.
+_YEAR = r"(?:1[89][0-9][0-9]|[2-9][0-9]{3})"
+_LEAP_YEAR = r"(?:(?:1[89]|[2-9][0-9])(?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[3579][26])00)"
+_DAY = (
+    rf"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
+_TIME = (
+    r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+    r"(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])?)?"
+)
+ISO_MOMENT = f"^{_DAY}{_TIME}$"
 FilterText = Annotated[NonBlankLine, Field(min_length=1, max_length=200)]
 QueryText = Annotated[FreeText, Field(min_length=1, max_length=1000)]
 Orientation = Literal["landscape", "portrait", "square"]
