@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.deps import SessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.regions import resolve_region
+from api.routes.search import ISO_MOMENT
 from api.uploads import parse_image_upload
 from api.validation import FreeText, NonBlankLine
 from db.search import FoundPhoto
@@ -37,7 +38,6 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 PAGE_SIZE = 24
 MAX_K = 100
-ISO_MOMENT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([zZ]|[+-]\d{2}:?\d{2})?)?$"
 FilterText = Annotated[NonBlankLine, Field(min_length=1, max_length=200)]
 QueryText = Annotated[FreeText, Field(min_length=1, max_length=1000)]
 Moment = Annotated[str, Field(pattern=ISO_MOMENT)]
