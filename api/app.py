@@ -12,7 +12,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import errors, openapi
+from api import errors, openapi, pages
 from api.routes import embeddings, health, moderation, photos, search
 from core.embedding import get_embedder
 from core.settings import get_settings
@@ -70,6 +70,8 @@ def create_app() -> FastAPI:
     app.include_router(search.router)
     app.include_router(moderation.router)
     app.include_router(embeddings.router)
+    pages.install(app)
+
     errors.install(app)
     openapi.install(app, _vector_dimension)
     _serve_docs(app)

@@ -36,7 +36,8 @@ def _limit_for(settings: Settings, scope: str) -> RateLimitItem:
     return parse(settings.rate_limit_search if scope == "search" else settings.rate_limit_upload)
 
 
-def _enforce_rate_limit(settings: Settings, principal: Principal, scope: str, request: Request) -> None:
+def enforce_rate_limit(settings: Settings, principal: Principal, scope: str, request: Request) -> None:
+    """429 when this key (or client address, without a key) is over its limit for `scope` (the API and the pages)."""
     if scope not in RATE_LIMITED_SCOPES or not settings.broker_url:
         return
     item = _limit_for(settings, scope)
@@ -74,7 +75,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
         if credentials is None:
             public = [s for s in accepted if s in settings.anonymous_scopes]
             if public:
-                _enforce_rate_limit(settings, ANONYMOUS, public[0], request)
+                enforce_rate_limit(settings, ANONYMOUS, public[0], request)
                 request.state.principal = ANONYMOUS
                 return ANONYMOUS
             raise HTTPException(
@@ -96,7 +97,7 @@ def require_scope(scope: str, *alternatives: str) -> Callable[..., Principal]:
                 status.HTTP_403_FORBIDDEN,
                 f"this key may {', '.join(sorted(principal.scopes))}; this route needs the {needed} scope",
             )
-        _enforce_rate_limit(settings, principal, granted[0], request)
+        enforce_rate_limit(settings, principal, granted[0], request)
         request.state.principal = principal
         return principal
 

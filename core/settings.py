@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     # Per-key limits, in the `limits` notation ("N/second", "N/minute"); counted in Redis.
     rate_limit_search: str = "50/second"
     rate_limit_upload: str = "20/second"
+    # Signs the web pages' sign-in cookie and CSRF tokens. Empty: a random secret generated once and kept in
+    # WITHSENSE_HOME/session.secret (every API process sharing that folder uses it). Changing it signs everyone out.
+    session_secret: str = ""
+    # How long a sign-in on the web pages lasts.
+    session_max_age_s: int = Field(default=30 * 24 * 3600, ge=60)
 
     # HTTP.
     # Torch threads in an API process. Requests embed their query text in parallel threads; one torch thread

@@ -74,6 +74,18 @@ def review_queue(
     return [(p, scores[p.id]) for p in photos]
 
 
+def photo_scores(session: Session, photo_id: uuid.UUID, classifier_version: str | None) -> dict[str, float]:
+    """One photo's scores by category from the classifier version that last scored it (none before that)."""
+    if classifier_version is None:
+        return {}
+    rows = session.scalars(
+        select(ModerationScore).where(
+            ModerationScore.photo_id == photo_id, ModerationScore.classifier_version == classifier_version
+        )
+    )
+    return {row.category: row.score for row in rows}
+
+
 def queue_size(session: Session) -> int:
     return int(
         session.scalar(
@@ -91,6 +103,18 @@ def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
             select(ModerationAudit).where(ModerationAudit.photo_id == photo_id).order_by(ModerationAudit.id)
         )
     )
+
+
+def audit_trails(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[ModerationAudit]]:
+    """The audit trails of several photos in one query (the moderation page), each oldest first."""
+    trails: dict[uuid.UUID, list[ModerationAudit]] = {photo_id: [] for photo_id in photo_ids}
+    if photo_ids:
+        rows = session.scalars(
+            select(ModerationAudit).where(ModerationAudit.photo_id.in_(photo_ids)).order_by(ModerationAudit.id)
+        )
+        for row in rows:
+            trails[row.photo_id].append(row)
+    return trails
 
 
 def photo_visibility(session: Session, photo_id: uuid.UUID, region: str | None) -> str:

@@ -194,6 +194,16 @@ def review_queue(session: Session, limit: int, offset: int = 0, cursor: str | No
     return ReviewPage(moderation_sql.queue_size(session), page, next_cursor)
 
 
+def audit_trails(session: Session, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[ModerationAudit]]:
+    """The audit trails of several photos at once (a page of the queue), each oldest first."""
+    return moderation_sql.audit_trails(session, photo_ids)
+
+
+def photo_scores(session: Session, photo: Photo) -> dict[str, float]:
+    """The classifier's latest scores of one photo by category, 0 to 1 (empty before it is classified)."""
+    return moderation_sql.photo_scores(session, photo.id, photo.classifier_version)
+
+
 def audit_trail(session: Session, photo_id: uuid.UUID) -> list[ModerationAudit]:
     """Every moderation change of a photo, oldest first (kept after the photo is deleted)."""
     return moderation_sql.audit_trail(session, photo_id)

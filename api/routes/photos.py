@@ -152,10 +152,11 @@ def _declaration(upload: ParsedUpload, name: str) -> bool | None:
     if name in upload.empty:
         upload.file.discard()
         raise InvalidRequest(f"`{name}` must be true or false, not empty")
-    return _parse_bool(name, upload.fields.get(name))
+    return parse_bool(name, upload.fields.get(name))
 
 
-def _parse_bool(name: str, value: str | None) -> bool | None:
+def parse_bool(name: str, value: str | None) -> bool | None:
+    """A form field's true or false; None when absent; 422 for anything else."""
     if value is None:
         return None
     # The schema says boolean: a form field spells it `true` or `false`, nothing else.
