@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 from core.runtime import runtime
 from core.settings import Settings
-from core.text_alignment import TextAlignment
+from core.text_alignment import TextAlignment, moderation_prompt_texts
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class ClipEmbedder:
             text_batch_size=settings.text_batch_size,
             image_encoder=settings.image_encoder,
             onnx_cache_dir=settings.onnx_dir,
-            text_probes=_moderation_prompt_texts(settings) if settings.text_model else (),
+            text_probes=moderation_prompt_texts(settings.moderation_prompts) if settings.text_model else (),
             text_min_margin=settings.text_model_min_margin,
         )
 
@@ -615,17 +615,6 @@ class ClipEmbedder:
             # Normalise in float32: fp16 norms of 512 components lose precision.
             embeddings = torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
         return embeddings.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _moderation_prompt_texts(settings: Settings) -> list[str]:
-    """The moderation prompts as extra probes: the texts whose vectors decide most, in the deployment's domain."""
-    from core.moderation import load_rules
-
-    try:
-        rules = load_rules(settings.moderation_prompts)
-    except (OSError, ValueError):  # the moderator reports a broken prompt file itself; the probes do without
-        return []
-    return [text for category in rules.categories.values() for text in (*category.positive, *category.negative)]
 
 
 _embedder = runtime.slot("embedder", ClipEmbedder.from_settings)

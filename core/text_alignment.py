@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 # Plain captions of everyday photos: any text tower made for a CLIP knows these words.
 PROBE_CAPTIONS: tuple[str, ...] = (
@@ -75,6 +77,19 @@ def probe_texts(extra: Iterable[str] = ()) -> list[str]:
         if cleaned:
             seen.setdefault(cleaned, None)
     return list(seen)
+
+
+def moderation_prompt_texts(path: Path | None = None) -> list[str]:
+    """The moderation prompts (WITHSENSE_MODERATION_PROMPTS, default core/moderation_prompts.yaml) as extra probes:
+    the texts whose vectors decide most, in the deployment's own domain. Read without core.moderation (which
+    imports the embedder); a broken file gives none here, and the moderator reports it itself."""
+    source = path or Path(__file__).with_name("moderation_prompts.yaml")
+    try:
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        categories = data["categories"].values()
+        return [str(t) for category in categories for t in (*category["positive"], *category["negative"])]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

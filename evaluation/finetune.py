@@ -50,7 +50,7 @@ class FinetuneConfig:
     mode: FinetuneMode = "text"
     max_steps: int = 600
     batch_size: int = 64
-    learning_rate: float = 5e-4
+    learning_rate: float = 2e-5  # ViT-B/32-sized text towers; a tiny model from scratch takes ~5e-4
     eval_every: int = 50
     patience: int = 4
     heldout_share: float = 0.2
@@ -411,7 +411,7 @@ def finetune_command(
     ] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, max=1_000_000)] = 600,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=65536)] = 64,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", min=1e-7, max=1.0)] = 5e-4,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=1e-7, max=1.0)] = 2e-5,
     eval_every: Annotated[
         int, typer.Option("--eval-every", min=1, help="Held-out check (and checkpoint) every N steps.")
     ] = 50,

@@ -66,7 +66,9 @@ def test_finetune_on_a_shifted_domain_lifts_it_and_keeps_the_original(
     before = (_recall_at_5(api, original_queries, gallery), _recall_at_5(api, shifted_queries, gallery))
 
     out = tmp_path / "tuned"
-    trained = _cli("finetune", str(out), "--max-steps", "120", "--eval-every", "20", "--quiet")
+    trained = _cli(
+        "finetune", str(out), "--max-steps", "40", "--eval-every", "10", "--learning-rate", "5e-4", "--quiet"
+    )
     assert trained.exit_code == 0, trained.output
     assert "held-out text-to-image retrieval before and after" in trained.output
     assert "| after (fine-tuned) |" in trained.output
@@ -94,7 +96,8 @@ def test_finetune_is_refused_for_a_whole_model_adoption_and_resumes_after_a_kill
     out = tmp_path / "whole"
     command = [
         sys.executable, "-m", "cli.main", "finetune", str(out), "--dataset", str(dataset), "--whole-model",
-        "--max-steps", "60", "--eval-every", "5", "--patience", "100", "--batch-size", "16", "--quiet",
+        "--max-steps", "30", "--eval-every", "5", "--patience", "100", "--batch-size", "16",
+        "--learning-rate", "5e-4", "--quiet",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -111,7 +114,7 @@ def test_finetune_is_refused_for_a_whole_model_adoption_and_resumes_after_a_kill
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resumed from step" in second.stdout, second.stdout[-3000:]
     record = read_record(out)
-    assert record is not None and record.mode == "whole" and record.steps == 60
+    assert record is not None and record.mode == "whole" and record.steps == 30
     assert not (out / ".finetune-checkpoint").exists()
 
     refused = _cli("models", "adopt", str(out))
