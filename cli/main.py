@@ -628,6 +628,29 @@ def embeddings_partition(
         typer.echo(f"photo_embeddings: {result.before} -> {result.after} partition(s), HNSW indexes rebuilt")
 
 
+@models_app.command("adopt")
+def models_adopt(
+    folder: Annotated[str, typer.Argument(help="a `withsense finetune` output folder (text tower only)")],
+) -> None:
+    """Register a text-only fine-tune sharing its base model's stored image vectors: no re-embedding."""
+    from services import models as model_service
+    from services.errors import Conflict, InvalidRequest, NotFound
+
+    _settings()
+    try:
+        adopted = model_service.adopt_finetuned(folder)
+    except (InvalidRequest, NotFound) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Conflict as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"{adopted.label} registered beside {adopted.base_label}, sharing its {adopted.shared} image vectors. "
+        f"Activate it with `withsense models activate {folder}`."
+    )
+
+
 @app.command()
 def reindex(
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="photos per task")] = 128,
@@ -791,6 +814,17 @@ def _register_eval() -> None:
 
 
 _register_eval()
+
+
+def _register_finetune() -> None:
+    from evaluation.finetune import finetune_command
+
+    app.command(
+        "finetune", help="Train a new model version on (image, text) pairs: the catalogue's titles or a seed dataset."
+    )(finetune_command)
+
+
+_register_finetune()
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 from core.runtime import runtime
 from core.settings import Settings
+from core.text_alignment import TextAlignment, moderation_prompt_texts
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,8 @@ class ClipEmbedder:
         text_batch_size: int = 64,
         image_encoder: str = "torch",
         onnx_cache_dir: str | Path | None = None,
+        text_probes: Sequence[str] = (),
+        text_min_margin: float | None = None,
     ) -> None:
         if image_encoder not in ("torch", "onnx", "onnx-int8"):
             raise ValueError(f"image_encoder must be torch, onnx or onnx-int8, not {image_encoder!r}")
@@ -258,6 +261,10 @@ class ClipEmbedder:
         self._text_model: SentenceTransformer | None = None
         self._revision: str | None = None
         self._dimension: int | None = None
+        # Extra captions for the start-up check of a separate text model (core/text_alignment.py).
+        self._text_probes = tuple(text_probes)
+        self._text_min_margin = text_min_margin
+        self.text_alignment: TextAlignment | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ClipEmbedder:
@@ -276,6 +283,8 @@ class ClipEmbedder:
             text_batch_size=settings.text_batch_size,
             image_encoder=settings.image_encoder,
             onnx_cache_dir=settings.onnx_dir,
+            text_probes=moderation_prompt_texts(settings.moderation_prompts) if settings.text_model else (),
+            text_min_margin=settings.text_model_min_margin,
         )
 
     def __repr__(self) -> str:
@@ -344,7 +353,9 @@ class ClipEmbedder:
                         f"text model {self._text_name} gives {text_dimension}-d vectors but {self._name} gives "
                         f"{dimension}-d: they are not in the same embedding space"
                     )
+            alignment = self._check_text_model(model, text_model) if text_model is not None else None
             self._text_model = text_model
+            self.text_alignment = alignment
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(model)
             self._clip_model, self._image_processor = self._clip_parts(model)
@@ -360,6 +371,34 @@ class ClipEmbedder:
                 device,
                 self._encoder_name(),
             )
+
+    def _check_text_model(self, model: SentenceTransformer, text_model: SentenceTransformer) -> TextAlignment:
+        """Refuse a text model whose probe captions do not land near the image model's own text tower's."""
+        from core.text_alignment import DEFAULT_MIN_MARGIN, probe_texts, require_alignment
+
+        probes = probe_texts(self._text_probes)
+        try:
+            alignment = require_alignment(
+                self._raw_encode(model, probes),
+                self._raw_encode(text_model, probes),
+                image_model=self._name,
+                text_model=str(self._text_name),
+                min_margin=DEFAULT_MIN_MARGIN if self._text_min_margin is None else self._text_min_margin,
+            )
+        except ValueError as exc:  # TextModelMismatchError: a configuration error, reported like a missing model
+            raise ModelUnavailableError(str(exc)) from exc
+        logger.info("text model %s agrees with %s: %s", self._text_name, self._name, alignment.describe())
+        return alignment
+
+    @staticmethod
+    def _raw_encode(model: SentenceTransformer, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts` from one loaded model, usable while `load` still holds its lock."""
+        import torch
+
+        with torch.inference_mode():
+            vectors = model.encode(texts, convert_to_tensor=True, normalize_embeddings=False, show_progress_bar=False)
+            vectors = torch.nn.functional.normalize(vectors.float(), p=2, dim=1)
+        return vectors.cpu().numpy().astype(np.float32, copy=False)
 
     @staticmethod
     def _clip_parts(model: SentenceTransformer) -> tuple[CLIPModel | None, ImageProcessor | None]:
@@ -538,6 +577,17 @@ class ClipEmbedder:
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
         return self._encode(self._text_model or model, list(texts), self.text_batch_size)
+
+    def embed_image_model_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts with the image model's own text tower, whatever WITHSENSE_TEXT_MODEL says.
+
+        The zero-shot moderation prompts are scored this way: their thresholds were calibrated on this tower, and a
+        separate (multilingual) text model would silently move every photo's scores.
+        """
+        model = self._loaded()
+        if isinstance(texts, str):
+            raise TypeError("embed_image_model_texts takes a sequence of strings, not one string")
+        return self._encode(model, list(texts), self.text_batch_size)
 
     def truncated_texts(self, texts: Sequence[str]) -> list[bool]:
         """For each text, whether `embed_texts` cuts it to the model's context (it reads only the beginning)."""

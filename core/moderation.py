@@ -122,7 +122,8 @@ def _build_moderator() -> ZeroShotModerator:
     from core.embedding import get_embedder
     from core.settings import get_settings
 
-    return ZeroShotModerator(load_rules(get_settings().moderation_prompts), get_embedder().embed_texts)
+    # The image model's own text tower, never WITHSENSE_TEXT_MODEL: the thresholds were calibrated on it.
+    return ZeroShotModerator(load_rules(get_settings().moderation_prompts), get_embedder().embed_image_model_texts)
 
 
 _moderator = runtime.slot("moderator", _build_moderator)
@@ -130,5 +131,5 @@ _moderator = runtime.slot("moderator", _build_moderator)
 
 def get_moderator() -> ZeroShotModerator:
     """The process-wide moderator (prompts from WITHSENSE_MODERATION_PROMPTS); its prompt embeddings come from the
-    search model, computed once."""
+    image model's own text tower (not a separate text model), computed once."""
     return _moderator.get()

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     model: str = "clip-ViT-B-32"
     model_revision: str | None = None
     text_model: str | None = None
+    # The start-up check of a separate text model: the probe captions' vectors from it and from the image model's
+    # own text tower must be this much closer to each other than to other probes' (core/text_alignment.py).
+    text_model_min_margin: float = Field(default=0.2, ge=-2.0, le=2.0)
     model_cache_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_batch_size: int = Field(default=32, ge=1, le=1024)

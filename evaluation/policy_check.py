@@ -135,7 +135,8 @@ def model_curve(outcomes: Sequence[Outcome], model: str, text_model: str | None,
     from core.policy import model_child_score
 
     embedder = ClipEmbedder(model, text_model=text_model, device="auto")
-    moderator = ZeroShotModerator(load_rules(Path(prompts) if prompts else None), embedder.embed_texts)
+    # The prompts by the image model's own text tower, as the service scores them (never a separate text model).
+    moderator = ZeroShotModerator(load_rules(Path(prompts) if prompts else None), embedder.embed_image_model_texts)
     vectors = embedder.embed_texts([o.row.query for o in outcomes])
     scores = [model_child_score(vector, moderator) for vector in vectors]
     print(f"\nmodel second opinion: {model}, prompts {moderator.rules.version}")

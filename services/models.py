@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
+from PIL import Image
+
+from core.embedding import ClipEmbedder
+from core.finetuned import RECORD_FILE, read_record
+from db import finetune as finetune_sql
 from db import photos as photo_sql
 from db.engine import session_scope
 from db.photos import ModelCoverage
@@ -82,3 +89,66 @@ def queue_reindex(batch_size: int) -> Iterator[int]:
         enqueue_reindex_batch(page)
         after = page[-1]
         yield len(page)
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A text-only fine-tune registered beside its base, sharing the base's stored image vectors."""
+
+    label: str
+    base_label: str
+    shared: int
+
+
+# Noise pictures the two image towers must embed alike (a changed image tower moves them at once).
+_PROBE_PICTURES = 4
+
+
+def _image_towers_agree(base: ClipEmbedder, tuned: ClipEmbedder) -> float:
+    """The largest difference between the two models' embeddings of a few fixed noise pictures."""
+    rng = np.random.default_rng(20261202)
+    pictures = [
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), "RGB") for _ in range(_PROBE_PICTURES)
+    ]
+    return float(np.max(np.abs(base.embed_images(pictures) - tuned.embed_images(pictures))))
+
+
+def adopt_finetuned(folder: str) -> Adopted:
+    """Register a `withsense finetune` text-only output as a model version sharing its base's image vectors.
+
+    Its image tower is the base's (checked: both models embed probe pictures alike), so every vector stored for
+    the base is valid for it and is copied in SQL instead of re-embedded; `activate` then finds full coverage.
+    `InvalidRequest` for a folder that is no fine-tune output, `Conflict` for a whole-model fine-tune (reindex
+    it) or an image tower that differs, `NotFound` when the base model is not registered here.
+    """
+    record = read_record(folder)
+    if record is None:
+        raise InvalidRequest(f"{folder} is not a `withsense finetune` output (no {RECORD_FILE})")
+    if not record.shares_image_vectors:
+        raise Conflict(
+            f"{folder} was fine-tuned as a whole model: its image vectors differ from {record.base_model}'s. Run "
+            "`withsense reindex` with a worker on it (WITHSENSE_MODEL), then `withsense models activate`."
+        )
+    with session_scope() as session:
+        base_row = finetune_sql.model_by_revision(session, record.base_revision)
+        if base_row is None:
+            raise NotFound(
+                f"the base model {record.base_model}@{record.base_revision} of {folder} is not registered here"
+            )
+    tuned = ClipEmbedder(folder, device="cpu")
+    base = ClipEmbedder(record.base_model, device="cpu")
+    if base.revision != record.base_revision:
+        raise Conflict(
+            f"{record.base_model} is now revision {base.revision}, but {folder} was tuned from {record.base_revision}"
+        )
+    difference = _image_towers_agree(base, tuned)
+    if difference > 1e-4:
+        raise Conflict(
+            f"the image tower of {folder} differs from {record.base_model}'s (by {difference:.2g}): reindex it instead"
+        )
+    with session_scope() as session:
+        base_row = finetune_sql.model_by_revision(session, record.base_revision)
+        assert base_row is not None
+        model = photo_sql.register_model(session, folder, tuned.revision, tuned.dimension)
+        shared = finetune_sql.share_embeddings(session, base_row, model)
+        return Adopted(f"{model.name}@{model.revision}", f"{base_row.name}@{base_row.revision}", shared)

@@ -307,7 +307,9 @@ def test_text_model_replaces_clip_text_tower(
     untrained_clip_path: Path,
     tiny: ClipEmbedder,
 ) -> None:
-    both = ClipEmbedder(str(tiny_clip_path), text_model=str(untrained_clip_path), device="cpu")
+    # The untrained tower is from another space: the start-up check (tests/test_multilingual.py) is switched off
+    # here, so that what is checked is only which tower embeds which input.
+    both = ClipEmbedder(str(tiny_clip_path), text_model=str(untrained_clip_path), device="cpu", text_min_margin=-2.0)
     untrained = ClipEmbedder(str(untrained_clip_path), device="cpu")
     captions = ["a red circle", "a blue star"]
     np.testing.assert_allclose(both.embed_texts(captions), untrained.embed_texts(captions), atol=1e-5)
