@@ -185,7 +185,10 @@ class ModelSource:
 
 
 def _family_from_files(files: set[str] | frozenset[str], read_config: object) -> Family | None:
-    """The family that a model's file names (and its config.json's model_type, read on demand) say it is."""
+    """The family that a model's file names (and its config.json's model_type, read on demand) say it is.
+
+    Any other transformers folder is sentence-transformers' (which wraps it with a pooling module), as before.
+    """
     if ST_MARKER in files:
         return "sentence-transformers"
     if OPEN_CLIP_MARKER in files:
@@ -193,8 +196,7 @@ def _family_from_files(files: set[str] | frozenset[str], read_config: object) ->
     if HF_CONFIG in files and callable(read_config):
         config = read_config()
         model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type in SIGLIP_MODEL_TYPES:
-            return "siglip"
+        return "siglip" if model_type in SIGLIP_MODEL_TYPES else "sentence-transformers"
     return None
 
 
@@ -219,8 +221,7 @@ def locate_model(name: str, setting: str, revision: str | None, cache_folder: st
             raise _unavailable(
                 name,
                 setting,
-                f"not a model folder this service loads (no {ST_MARKER}, no {OPEN_CLIP_MARKER}, and "
-                f"{HF_CONFIG} is not a SigLIP model)",
+                f"not a model folder (no {', '.join(MARKER_FILES)})",
             )
         return ModelSource(name, family, path, None, None, False)
     check = _hub_preflight(name, setting, revision, cache_folder)
