@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 
 
 class ClipEmbedder:
-    """CLIP image and text embeddings in one space: float32, L2-normalised, shape (n, dimension).
+    """Image and text embeddings in one space (a CLIP, SigLIP or open_clip model): float32, L2-normalised,
+    shape (n, dimension).
 
+    The name stays from the days of one family; what it wraps is one backend of core/model_backends.py.
     Constructing one is cheap and loads nothing; :meth:`load` (or the first embed call) does.
     """
 

@@ -369,7 +369,9 @@ class SiglipBackend(EmbeddingBackend):
             model = AutoModel.from_pretrained(where, **kwargs)
             image_processor = AutoImageProcessor.from_pretrained(where, **kwargs)  # type: ignore[no-untyped-call]
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        except (OSError, ValueError, ImportError) as exc:  # missing files, offline, no sentencepiece
+        except ImportError as exc:  # a tokenizer or processor that needs a package this install lacks
+            raise ModelUnavailableError(f"{setting}={source.name} needs a package: {_first_line(exc)}") from exc
+        except (OSError, ValueError) as exc:  # missing files, offline
             raise _unavailable(source.name, setting, exc) from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise _unavailable(source.name, setting, f"{type(model).__name__} has no image and text towers")

@@ -159,6 +159,7 @@ def family_is_active(services: Services, family_model: tuple[str, Path]) -> Iter
     finally:
         os.environ["WITHSENSE_MODEL"] = previous
         reset_cached_state()
+        registered_model()  # the tiny CLIP's row, registered now if no test before this one did
         with session_scope() as session:
             photo_sql.activate_model(session, photo_sql.find_model(session, previous))
         reset_cached_state()
@@ -218,3 +219,41 @@ def test_upload_worker_search_finds_held_out_pictures(
         assert unsafe not in _search(family_api, f"a {UNSAFE_COLOUR} circle", 100)
         # What moderation let through is all there.
         assert set(ids) <= set(_search(family_api, "a shape", 100))
+
+
+# Hub ids of the other families ----------------------------------------------------------------------------------
+
+
+def test_a_cached_hub_siglip_loads_from_the_cache_with_its_commit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A SigLIP hub id downloaded before (the hub cache's own layout) loads offline, its revision the commit."""
+    import shutil
+
+    folder = ensure_tiny_model("siglip", TEST_MODEL_CACHE)
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "cache" / "models--withsense-test--tiny-siglip"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    embedder = ClipEmbedder("withsense-test/tiny-siglip", cache_folder=str(tmp_path / "cache"), device="cpu")
+    assert embedder.family == "siglip"
+    assert embedder.revision == commit
+    local = ClipEmbedder(str(folder), device="cpu")
+    np.testing.assert_allclose(embedder.embed_texts(["a red circle"]), local.embed_texts(["a red circle"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["google/siglip2-base-patch16-224", "hf-hub:laion/CLIP-ViT-B-32-256x256-DataComp"])
+def test_an_uncached_hub_model_offline_says_how_to_point_at_a_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    from core.embedding import ModelUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError) as caught:
+        ClipEmbedder(name, cache_folder=str(tmp_path / "empty-cache"), device="cpu").load()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"huggingface-cli download {name.removeprefix('hf-hub:')} --local-dir /path/to/folder" in message
+    assert "WITHSENSE_MODEL=/path/to/folder" in message and "HF_HUB_OFFLINE is set" in message
