@@ -293,7 +293,11 @@ def save_random_siglip(out_dir: Path) -> Path:
         torch.manual_seed(0)
         config = SiglipConfig()
         model = SiglipModel(config).eval()
-    return _save_siglip(model, siglip_image_processor(config.vision_config.image_size), caption_tokenizer(64), out_dir)
+    image_size = getattr(config.vision_config, "image_size", None)
+    if not isinstance(image_size, int):
+        raise ValueError(f"SigLIP's default config has no square input size ({image_size!r})")
+    # The tokenizer only has to fill SigLIP's 64-token context: text speed does not depend on its vocabulary.
+    return _save_siglip(model, siglip_image_processor(image_size), caption_tokenizer(64), out_dir)
 
 
 # open_clip -----------------------------------------------------------------------------------------------------
