@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -167,6 +167,47 @@ def random_vit_b32(cache_dir: Path = MODEL_CACHE) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _cached_build(target: Path, build: Callable[[Path], Path]) -> Path:
+    """Build a model folder once into `target` (staged next to it, renamed into place)."""
+    if (target / ".built").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging / "model")
+        (staging / "model" / ".built").write_text("")
+        try:
+            os.rename(staging / "model", target)
+        except OSError:
+            if not (target / ".built").is_file():  # another process won the race: use its copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def random_siglip_b16(cache_dir: Path = MODEL_CACHE) -> Path:
+    """The real SigLIP B/16 at 224 (transformers SiglipConfig() defaults, 768-d, the architecture of
+    google/siglip-base-patch16-224 and google/siglip2-base-patch16-224) with random weights, cached."""
+    from evaluation.standins.tiny_families import save_random_siglip
+
+    return _cached_build(cache_dir / "siglip-b16-random", save_random_siglip)
+
+
+def random_open_clip_b32(cache_dir: Path = MODEL_CACHE) -> Path:
+    """open_clip's ViT-B-32 (its packaged config, 512-d; the DataComp and LAION ViT-B-32 architecture) with random
+    weights, cached. Needs open_clip importable (it imports torchvision)."""
+    from evaluation.standins.tiny_families import save_random_open_clip
+
+    return _cached_build(cache_dir / "open-clip-vit-b32-random", save_random_open_clip)
+
+
+def random_model(family: str) -> Path:
+    """The real architecture of one model of `family` ("clip", "siglip", "open_clip") with random weights."""
+    builders = {"clip": random_vit_b32, "siglip": random_siglip_b16, "open_clip": random_open_clip_b32}
+    return builders[family]()
 
 
 def tiny_trained_clip() -> Path | None:

@@ -1,7 +1,12 @@
-"""CPU image encoder: ONNX Runtime fp32 / int8 against torch fp32, same images, same run.
+"""CPU image encoder: ONNX Runtime fp32 / int8 against torch fp32, same images, same run, for each model family.
 
     .venv/bin/python -m bench.cpu_encoder                       # ViT-B/32 (random weights) + the tiny trained CLIP
     .venv/bin/python -m bench.cpu_encoder --batch-sizes 16,32 --rounds 3
+    .venv/bin/python -m bench.cpu_encoder --families clip,siglip,open_clip --skip-tiny --batch-sizes 8 --rounds 2
+
+``--families`` picks one real architecture per family with random weights (clip: ViT-B/32 through
+sentence-transformers; siglip: SigLIP B/16 at 224 through transformers; open_clip: open_clip's ViT-B-32), run
+one after the other and printed side by side at the end.
 
 For each model, the same preprocessed images (the model's own processor, 224x224 for ViT-B/32) go
 through every encoder at every batch size. Runs are interleaved round by round (torch, ort-fp32,
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, emit, machine_info, print_table, random_vit_b32, tiny_trained_clip, warn_if_busy
+from bench.common import ROOT, emit, machine_info, print_table, random_model, tiny_trained_clip, warn_if_busy
 
 ONNX_CACHE = ROOT / ".cache" / "onnx"
 
@@ -41,7 +46,7 @@ def run_model(
 
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
-    model = embedder.sentence_transformer
+    model = embedder.vision_export()  # the family's image tower and its torch reference
     started = time.perf_counter()
     encoders = {
         "ort-fp32": OnnxImageEncoder.from_embedder(embedder, ONNX_CACHE, quantize=False, threads=threads),
@@ -112,6 +117,8 @@ def run_model(
     best_batch = {label: int(max(per, key=lambda b: per[b])) for label, per in throughput.items()}
     return {
         "model": name,
+        "family": embedder.family,
+        "dimension": embedder.dimension,
         "path": str(model_dir),
         "image_size": int(pixels.shape[-1]),
         "threads": threads,
@@ -143,6 +150,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="distinct images for the parity check")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument(
+        "--families", default="clip", help="comma-separated: clip, siglip, open_clip (random weights, real sizes)"
+    )
     args = parser.parse_args()
     import os
 
@@ -151,7 +161,8 @@ def main() -> None:
     info = machine_info()
     warn_if_busy()
     results: dict[str, object] = {"machine": info}
-    models = [("vit-b32-random", random_vit_b32())]
+    labels = {"clip": "vit-b32-random", "siglip": "siglip-b16-random", "open_clip": "open-clip-vit-b32-random"}
+    models = [(labels[family], random_model(family)) for family in args.families.split(",")]
     tiny = None if args.skip_tiny else tiny_trained_clip()
     if tiny is not None:
         models.append(("tiny-trained", tiny))
@@ -192,6 +203,25 @@ def main() -> None:
             ],
             rows,
         )
+    if len(models) > 1:
+        print("\nside by side: best images/s over the batch sizes (min cosine to torch)")
+        rows = []
+        for name, _ in models:
+            figures = results[name]
+            assert isinstance(figures, dict)
+            best, parity = figures["best_images_per_s"], figures["parity"]
+            rows.append(
+                [
+                    name,
+                    figures["family"],
+                    figures["image_size"],
+                    figures["dimension"],
+                    best["torch-fp32"],
+                    f"{best['ort-fp32']} ({parity['ort-fp32']['min_cosine']})",
+                    f"{best['ort-int8']} ({parity['ort-int8']['min_cosine']})",
+                ]
+            )
+        print_table(["model", "family", "input", "dim", "torch fp32", "ort fp32", "ort int8"], rows)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@
    `indexed` in Postgres: pipeline images/s, CPU per image of the worker, Postgres and Valkey, and
    where the worker's tasks spent their time (its per-task log lines). Photos are reset in between.
 5. Before the first run and after every run, measures the bare model in this process: the same
-   model (random-weights ViT-B/32 through sentence-transformers) on pre-decoded 224x224 pixel
-   tensors, at several batch sizes, with the worker's thread count. Each run's ratio is its
+   model (random weights, `--family`: ViT-B/32 through sentence-transformers, SigLIP B/16, or
+   open_clip's ViT-B-32) on pre-decoded 224x224 pixel tensors, at several batch sizes, with the
+   worker's thread count. Each run's ratio is its
    throughput over the bare model's best batch size measured right before and right after it, so
    a noisy neighbour slows both sides of a ratio alike; the summary gives the median over rounds.
 """
@@ -41,7 +42,7 @@ from bench.common import (
     emit,
     machine_info,
     print_table,
-    random_vit_b32,
+    random_model,
     running_pid,
     short_tmp_dir,
     warn_if_busy,
@@ -171,17 +172,15 @@ def bare_model_throughput(
     """Images/s of the model alone on pre-decoded 224x224 pixel tensors, per batch size."""
     import torch
 
-    from core.clip_parts import clip_parts, pixel_values
     from core.embedding import ClipEmbedder
     from core.images import load_rgb, make_derivative
     from core.onnx_encoder import OnnxImageEncoder
 
     torch.set_num_threads(threads)
     embedder = ClipEmbedder(str(model_dir), device="cpu")
-    parts = clip_parts(embedder.sentence_transformer)
-    clip_model = parts.model
+    backend = embedder.backend  # the model family's own preprocessing and forward pass
     derivatives = [make_derivative(load_rgb(path, draft_size=224)) for path in photos[: max(batch_sizes)]]
-    pixels = pixel_values(parts.image_processor, derivatives)
+    pixels = np.stack([np.asarray(backend.prepare_image(image), dtype=np.float32) for image in derivatives])
     onnx: OnnxImageEncoder | None = None
     if encoder != "torch":
         onnx = OnnxImageEncoder.from_embedder(
@@ -192,8 +191,7 @@ def bare_model_throughput(
         if onnx is not None:
             onnx.embed_pixel_values(batch)
             return
-        with torch.inference_mode():
-            clip_model.get_image_features(pixel_values=torch.from_numpy(batch))
+        backend.embed_prepared(list(batch), len(batch))
 
     out: dict[str, float] = {}
     for size in batch_sizes:
@@ -316,6 +314,12 @@ def main() -> None:
         help="image encoder for the bare model and (as WITHSENSE_IMAGE_ENCODER) the worker",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--family",
+        choices=["clip", "siglip", "open_clip"],
+        default="clip",
+        help="the model (random weights, real architecture): ViT-B/32, SigLIP B/16 or open_clip ViT-B-32",
+    )
     parser.add_argument("--decode-threads", type=int, default=None, help="WITHSENSE_DECODE_THREADS for the worker")
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args()
@@ -324,7 +328,7 @@ def main() -> None:
 
     info = machine_info()
     warn_if_busy()
-    model_dir = random_vit_b32()
+    model_dir = random_model(args.family)
     pictures = ensure_photos(args.distinct)
     home = short_tmp_dir("wsp-")
     threads = max(
@@ -356,6 +360,7 @@ def main() -> None:
         "count": args.count,
         "encoder": args.encoder,
         "concurrency": args.concurrency,
+        "family": args.family,
         "torch_threads": threads,
     }
     worker: WorkerProcess | None = None

@@ -7,7 +7,7 @@ pieces and run them live here, so that neither encoder reaches into the other's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
     from transformers import CLIPModel
 
@@ -28,6 +29,26 @@ class ImageProcessor(Protocol):
 
     # Any: transformers' processors take and return loosely typed values (a BatchFeature of arrays).
     def __call__(self, images: Any, return_tensors: str) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class VisionExport:
+    """A model's image tower as the ONNX exporter needs it, given by each family's backend.
+
+    ``build_tower()`` returns a fresh float32 CPU module from pixels (n, 3, H, W) to the (unnormalised) image
+    features; ``reference(pixels)`` is what the loaded torch model gives for the same pixels (unit rows), the
+    parity check's reference.
+    """
+
+    family: str
+    build_tower: Callable[[], torch.nn.Module]
+    reference: Callable[[np.ndarray], np.ndarray]
+    image_processor: ImageProcessor
+    image_size: int
+    num_heads: int
+    hidden_size: int
+    # What defines the tower besides the revision (its config), for the export cache key.
+    config: Mapping[str, object]
 
 
 @dataclass(frozen=True)

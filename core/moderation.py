@@ -2,6 +2,12 @@
 
 Pure computation on vectors plus a versioned prompt file; the worker calls it with the photo's
 embedding and the prompts' text embeddings (computed once per process by the same model).
+
+How a category's score is read depends on how the model was trained (``ZeroShotScoring``, given by the model's
+backend): a CLIP (softmax loss) compares prompts with each other, so the score is the softmax mass of the
+positive prompts at the rules' temperature; a SigLIP (sigmoid loss) judges every (image, prompt) pair on its own,
+so the score is the highest ``sigmoid(scale * cos + bias)`` of a positive prompt. There, negatives cannot vote
+a positive match away: an image that matches a child prompt stays flagged whatever else it also matches.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from core.model_backends import ZeroShotScoring
 from core.runtime import runtime
 
 DEFAULT_PROMPTS_PATH = Path(__file__).with_name("moderation_prompts.yaml")
@@ -75,10 +82,19 @@ class ModerationVerdict:
 
 
 class ZeroShotModerator:
-    """Scores image embeddings against the prompt sets; prompt embeddings are computed once."""
+    """Scores image embeddings against the prompt sets; prompt embeddings are computed once.
 
-    def __init__(self, rules: ModerationRules, embed_texts: Callable[[Sequence[str]], np.ndarray]) -> None:
+    ``scoring`` says how the model's scores are read (default: CLIP's softmax at the rules' temperature).
+    """
+
+    def __init__(
+        self,
+        rules: ModerationRules,
+        embed_texts: Callable[[Sequence[str]], np.ndarray],
+        scoring: ZeroShotScoring | None = None,
+    ) -> None:
         self.rules = rules
+        self.scoring = scoring if scoring is not None else ZeroShotScoring("softmax", rules.temperature)
         self._prompts: dict[str, tuple[np.ndarray, int]] = {}
         for name, category in rules.categories.items():
             # A copy: the embedder's own array (perhaps cached) is not normalised in place.
@@ -102,10 +118,16 @@ class ZeroShotModerator:
         results = []
         for name, category in self.rules.categories.items():
             vectors, positives = self._prompts[name]
-            logits = self.rules.temperature * (vectors.astype(np.float64) @ image)
-            logits -= logits.max()
-            probabilities = np.exp(logits) / np.exp(logits).sum()
-            score = float(np.clip(probabilities[:positives].sum(), 0.0, 1.0))
+            cosines = vectors.astype(np.float64) @ image
+            if self.scoring.kind == "sigmoid":
+                logits = self.scoring.scale * cosines[:positives] + self.scoring.bias
+                score = float(np.clip(1.0 / (1.0 + np.exp(-logits.max())), 0.0, 1.0))
+            else:
+                # The rules' temperature, calibrated with its thresholds, not the model's own logit scale.
+                logits = self.rules.temperature * cosines
+                logits -= logits.max()
+                probabilities = np.exp(logits) / np.exp(logits).sum()
+                score = float(np.clip(probabilities[:positives].sum(), 0.0, 1.0))
             decision: Decision = (
                 "flagged" if score >= category.flag_at else ("uncertain" if score >= category.review_at else "clear")
             )
@@ -122,8 +144,11 @@ def _build_moderator() -> ZeroShotModerator:
     from core.embedding import get_embedder
     from core.settings import get_settings
 
+    embedder = get_embedder()
     # The image model's own text tower, never WITHSENSE_TEXT_MODEL: the thresholds were calibrated on it.
-    return ZeroShotModerator(load_rules(get_settings().moderation_prompts), get_embedder().embed_image_model_texts)
+    return ZeroShotModerator(
+        load_rules(get_settings().moderation_prompts), embedder.embed_image_model_texts, embedder.zero_shot_scoring()
+    )
 
 
 _moderator = runtime.slot("moderator", _build_moderator)

@@ -1,7 +1,8 @@
-"""A faster CPU image encoder: CLIP's vision tower + projection on ONNX Runtime, optionally int8.
+"""A faster CPU image encoder: a model's image tower (CLIP's vision tower + projection, SigLIP's or open_clip's
+ViT) on ONNX Runtime, optionally int8.
 
-Exported once from the loaded sentence-transformers model (so it computes what
-``ClipEmbedder.embed_images`` computes, with the model's own image processor), cached on disk
+Exported once from the loaded model's image tower as its backend gives it (``VisionExport``: so it computes
+what ``ClipEmbedder.embed_images`` computes, with the model's own image processor), cached on disk
 under a key made of the model revision and the exporter versions, and checked against torch on
 a few images before it is used: an export that drifts below ``PARITY_MIN_COSINE`` is refused.
 
@@ -17,7 +18,6 @@ Torch stays the path on GPUs (fp16 on cuda); this module is for CPU workers only
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -33,18 +33,24 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from core.clip_parts import ClipParts, ImageProcessor, NotAClipModelError, clip_image_features, clip_parts, pixel_values
+from core.clip_parts import (
+    ClipParts,
+    ImageProcessor,
+    NotAClipModelError,
+    VisionExport,
+    clip_image_features,
+    clip_parts,
+    pixel_values,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
-    import torch
     from sentence_transformers import SentenceTransformer
-    from transformers import CLIPModel
 
 logger = logging.getLogger(__name__)
 
 # Bump when the export recipe changes: cached exports under an older key are then ignored.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 17
 PARITY_MIN_COSINE = 0.99
 FP32_FILE = "vision-fp32.onnx"
@@ -68,8 +74,7 @@ class LoadedClipEmbedder(Protocol):
 
     def load(self) -> None: ...
 
-    @property
-    def sentence_transformer(self) -> SentenceTransformer: ...
+    def vision_export(self) -> VisionExport: ...
 
     @property
     def revision(self) -> str: ...
@@ -81,6 +86,18 @@ def onnx_clip_parts(model: SentenceTransformer) -> ClipParts:
         return clip_parts(model)
     except NotAClipModelError as exc:
         raise OnnxExportError(str(exc)) from exc
+
+
+def sentence_transformer_export(model: SentenceTransformer) -> VisionExport:
+    """The image tower of a sentence-transformers CLIP, as the exporter takes it (OnnxExportError without one)."""
+    from core.model_backends import _clip_vision_export
+
+    parts = onnx_clip_parts(model)
+    return _clip_vision_export(parts.model, parts.image_processor)
+
+
+def _as_export(model: SentenceTransformer | VisionExport) -> VisionExport:
+    return model if isinstance(model, VisionExport) else sentence_transformer_export(model)
 
 
 def _versions() -> dict[str, str]:
@@ -95,15 +112,13 @@ def _versions() -> dict[str, str]:
     }
 
 
-def export_key(revision: str, clip_config: object) -> str:
-    """Cache key: the model's revision, its vision config, the recipe and the exporter versions."""
-    vision = getattr(clip_config, "vision_config", None)
-    to_dict = getattr(vision, "to_dict", None)
+def export_key(revision: str, export: VisionExport) -> str:
+    """Cache key: the model's revision, its image tower's family and config, the recipe and the exporter versions."""
     payload = json.dumps(
         {
             "revision": revision,
-            "vision": to_dict() if callable(to_dict) else str(vision),
-            "projection_dim": getattr(clip_config, "projection_dim", None),
+            "family": export.family,
+            "tower": dict(export.config),
             "export_version": EXPORT_VERSION,
             "opset": OPSET,
             **_versions(),
@@ -114,35 +129,10 @@ def export_key(revision: str, clip_config: object) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class _VisionTower:
-    """``get_image_features`` as a plain module: vision transformer, pooled token, projection."""
-
-    @staticmethod
-    def build(clip_model: CLIPModel) -> torch.nn.Module:
-        import torch
-
-        class VisionTower(torch.nn.Module):
-            def __init__(self, vision_model: torch.nn.Module, projection: torch.nn.Module) -> None:
-                super().__init__()
-                self.vision_model = vision_model
-                self.visual_projection = projection
-
-            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-                pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-                projected: torch.Tensor = self.visual_projection(pooled)
-                return projected
-
-        # A float32 CPU copy: the loaded model may be fp16 on a GPU, and must not be touched here.
-        vision = copy.deepcopy(clip_model.vision_model).to("cpu", torch.float32).eval()
-        projection = copy.deepcopy(clip_model.visual_projection).to("cpu", torch.float32).eval()
-        # Eager attention exports as plain MatMul/Softmax, the pattern ONNX Runtime fuses into one
-        # Attention kernel; SDPA exports as a pattern it does not recognise (measured: no fusion).
-        vision.config._attn_implementation = "eager"
-        return VisionTower(vision, projection).eval()
-
-
-def export_vision_model(clip_model: CLIPModel, out_dir: Path, *, quantize: bool) -> dict[str, object]:
-    """Export the vision tower to ``out_dir``: FP32_FILE (fused), and INT8_FILE when ``quantize``.
+def export_vision_model(
+    model: SentenceTransformer | VisionExport, out_dir: Path, *, quantize: bool
+) -> dict[str, object]:
+    """Export the image tower to ``out_dir``: FP32_FILE (fused), and INT8_FILE when ``quantize``.
 
     Returns what was done (fused operator counts, file sizes), also written to META_FILE.
     """
@@ -151,10 +141,10 @@ def export_vision_model(clip_model: CLIPModel, out_dir: Path, *, quantize: bool)
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
+    export = _as_export(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tower = _VisionTower.build(clip_model)
-    vision_config = clip_model.vision_model.config
-    size = int(vision_config.image_size)
+    tower = export.build_tower()
+    size = export.image_size
     example = torch.zeros(2, 3, size, size)
     raw = out_dir / "vision-raw.onnx"
     with warnings.catch_warnings(), torch.inference_mode():
@@ -171,17 +161,23 @@ def export_vision_model(clip_model: CLIPModel, out_dir: Path, *, quantize: bool)
             opset_version=OPSET,
             dynamo=False,
         )
+    # CLIP's fusion patterns (attention, LayerNorm + residual, GELU) are those of every ViT tower here.
     optimized = optimize_model(
         str(raw),
         model_type="clip",
-        num_heads=int(vision_config.num_attention_heads),
-        hidden_size=int(vision_config.hidden_size),
+        num_heads=export.num_heads,
+        hidden_size=export.hidden_size,
         opt_level=0,
     )
     fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
     optimized.save_model_to_file(str(out_dir / FP32_FILE))
     raw.unlink()
-    meta: dict[str, object] = {"fused_operators": fused, "image_size": size, **_versions()}
+    meta: dict[str, object] = {
+        "family": export.family,
+        "fused_operators": fused,
+        "image_size": size,
+        **_versions(),
+    }
     if quantize:
         # Per-tensor int8 weights: per-channel measured no faster and no closer to torch here.
         quantize_dynamic(
@@ -196,15 +192,15 @@ def export_vision_model(clip_model: CLIPModel, out_dir: Path, *, quantize: bool)
     return meta
 
 
-def ensure_export(model: SentenceTransformer, revision: str, cache_dir: Path, *, quantize: bool) -> Path:
-    """The cached export folder for this model and revision, exporting it first when needed.
+def ensure_export(model: SentenceTransformer | VisionExport, revision: str, cache_dir: Path, *, quantize: bool) -> Path:
+    """The cached export folder for this model (or image tower) and revision, exporting it first when needed.
 
     Exports go to a staging folder next to the cache entry and are renamed into place, so several
     worker processes starting at once never read a half-written file.
     """
-    clip_model = onnx_clip_parts(model).model
-    key = export_key(revision, clip_model.config)
-    target = Path(cache_dir) / f"clip-vision-{key}"
+    export = _as_export(model)
+    key = export_key(revision, export)
+    target = Path(cache_dir) / f"{export.family}-vision-{key}"
     wanted = target / (INT8_FILE if quantize else FP32_FILE)
     if wanted.is_file():
         return target
@@ -212,10 +208,10 @@ def ensure_export(model: SentenceTransformer, revision: str, cache_dir: Path, *,
         if wanted.is_file():
             return target
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".clip-vision-{key}-", dir=cache_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f".{export.family}-vision-{key}-", dir=cache_dir))
         try:
-            logger.info("exporting the CLIP vision tower to ONNX (%s, int8=%s)", target, quantize)
-            export_vision_model(clip_model, staging, quantize=quantize)
+            logger.info("exporting the %s image tower to ONNX (%s, int8=%s)", export.family, target, quantize)
+            export_vision_model(export, staging, quantize=quantize)
             if target.exists():  # an fp32-only export exists and int8 is wanted now: replace it
                 shutil.rmtree(target, ignore_errors=True)
             try:
@@ -243,7 +239,7 @@ def session_options(threads: int | None, *, spin: bool) -> onnxruntime.SessionOp
 
 
 class OnnxImageEncoder:
-    """CLIP image embeddings on ONNX Runtime: float32, L2-normalised, shape (n, dimension)."""
+    """Image embeddings on ONNX Runtime: float32, L2-normalised, shape (n, dimension)."""
 
     def __init__(
         self,
@@ -266,6 +262,42 @@ class OnnxImageEncoder:
         self._input = self.session.get_inputs()[0].name
 
     @classmethod
+    def from_export(
+        cls,
+        export: VisionExport,
+        revision: str,
+        cache_dir: Path,
+        *,
+        quantize: bool = True,
+        threads: int | None = None,
+        spin: bool = False,
+        batch_size: int = 32,
+        check_parity: bool = True,
+    ) -> OnnxImageEncoder:
+        """Export (or reuse the cached export of) an image tower and open it.
+
+        With `check_parity`, a few test images are embedded by torch and by ONNX Runtime and the
+        encoder is refused (OnnxExportError) when any cosine falls below PARITY_MIN_COSINE.
+        """
+        folder = ensure_export(export, revision, cache_dir, quantize=quantize)
+        encoder = cls(
+            folder / (INT8_FILE if quantize else FP32_FILE),
+            export.image_processor,
+            threads=threads,
+            spin=spin,
+            batch_size=batch_size,
+        )
+        if check_parity:
+            worst = float(parity_cosines(export, encoder, probe_images()).min())
+            if worst < PARITY_MIN_COSINE:
+                raise OnnxExportError(
+                    f"the ONNX export of the image encoder disagrees with torch (cosine {worst:.4f} < "
+                    f"{PARITY_MIN_COSINE}); use the torch encoder"
+                )
+            logger.info("ONNX image encoder %s: parity with torch %.5f", encoder.model_path.name, worst)
+        return encoder
+
+    @classmethod
     def from_sentence_transformer(
         cls,
         model: SentenceTransformer,
@@ -278,28 +310,17 @@ class OnnxImageEncoder:
         batch_size: int = 32,
         check_parity: bool = True,
     ) -> OnnxImageEncoder:
-        """Export (or reuse the cached export of) `model`'s vision tower and open it.
-
-        With `check_parity`, a few test images are embedded by torch and by ONNX Runtime and the
-        encoder is refused (OnnxExportError) when any cosine falls below PARITY_MIN_COSINE.
-        """
-        folder = ensure_export(model, revision, cache_dir, quantize=quantize)
-        encoder = cls(
-            folder / (INT8_FILE if quantize else FP32_FILE),
-            onnx_clip_parts(model).image_processor,
+        """:meth:`from_export` for a sentence-transformers CLIP."""
+        return cls.from_export(
+            sentence_transformer_export(model),
+            revision,
+            cache_dir,
+            quantize=quantize,
             threads=threads,
             spin=spin,
             batch_size=batch_size,
+            check_parity=check_parity,
         )
-        if check_parity:
-            worst = float(parity_cosines(model, encoder, probe_images()).min())
-            if worst < PARITY_MIN_COSINE:
-                raise OnnxExportError(
-                    f"the ONNX export of the image encoder disagrees with torch (cosine {worst:.4f} < "
-                    f"{PARITY_MIN_COSINE}); use the torch encoder"
-                )
-            logger.info("ONNX image encoder %s: parity with torch %.5f", encoder.model_path.name, worst)
-        return encoder
 
     @classmethod
     def from_embedder(
@@ -312,10 +333,14 @@ class OnnxImageEncoder:
         spin: bool = False,
         check_parity: bool = True,
     ) -> OnnxImageEncoder:
-        """The ONNX encoder for a ClipEmbedder's loaded model (loads it), with its image batch size."""
+        """The ONNX encoder for a ClipEmbedder's loaded model, of any family (loads it), with its image batch size."""
         embedder.load()
-        return cls.from_sentence_transformer(
-            embedder.sentence_transformer,
+        try:
+            export = embedder.vision_export()
+        except NotAClipModelError as exc:
+            raise OnnxExportError(str(exc)) from exc
+        return cls.from_export(
+            export,
             embedder.revision,
             cache_dir,
             quantize=quantize,
@@ -352,12 +377,16 @@ class OnnxImageEncoder:
         return self.embed_pixel_values(self.pixel_values(images))
 
 
-def torch_embed_pixel_values(model: SentenceTransformer, pixel_values: np.ndarray) -> np.ndarray:
+def torch_embed_pixel_values(model: SentenceTransformer | VisionExport, pixel_values: np.ndarray) -> np.ndarray:
     """The reference: the loaded torch model's image features for the same pixels, L2-normalised."""
+    if isinstance(model, VisionExport):
+        return model.reference(pixel_values)
     return clip_image_features(onnx_clip_parts(model).model, pixel_values)
 
 
-def parity_cosines(model: SentenceTransformer, encoder: OnnxImageEncoder, images: Sequence[Image.Image]) -> np.ndarray:
+def parity_cosines(
+    model: SentenceTransformer | VisionExport, encoder: OnnxImageEncoder, images: Sequence[Image.Image]
+) -> np.ndarray:
     """Per-image cosine between the torch and the ONNX embeddings of the same preprocessed images."""
     pixels = encoder.pixel_values(images)
     reference = torch_embed_pixel_values(model, pixels)
