@@ -576,7 +576,7 @@ def test_a_tokenizer_that_claims_no_limit_is_capped_at_the_text_tower(tiny_clip_
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     embedder = ClipEmbedder(str(folder), device="cpu")
     embedder.load()
-    assert embedder._model.tokenizer.model_max_length == 77  # type: ignore[union-attr]  # the text positions
+    assert embedder.sentence_transformer.tokenizer.model_max_length == 77  # the text positions
     long_text = "a red circle and a blue square " * 30
     assert embedder.embed_texts([long_text]).shape == (1, embedder.dimension)
     assert embedder.truncated_texts([long_text, "a red circle"]) == [True, False]

@@ -12,12 +12,11 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Header, Query, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from api.deps import SessionDep, SettingsDep
 from api.regions import resolve_region
-from api.routes.photos import PhotoChange
+from api.routes.photos import PhotoChange, thumbnail_response
 from core.metadata import MAX_DESCRIPTION
 from db.engine import session_scope
 from db.models import PhotoStatus
@@ -106,13 +105,11 @@ def photo_thumbnail(
     principal: ThumbnailViewer,
     region: RegionQuery = None,
     x_region: RegionHeader = None,
-) -> FileResponse:
+) -> Response:
     """The 224x224 derivative for the signed-in browser: the rules of GET /v1/photos/{id}/thumbnail."""
-    path = photo_service.thumbnail_file(session, settings, photo_id, principal, resolve_region(region, x_region))
+    stored = photo_service.thumbnail(session, photo_id, principal, resolve_region(region, x_region))
     # Revalidated on every view: a moderation decision or a deletion takes effect at once in the browser too.
-    return FileResponse(
-        path, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache", "Vary": "Cookie, X-Region"}
-    )
+    return thumbnail_response(stored, {"Cache-Control": "private, no-cache", "Vary": "Cookie, X-Region"}, vary="Cookie")
 
 
 @router.post("/photos/{photo_id}/edit")

@@ -21,6 +21,7 @@ from api.uploads import FIELD_LIMITS, MAX_LIST_FIELD_CHARS, MAX_TEXT_FIELD_CHARS
 from api.validation import FREE_TEXT_PATTERN, LINE_PATTERN, FreeText, LineText, unset_means_unchanged
 from core.images import ImageRejected
 from core.metadata import MAX_DESCRIPTION, MAX_TAGS
+from core.storage import ObjectRead
 from db.engine import session_scope
 from services import photos as photo_service
 from services.errors import InvalidRequest
@@ -227,20 +228,25 @@ def get_thumbnail(
     """The 224x224 JPEG derivative, once the photo is indexed (the same visibility rules as the photo itself)."""
     stored = photo_service.thumbnail(session, photo_id, principal, region)
     # Revalidated on every view: a moderation decision or a deletion takes effect at once, also in browsers.
+    return thumbnail_response(stored, THUMBNAIL_HEADERS, vary="Authorization, X-Region")
+
+
+def thumbnail_response(stored: ObjectRead, headers: dict[str, str], *, vary: str) -> Response:
+    """The derivative as the store serves it: a local file, a stream from the bucket, or a redirect to a
+    presigned URL (never cached: the URL is a bearer token until it expires, WITHSENSE_S3_PRESIGN_TTL_S)."""
     if stored.redirect_url:
-        # The URL is a bearer token until it expires (WITHSENSE_S3_PRESIGN_TTL_S): the redirect itself is never cached.
         return RedirectResponse(
             stored.redirect_url,
             status_code=status.HTTP_307_TEMPORARY_REDIRECT,
-            headers={"Cache-Control": "no-store", "Vary": "Authorization, X-Region"},
+            headers={"Cache-Control": "no-store", "Vary": vary},
         )
     if stored.path is not None:
-        return FileResponse(stored.path, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
+        return FileResponse(stored.path, media_type="image/jpeg", headers=headers)
     assert stored.chunks is not None
-    headers = dict(THUMBNAIL_HEADERS)
+    streamed = dict(headers)
     if stored.size:
-        headers["Content-Length"] = str(stored.size)
-    return StreamingResponse(_streamed(stored.chunks, stored.close), media_type="image/jpeg", headers=headers)
+        streamed["Content-Length"] = str(stored.size)
+    return StreamingResponse(_streamed(stored.chunks, stored.close), media_type="image/jpeg", headers=streamed)
 
 
 def _streamed(chunks: Iterable[bytes], close: Callable[[], object] | None) -> Iterator[bytes]:
