@@ -70,11 +70,12 @@ def create_app() -> FastAPI:
     app.include_router(search.router)
     app.include_router(moderation.router)
     app.include_router(embeddings.router)
+    # Before the pages: their /static mount would otherwise answer for /static/docs too (the first mount wins).
+    _serve_docs(app)
     pages.install(app)
 
     errors.install(app)
     openapi.install(app, _vector_dimension)
-    _serve_docs(app)
 
     @app.middleware("http")
     async def _read_your_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
