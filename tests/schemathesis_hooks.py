@@ -9,7 +9,6 @@ photos. Undecodable and foreign bytes are still sent in negative mode, and tests
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
 
 import schemathesis
 from hypothesis import strategies as st
@@ -35,38 +34,3 @@ for _media_type, _format in (
     ("image/bmp", "BMP"),
 ):
     schemathesis.openapi.media_type(_media_type, _encoded(_format))
-
-
-# A range filter whose start is not before its end is a user mistake the API answers with 422 and a message
-# ("`taken_after` must be earlier than `taken_before`"); a JSON schema cannot relate two fields, so such
-# cases are left out of the positive tests here (tests/test_search_api.py checks the 422).
-_RANGES = (("taken_after", "taken_before"), ("uploaded_after", "uploaded_before"))
-
-
-def _ordered_ranges(values: object) -> bool:
-    if not isinstance(values, dict):
-        return True
-    for start, end in _RANGES:
-        first, last = values.get(start), values.get(end)
-        if isinstance(first, str) and isinstance(last, str):
-            try:
-                if _moment(first) >= _moment(last):
-                    return False
-            except ValueError:
-                continue  # not a date: the schema or the service refuses it, as a fuzzer should see
-    return True
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@schemathesis.hook
-def filter_query(ctx, query):  # type: ignore[no-untyped-def]
-    return _ordered_ranges(query)
-
-
-@schemathesis.hook
-def filter_body(ctx, body):  # type: ignore[no-untyped-def]
-    return _ordered_ranges(body)

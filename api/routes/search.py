@@ -17,6 +17,7 @@ from api.deps import ReadSessionDep, SettingsDep
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from api.presenters import search_out
 from api.regions import RegionField, RegionHeader, ViewerRegion, region_error, resolve_region
+from api.routes.photos import IMAGE_MEDIA_TYPES
 from api.schemas import ErrorOut, SearchOut
 from api.uploads import parse_image_upload
 from api.validation import FreeText, JsonInteger, NonBlankLine
@@ -270,7 +271,13 @@ IMAGE_SEARCH_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the image to look like"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "minLength": 1,
+                            "description": "the image to look like: JPEG, PNG, WebP, GIF (first frame), TIFF or BMP, "
+                            "decided from the bytes",
+                        },
                         "query": {
                             "type": "string",
                             "maxLength": 1000,
@@ -279,7 +286,8 @@ IMAGE_SEARCH_BODY = {
                             "the query string's filters and options are used when it is absent",
                         },
                     },
-                }
+                },
+                "encoding": {"file": {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}},
             }
         },
     }
