@@ -77,6 +77,8 @@ def test_schemathesis_finds_nothing(live_api, admin_key: str, tmp_path: Path) ->
     base, api_log = live_api
     command = [
         _schemathesis(),
+        "--config-file",
+        str(ROOT / "tests" / "schemathesis.toml"),
         "run",
         f"{base}/openapi.json",
         "--checks",
