@@ -1,4 +1,4 @@
-"""Other model families through the whole service: tiny SigLIP and open_clip models trained at test time.
+"""Other model families through the whole service: a tiny SigLIP model trained at test time.
 
 Each family's stand-in (evaluation/standins/tiny_families.py) is loaded by the very backend that loads the real
 models for users (core/model_backends.py), registered and activated through `withsense models activate`, and
@@ -10,7 +10,6 @@ and int8) agrees with torch.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import Iterator
@@ -38,27 +37,10 @@ from tests.conftest import (
 )
 from tests.fixtures_model import TEST_MODEL_CACHE
 
-
-def _open_clip_importable() -> bool:
-    if importlib.util.find_spec("open_clip") is None:
-        return False
-    try:
-        import open_clip  # noqa: F401 - open_clip imports torchvision, which a CPU-only torch may lack
-    except ImportError:
-        return False
-    return True
-
-
-FAMILIES = [
-    pytest.param("siglip", id="siglip"),
-    pytest.param(
-        "open_clip",
-        id="open_clip",
-        marks=pytest.mark.skipif(
-            not _open_clip_importable(), reason="open_clip cannot be imported here (it needs torchvision)"
-        ),
-    ),
-]
+# open_clip is not among them: it imports torchvision, and no CPU torchvision matches this project's torch, so the
+# backend (core/model_backends.py) and its tiny stand-in cannot run here or in CI. It stays unverified (issue 14)
+# rather than a test that is always skipped; add it here where torchvision is installed.
+FAMILIES = [pytest.param("siglip", id="siglip")]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
