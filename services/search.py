@@ -165,6 +165,34 @@ class SearchOptions:
         if self.cursor is not None and not self.cursor.strip():
             raise InvalidRequest("`cursor` is empty: leave it out for the first page")
 
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> SearchOptions:
+        """The options from a form's or a body's fields named as the API names them (other fields ignored):
+        every entry point that takes filters builds them here, so they read them alike."""
+        filters = SearchFilters.parse(**{name: fields.get(name) for name in FILTER_FIELDS})  # type: ignore[arg-type]
+        return cls(
+            filters=filters,
+            mode=fields.get("mode", "hybrid"),  # type: ignore[arg-type]  # checked in __post_init__
+            min_score=fields.get("min_score"),  # type: ignore[arg-type]
+            sort=fields.get("sort", "relevance"),  # type: ignore[arg-type]
+            cursor=fields.get("cursor"),  # type: ignore[arg-type]
+        )
+
+
+# The filters' names, as SearchFilters.parse, the API's parameters and the pages' form fields spell them.
+FILTER_FIELDS = (
+    "photographer",
+    "tag",
+    "camera",
+    "orientation",
+    "taken_after",
+    "taken_before",
+    "uploaded_after",
+    "uploaded_before",
+    "min_width",
+    "min_height",
+)
+
 
 @dataclass(frozen=True)
 class QueryWeights:

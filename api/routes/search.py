@@ -190,24 +190,7 @@ class SearchFiltersIn(BaseModel):
     _lists = field_validator("photographer", "tag", "camera", "orientation", mode="before")(_one_or_many)
 
     def options(self) -> search_service.SearchOptions:
-        return search_service.SearchOptions(
-            filters=search_service.SearchFilters.parse(
-                photographer=self.photographer,
-                tag=self.tag,
-                camera=self.camera,
-                orientation=self.orientation,
-                taken_after=self.taken_after,
-                taken_before=self.taken_before,
-                uploaded_after=self.uploaded_after,
-                uploaded_before=self.uploaded_before,
-                min_width=self.min_width,
-                min_height=self.min_height,
-            ),
-            mode=self.mode,
-            min_score=self.min_score,
-            sort=self.sort,
-            cursor=self.cursor,
-        )
+        return search_service.SearchOptions.from_fields(dict(self))
 
 
 class ComposedParts(BaseModel):
