@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     # layout before migration 0010). Applied by migration 0010 when it runs and by `withsense embeddings
     # partition`; the searches are one query whatever the number (SCALING.md: the figures, the way on to Citus).
     embedding_partitions: int = Field(default=1, ge=1, le=256)
+    # The HNSW index of each model's vectors (migration 0011): "halfvec" (1.3 KB a vector) or "binary"
+    # (binary_quantize(...)::bit(D), 0.35 KB a vector, its candidates re-ranked on the halfvec vectors; SCALING.md
+    # section 2 has the figures that chose the default). New models get it; `withsense embeddings index` (and
+    # migration 0011) switch existing ones: the new index is built first, searches switched, the old one dropped.
+    # The kind in force is recorded per model in the database, which every search function reads.
+    vector_index: Literal["halfvec", "binary"] = "halfvec"
+    # Candidates by Hamming distance re-ranked on the exact cosine with the binary index (at least k; a search
+    # page's semantic list re-ranks in blocks of this many). SQL callers that set nothing get 200.
+    binary_rerank: int = Field(default=200, ge=1, le=1000)
 
     # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)

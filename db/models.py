@@ -80,11 +80,16 @@ class EmbeddingModel(Base):
     # The relevance floor of search with this model (cosine; migration 0008): semantic matches below it are
     # dropped unless a search gives its own `min_score`. NULL: no floor.
     min_score: Mapped[float | None] = mapped_column(Float)
+    # The HNSW index its searches use (migration 0011): 'halfvec' (hnsw on the halfvec vectors) or 'binary' (hnsw on
+    # binary_quantize(...)::bit(D), re-ranked on the halfvec vectors); switched by `withsense embeddings index`.
+    # Its bit index's centre (embedding_models.binary_centre) is kept by the SQL functions and not mapped here.
+    vector_index: Mapped[str] = mapped_column(Text, server_default=text("'halfvec'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("name", "revision", name="uq_embedding_models_name_revision"),
         CheckConstraint("dimension BETWEEN 1 AND 4000", name="dimension_range"),
+        CheckConstraint("vector_index IN ('halfvec', 'binary')", name="vector_index_kind"),
     )
 
 

@@ -322,7 +322,7 @@ def register_model(session: Session, name: str, revision: str, dimension: int) -
     if model is None:
         session.execute(
             insert(EmbeddingModel)
-            .values(name=name, revision=revision, dimension=dimension)
+            .values(name=name, revision=revision, dimension=dimension, vector_index=get_settings().vector_index)
             .on_conflict_do_nothing(constraint="uq_embedding_models_name_revision")
         )
         model = session.scalars(

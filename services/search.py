@@ -683,6 +683,7 @@ def _run(
             sql_options,
             exact_below=get_settings().search_exact_below,
             ef_search=get_settings().hnsw_ef_search,
+            binary_rerank=get_settings().binary_rerank,
         )
     except search_sql.NoActiveModel:
         rows = []  # nothing indexed yet: an empty result, not an error
