@@ -531,3 +531,74 @@ def test_text_similar_filtered_and_hybrid_search_over_http(binary_api: TestClien
     )
     whole = _ids(searcher.get("/v1/search", params={"q": "a circle", "k": 4, "mode": "semantic"}))
     assert [r["id"] for r in first["results"]] + _ids(second) == whole
+
+
+def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec() -> None:
+    """WITHSENSE_VECTOR_INDEX=binary at upgrade: each indexed model gets its bit index and loses the halfvec one;
+    the downgrade to 0010 builds the halfvec index again before it drops the bit index."""
+    import tempfile
+    from pathlib import Path
+
+    from cli.local_services import LocalPostgres
+    from migrations.apply import downgrade, upgrade
+    from tests.conftest import environment
+
+    server = LocalPostgres(Path(tempfile.mkdtemp(prefix="wsbq-", dir="/tmp")) / "pg")
+    server.start()
+    try:
+        dsn = server.url.replace("+psycopg", "")
+        upgrade(server.url, "0010")
+        rng = np.random.default_rng(11)
+        vectors = rng.normal(size=(60, 16)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO embedding_models (name, revision, dimension, active) VALUES ('m', 'r', 16, true) "
+                "RETURNING id"
+            ).fetchone()
+            assert row is not None
+            model_id = int(row[0])
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status)"
+                    " SELECT 'm/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 1, 1, 1, 'indexed', 'approved'"
+                    " FROM generate_series(0, 59) g ORDER BY g RETURNING id"
+                )
+            ]
+            for photo, vector in zip(ids, vectors, strict=True):
+                conn.execute(
+                    "INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (%s, %s, %s::halfvec)",
+                    (photo, model_id, _literal(vector)),
+                )
+            conn.execute("SELECT ensure_embedding_index(%s)", (model_id,))
+
+        def state() -> tuple[set[str], list[uuid.UUID]]:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                names = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT indexname FROM pg_indexes WHERE tablename = 'photo_embeddings' AND indexname ~ '^ix_'"
+                    )
+                }
+                conn.execute("SET withsense.binary_rerank = 60")
+                found = [
+                    r[0]
+                    for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 5)", (_literal(vectors[3]),))
+                ]
+            return names, found
+
+        stored = vectors.astype(np.float16).astype(np.float32)
+        want = [ids[i] for i in np.argsort(-(stored @ stored[3]), kind="stable")[:5]]
+        with environment({"WITHSENSE_VECTOR_INDEX": "binary"}):
+            upgrade(server.url)
+        assert state() == ({f"ix_photo_embeddings_bq_model_{model_id}"}, want)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT vector_index, binary_centre IS NOT NULL FROM embedding_models").fetchone()
+        assert row == ("binary", True)
+        downgrade(server.url, "0010")
+        assert state()[0] == {f"ix_photo_embeddings_hnsw_model_{model_id}"}
+        upgrade(server.url)  # the default: halfvec, nothing rebuilt
+        assert state() == ({f"ix_photo_embeddings_hnsw_model_{model_id}"}, want)
+    finally:
+        server.destroy()

@@ -39,12 +39,13 @@ INDEXED_MODELS = """
 def _switch(kind: str) -> None:
     other = "halfvec" if kind == "binary" else "binary"
     for (model_id,) in op.get_bind().execute(sa.text(INDEXED_MODELS)).all():
-        for statement in (
-            "SELECT build_embedding_index(:id, :kind)",
-            "SELECT set_embedding_index_kind(:id, :kind)",
-            "SELECT drop_embedding_index(:id, :other)",
+        # Build the new kind, switch the model's searches to it, drop the other: never without an index.
+        for function, which in (
+            ("build_embedding_index", kind),
+            ("set_embedding_index_kind", kind),
+            ("drop_embedding_index", other),
         ):
-            op.execute(sa.text(statement).bindparams(id=int(model_id), kind=kind, other=other))
+            op.execute(sa.text(f"SELECT {function}(:id, :kind)").bindparams(id=int(model_id), kind=which))
 
 
 def upgrade() -> None:
@@ -70,6 +71,6 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION set_embedding_index_kind(integer, text)")
     op.execute("DROP FUNCTION build_embedding_index(integer, text)")
     op.execute("DROP FUNCTION embedding_bits(text, integer, halfvec)")
-    op.drop_constraint("ck_embedding_models_vector_index_kind", "embedding_models", type_="check")
+    op.drop_constraint("ck_embedding_models_vector_index_kind", "embedding_models")
     op.drop_column("embedding_models", "binary_centre")
     op.drop_column("embedding_models", "vector_index")
