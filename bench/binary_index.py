@@ -94,6 +94,11 @@ def main() -> None:
         from migrations.apply import upgrade
 
         upgrade(postgres.url)  # a reused folder migrated before 0011 gets it (nothing to do otherwise)
+        from db import sql
+
+        with connect(postgres.dsn) as conn:  # and a reused folder runs this tree's definitions (idempotent)
+            for name in sql.names():
+                conn.execute(sql.current(name)[1])
         model_id, dim = int(meta["model_id"]), spec.dim
         ids = photo_ids(args.n, spec.seed)
         index_of: dict[uuid.UUID, int] = {photo_id: i for i, photo_id in enumerate(ids)}
