@@ -602,3 +602,74 @@ def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec()
         assert state() == ({f"ix_photo_embeddings_hnsw_model_{model_id}"}, want)
     finally:
         server.destroy()
+
+
+def test_a_selective_filter_takes_exact_distances_sooner_with_the_binary_index(services: Services) -> None:
+    """10,000 photos, 1,200 of them visible in RU: below sqrt(200 x 10,000) = 1,414, so exact with the bit index
+    (its scan would need 200 qualifying candidates), above the halfvec kind's 1,000, so its HNSW scan; the same
+    exact nearest photos either way."""
+    from db.engine import session_scope
+    from services.indexing import registered_model
+    from services.vector_index import switch
+
+    model = registered_model()
+    n, shown = 10_000, 1_200
+    rng = np.random.default_rng(21)
+    vectors = rng.normal(size=(n, model.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with session_scope() as session:
+        session.execute(text("TRUNCATE photos CASCADE"))
+        ids = list(
+            session.execute(
+                text(
+                    "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status,"
+                    " depicts_minor) SELECT 'bqx/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 1, 1, 1, 'indexed',"
+                    " 'approved', g >= :shown FROM generate_series(0, :n - 1) g ORDER BY g RETURNING id"
+                ),
+                {"n": n, "shown": shown},
+            ).scalars()
+        )
+        session.execute(
+            text("INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (:p, :m, :e)"),
+            [{"p": p, "m": model.id, "e": HalfVector(v.tolist())} for p, v in zip(ids, vectors, strict=True)],
+        )
+        session.execute(text("ANALYZE photos; ANALYZE photo_embeddings"))
+    dsn = services.database_url.replace("+psycopg", "")
+    query = _query(4, model.dimension)
+    stored = vectors[:shown].astype(np.float16).astype(np.float32)
+    want = [ids[i] for i in np.argsort(-(stored @ query.astype(np.float16).astype(np.float32)), kind="stable")[:K]]
+
+    def search() -> tuple[list[uuid.UUID], bool]:
+        """The photos found in RU, and whether an HNSW index scan ranked them."""
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            plans: list[str] = []
+            conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+            for statement in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_nested_statements = on",
+                "SET auto_explain.log_level = notice",
+            ):
+                conn.execute(statement)
+            found = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, 10, 'RU', '{}', "
+                    '\'{"mode": "semantic", "min_score": null}\')',
+                    (_literal(query),),
+                )
+            ]
+        scanned = any("Index Scan using" in p and "Order By:" in p and "photo_embeddings e" in p for p in plans)
+        return found, scanned
+
+    try:
+        halfvec_found, halfvec_scanned = search()
+        switch("binary", model_id=model.id)
+        binary_found, binary_scanned = search()
+    finally:
+        switch("halfvec")
+        with session_scope() as session:
+            session.execute(text("TRUNCATE photos CASCADE"))
+    assert halfvec_scanned and not binary_scanned
+    assert binary_found == want  # exact
+    assert len(set(halfvec_found) & set(want)) >= 9
