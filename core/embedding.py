@@ -52,6 +52,7 @@ __all__ = [
     "HUB_PROBE_TIMEOUT_S",
     "ClipEmbedder",
     "ModelUnavailableError",
+    "TextModelRefused",
     "fit_text_context",
     "folder_content_hash",
     "get_embedder",
@@ -59,6 +60,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class TextModelRefused(ModelUnavailableError):
+    """The separate text model (WITHSENSE_TEXT_MODEL) failed its start-up check: texts are not embedded at all.
+
+    The image model is loaded and serves pictures; only what needs the text model (text queries) is refused, never
+    answered by the image model's own tower instead (it cannot read the language the text model was set for).
+    """
 
 
 class ClipEmbedder:
@@ -111,6 +120,8 @@ class ClipEmbedder:
         self._text_probes = tuple(text_probes)
         self._text_min_margin = text_min_margin
         self.text_alignment: TextAlignment | None = None
+        self._text_revision: str | None = None
+        self._text_refusal: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ClipEmbedder:
@@ -167,6 +178,9 @@ class ClipEmbedder:
             backend = self._load_one(self._name, "WITHSENSE_MODEL", self._requested_revision, device)
             dimension = backend.dimension
             text_model = None
+            alignment = None
+            refusal = None
+            text_revision = None
             if self._text_name:
                 loaded = self._load_one(self._text_name, "WITHSENSE_TEXT_MODEL", None, device)
                 if not isinstance(loaded, SentenceTransformerBackend):
@@ -174,17 +188,22 @@ class ClipEmbedder:
                         f"WITHSENSE_TEXT_MODEL={self._text_name} is a {loaded.family} model; a separate text "
                         f"model must be a sentence-transformers text model"
                     )
-                text_model = loaded
-                if text_model.dimension != dimension:
-                    raise ModelUnavailableError(
-                        f"text model {self._text_name} gives {text_model.dimension}-d vectors but {self._name} gives "
-                        f"{dimension}-d: they are not in the same embedding space"
-                    )
-            alignment = self._check_text_model(backend, text_model) if text_model is not None else None
+                text_revision = self._resolve_revision(loaded, self._text_name, None)
+                try:
+                    alignment = self._check_text_model(backend, loaded)
+                except TextModelRefused as exc:
+                    # The image model still serves pictures; texts are refused with this reason (core stays
+                    # quiet about what the caller does with it: the API answers 503 on text routes).
+                    refusal = str(exc)
+                    logger.error("%s", refusal)
+                else:
+                    text_model = loaded
             self._text_model = text_model
             self.text_alignment = alignment
+            self._text_revision = text_revision
+            self._text_refusal = refusal
             self._dimension = int(dimension)
-            self._revision = self._resolve_revision(backend)
+            self._revision = self._resolve_revision(backend, self._name, self._requested_revision)
             self._onnx = self._open_onnx(backend, device)
             # Published last: other threads treat a non-None backend as "fully loaded".
             self._backend = backend
@@ -199,9 +218,15 @@ class ClipEmbedder:
             )
 
     def _check_text_model(self, backend: EmbeddingBackend, text_model: EmbeddingBackend) -> TextAlignment:
-        """Refuse a text model whose probe captions do not land near the image model's own text tower's."""
+        """Refuse (TextModelRefused) a text model of another dimension, or whose probe captions do not land near
+        the image model's own text tower's."""
         from core.text_alignment import DEFAULT_MIN_MARGIN, probe_texts, require_alignment
 
+        if text_model.dimension != backend.dimension:
+            raise TextModelRefused(
+                f"WITHSENSE_TEXT_MODEL {self._text_name} is not in the embedding space of {self._name}: it gives "
+                f"{text_model.dimension}-d vectors but the image model {backend.dimension}-d"
+            )
         probes = list(probe_texts(self._text_probes))
         try:
             alignment = require_alignment(
@@ -211,8 +236,8 @@ class ClipEmbedder:
                 text_model=str(self._text_name),
                 min_margin=DEFAULT_MIN_MARGIN if self._text_min_margin is None else self._text_min_margin,
             )
-        except ValueError as exc:  # TextModelMismatchError: a configuration error, reported like a missing model
-            raise ModelUnavailableError(str(exc)) from exc
+        except ValueError as exc:  # TextModelMismatchError: a configuration error
+            raise TextModelRefused(str(exc)) from exc
         logger.info("text model %s agrees with %s: %s", self._text_name, self._name, alignment.describe())
         return alignment
 
@@ -251,30 +276,31 @@ class ClipEmbedder:
             # The export computes something else than the model: refuse to index with it.
             raise ModelUnavailableError(f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder}: {exc}") from exc
 
-    def _resolve_revision(self, backend: EmbeddingBackend) -> str:
-        path = Path(self._name).expanduser()
+    def _resolve_revision(self, backend: EmbeddingBackend, name: str, requested: str | None) -> str:
+        """Which weights `name` loaded: the content hash of a local folder, else the hub commit."""
+        path = Path(name).expanduser()
         if path.is_dir():
             return folder_content_hash(path)
         commit = backend.commit_hash()
         if isinstance(commit, str) and _COMMIT_HASH.match(commit):
             return commit
-        if self._requested_revision and _COMMIT_HASH.match(self._requested_revision):
-            return self._requested_revision
+        if requested and _COMMIT_HASH.match(requested):
+            return requested
         # The hub cache stores each commit in snapshots/<commit>/.
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(
-            _hub_repo_id(self._name),
+            _hub_repo_id(name),
             backend.marker_file,
             cache_dir=self._cache_folder,
-            revision=self._requested_revision,
+            revision=requested,
         )
         if isinstance(cached, str):
             snapshot = Path(cached).parent
             if _COMMIT_HASH.match(snapshot.name):
                 return snapshot.name
             return folder_content_hash(snapshot)
-        raise ModelUnavailableError(f"could not determine which revision of {self._name} was loaded")
+        raise ModelUnavailableError(f"could not determine which revision of {name} was loaded")
 
     def _loaded(self) -> EmbeddingBackend:
         self.load()
@@ -325,6 +351,18 @@ class ClipEmbedder:
     def text_model_name(self) -> str | None:
         """The separate text model, when one is configured."""
         return self._text_name
+
+    @property
+    def text_model_revision(self) -> str | None:
+        """Which weights the separate text model loaded (as :attr:`revision`), when one is configured (loads)."""
+        self._loaded()
+        return self._text_revision
+
+    @property
+    def text_model_refusal(self) -> str | None:
+        """Why the separate text model failed its start-up check (texts are then refused), or None (loads)."""
+        self._loaded()
+        return self._text_refusal
 
     @property
     def revision(self) -> str:
@@ -385,10 +423,13 @@ class ClipEmbedder:
         """Embed texts with the text model when one is set, else with the image model's own text tower.
 
         A text longer than the model reads (CLIP: 77 tokens) is cut to that length; `truncated_texts` says which.
+        `TextModelRefused` when the text model failed its start-up check.
         """
         backend = self._loaded()
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
+        if self._text_refusal is not None:
+            raise TextModelRefused(self._text_refusal)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return (self._text_model or backend).embed_texts(list(texts), self.text_batch_size)
