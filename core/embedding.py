@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from core.onnx_encoder import OnnxImageEncoder
+    from core.onnx_text_encoder import OnnxTextEncoder
 
 from core.runtime import runtime
 from core.settings import Settings
@@ -89,14 +90,17 @@ class ClipEmbedder:
         image_batch_size: int = 32,
         text_batch_size: int = 64,
         image_encoder: str = "torch",
+        text_encoder: str = "torch",
         onnx_cache_dir: str | Path | None = None,
         text_probes: Sequence[str] = (),
         text_min_margin: float | None = None,
     ) -> None:
         if image_encoder not in ("torch", "onnx", "onnx-int8"):
             raise ValueError(f"image_encoder must be torch, onnx or onnx-int8, not {image_encoder!r}")
-        if image_encoder != "torch" and onnx_cache_dir is None:
-            raise ValueError("an ONNX image encoder needs onnx_cache_dir (where the exported model is kept)")
+        if text_encoder not in ("torch", "onnx", "onnx-int8"):
+            raise ValueError(f"text_encoder must be torch, onnx or onnx-int8, not {text_encoder!r}")
+        if (image_encoder != "torch" or text_encoder != "torch") and onnx_cache_dir is None:
+            raise ValueError("an ONNX encoder needs onnx_cache_dir (where the exported model is kept)")
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
         if image_batch_size < 1 or text_batch_size < 1:
@@ -111,6 +115,9 @@ class ClipEmbedder:
         self._requested_image_encoder = image_encoder
         self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
         self._onnx: OnnxImageEncoder | None = None
+        self._requested_text_encoder = text_encoder
+        self._onnx_text: OnnxTextEncoder | None = None
+        self.text_encoder_fallback: str | None = None  # why the ONNX text encoder asked for is not used
         self._lock = threading.Lock()
         self._backend: EmbeddingBackend | None = None
         self._text_model: SentenceTransformerBackend | None = None
@@ -139,6 +146,7 @@ class ClipEmbedder:
             image_batch_size=settings.image_batch_size,
             text_batch_size=settings.text_batch_size,
             image_encoder=settings.image_encoder,
+            text_encoder=settings.text_encoder,
             onnx_cache_dir=settings.onnx_dir,
             text_probes=moderation_prompt_texts(settings.moderation_prompts) if settings.text_model else (),
             text_min_margin=settings.text_model_min_margin,
@@ -205,16 +213,18 @@ class ClipEmbedder:
             self._dimension = int(dimension)
             self._revision = self._resolve_revision(backend, self._name, self._requested_revision)
             self._onnx = self._open_onnx(backend, device)
+            self._onnx_text = self._open_onnx_text(text_model or backend, text_revision or self._revision, device)
             # Published last: other threads treat a non-None backend as "fully loaded".
             self._backend = backend
             logger.info(
-                "loaded %s (%s, revision %s, %d-d) on %s; image encoder %s",
+                "loaded %s (%s, revision %s, %d-d) on %s; image encoder %s, text encoder %s",
                 self._name,
                 backend.family,
                 self._revision,
                 dimension,
                 device,
                 self._encoder_name(),
+                self._text_encoder_name(),
             )
 
     def _check_text_model(self, backend: EmbeddingBackend, text_model: EmbeddingBackend) -> TextAlignment:
@@ -275,6 +285,37 @@ class ClipEmbedder:
         except OnnxExportError as exc:
             # The export computes something else than the model: refuse to index with it.
             raise ModelUnavailableError(f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder}: {exc}") from exc
+
+    def _open_onnx_text(self, tower: EmbeddingBackend, revision: str, device: str) -> OnnxTextEncoder | None:
+        """The ONNX Runtime text encoder when one is asked for, the model runs on CPU, and its export is at parity
+        with torch; otherwise None (torch embeds the texts) with the reason logged and kept."""
+        wanted = self._requested_text_encoder
+        if wanted == "torch" or self._text_refusal is not None:
+            return None
+        reason = None
+        if device != "cpu":
+            reason = f"it is a CPU path, and the model runs on {device}"
+        else:
+            try:
+                from core.onnx_encoder import OnnxExportError
+                from core.onnx_text_encoder import OnnxTextEncoder
+            except ImportError as exc:
+                reason = f"it needs ONNX Runtime: pip install 'withsense-search[onnx]' ({_first_line(exc)})"
+            else:
+                assert self._onnx_cache_dir is not None
+                try:
+                    return OnnxTextEncoder.from_export(
+                        tower.text_export(),
+                        revision,
+                        self._onnx_cache_dir,
+                        quantize=wanted == "onnx-int8",
+                        batch_size=self.text_batch_size,
+                    )
+                except (OnnxExportError, NotAClipModelError) as exc:
+                    reason = str(exc)
+        self.text_encoder_fallback = reason
+        logger.warning("WITHSENSE_TEXT_ENCODER=%s is not used (%s): texts are embedded by torch", wanted, reason)
+        return None
 
     def _resolve_revision(self, backend: EmbeddingBackend, name: str, requested: str | None) -> str:
         """Which weights `name` loaded: the content hash of a local folder, else the hub commit."""
@@ -377,6 +418,17 @@ class ClipEmbedder:
         self._loaded()
         return self._encoder_name()
 
+    @property
+    def text_encoder(self) -> str:
+        """What embeds texts (queries) once loaded: "torch", "onnx" or "onnx-int8" (loads the model)."""
+        self._loaded()
+        return self._text_encoder_name()
+
+    def _text_encoder_name(self) -> str:
+        if self._onnx_text is None:
+            return "torch"
+        return "onnx-int8" if self._onnx_text.quantized else "onnx"
+
     def _encoder_name(self) -> str:
         if self._onnx is None:
             return "torch"
@@ -432,6 +484,8 @@ class ClipEmbedder:
             raise TextModelRefused(self._text_refusal)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._onnx_text is not None:
+            return self._onnx_text.embed_texts(list(texts))
         return (self._text_model or backend).embed_texts(list(texts), self.text_batch_size)
 
     def embed_image_model_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -292,7 +292,7 @@ def query_model_id() -> str:
     """What a query vector depends on besides its words: the model and its revision, and the text tower."""
     embedder = query_embedder()
     text = f"{embedder.text_model_name}@{embedder.text_model_revision}" if embedder.text_model_name else ""
-    return f"{embedder.model_name}@{embedder.revision}|text={text}"
+    return f"{embedder.model_name}@{embedder.revision}|text={text}|encoder={embedder.text_encoder}"
 
 
 def embed_query_text(text: str) -> np.ndarray:

@@ -180,7 +180,7 @@ def test_a_model_switch_keeps_each_versions_text_models(
     assert switched.exit_code == 0, switched.output
     assert f"text models recorded for it: {multilingual[0]}@{multilingual[1]}" in switched.output, switched.output
     listing = _cli("models", "list").output
-    lines = {revision: next(line for line in listing.splitlines() if f"@{revision} " in line) for revision in (old, new)}
+    lines = {rev: next(line for line in listing.splitlines() if f"@{rev} " in line) for rev in (old, new)}
     assert lines[new].startswith("active") and lines[old].startswith("inactive"), listing
     for revision in (old, new):  # each version keeps its own record through the switch
         assert f"text model: {multilingual[0]}@{multilingual[1]}" in lines[revision], listing
@@ -195,6 +195,7 @@ def test_a_model_switch_keeps_each_versions_text_models(
     # On the version from another space the multilingual model is refused, and the message says none is recorded.
     switched = _cli("models", "activate", str(elsewhere), "--force")
     assert switched.exit_code == 0 and "no text model is recorded for it yet" in switched.output, switched.output
-    for client in _api_with(admin_key, WITHSENSE_MODEL=str(elsewhere), WITHSENSE_TEXT_MODEL=str(tiny_multilingual_path)):
+    settings = {"WITHSENSE_MODEL": str(elsewhere), "WITHSENSE_TEXT_MODEL": str(tiny_multilingual_path)}
+    for client in _api_with(admin_key, **settings):
         refused = client.get("/v1/search", params={"q": "a red circle"})
         assert refused.status_code == 503 and "no text model is recorded for this model version yet" in refused.text
