@@ -192,8 +192,8 @@ def main() -> None:
     rows = []
     for threads, figures in towers.items():
         for encoder, stats in figures.items():
-            s = stats  # type: ignore[assignment]
-            rows.append([threads, encoder, s["used"], s["p50_ms"], s["p95_ms"], s["min_cosine_vs_torch"]])  # type: ignore[index]
+            s: dict[str, object] = stats  # type: ignore[assignment]
+            rows.append([threads, encoder, s["used"], s["p50_ms"], s["p95_ms"], s["min_cosine_vs_torch"]])
     print(f"text tower alone, random-weights ViT-B/32, batch 1, {args.queries} distinct queries, interleaved")
     print_table(["threads", "encoder", "used", "p50 (ms)", "p95 (ms)", "min cosine vs torch"], rows)
     if api_figures is not None:

@@ -31,6 +31,7 @@ from core.clip_parts import (
     ImageProcessor,
     NotAClipModelError,
     SquareInputShortcut,
+    TextExport,
     VisionExport,
     clip_image_features,
     clip_parts,
@@ -48,8 +49,6 @@ from core.model_hub import (
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
-
-    from core.onnx_text_encoder import TextExport
 
 Prepared = np.ndarray | Image.Image
 
@@ -359,8 +358,6 @@ def _sentence_transformer_text_export(backend: SentenceTransformerBackend) -> Te
     pooling and dense layers) behind the model's own tokenizer."""
     import torch
 
-    from core.onnx_text_encoder import TextExport
-
     model = backend.model
     preprocess = getattr(model, "preprocess", None) or model.tokenize
 
@@ -540,8 +537,6 @@ class SiglipBackend(EmbeddingBackend):
 
     def text_export(self) -> TextExport:
         import torch
-
-        from core.onnx_text_encoder import TextExport
 
         text_model = self.model.text_model
 

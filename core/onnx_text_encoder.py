@@ -2,7 +2,7 @@
 
 The image encoder's counterpart (core/onnx_encoder.py), for APIs on CPUs, where the text tower is most of a
 query's cost. Exported once from the tower ``ClipEmbedder.embed_texts`` uses (the image model's own text tower, or
-the separate WITHSENSE_TEXT_MODEL), as its backend gives it (``TextExport``: the module, the model's own
+the separate WITHSENSE_TEXT_MODEL), as its backend gives it (``core.clip_parts.TextExport``: the module, its
 tokenizer, the torch reference), cached on disk under a key of the model revision and the exporter versions, and
 checked against torch on fixed probe texts before it is used (each text alone, as a query comes, and all in one
 padded batch): an export whose cosine falls below ``PARITY_MIN_COSINE`` is refused, and the embedder falls back to
@@ -23,16 +23,12 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.clip_parts import TextExport
 from core.onnx_encoder import OPSET, OnnxExportError, _versions, session_options
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -57,28 +53,6 @@ PARITY_TEXTS: tuple[str, ...] = (
 )
 
 _export_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class TextExport:
-    """A text tower as the ONNX exporter needs it, given by each family's backend.
-
-    ``build_tower()`` returns a fresh float32 CPU module from the tokenizer's arrays (in ``input_names`` order) to
-    the (unnormalised) text features; ``tokenize(texts)`` is the model's own tokenizer (int64 arrays, cut to the
-    tower's context); ``reference(texts)`` is what the loaded torch model gives (unit rows).
-    """
-
-    family: str
-    build_tower: Callable[[], torch.nn.Module]
-    tokenize: Callable[[Sequence[str]], dict[str, np.ndarray]]
-    reference: Callable[[Sequence[str]], np.ndarray]
-    input_names: tuple[str, ...]
-    # onnxruntime.transformers.optimizer's model type whose fusions fit the tower ("clip", "bert").
-    optimizer_type: str
-    num_heads: int
-    hidden_size: int
-    # What defines the tower besides the revision (its config), for the export cache key.
-    config: Mapping[str, object]
 
 
 def export_key(revision: str, export: TextExport) -> str:
