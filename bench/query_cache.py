@@ -122,7 +122,7 @@ def load_search_index(postgres: LocalPostgres, n: int, model_dir: Path) -> tuple
     serves search only with the active model's vectors) with their photos, and build the HNSW index; returns the
     vector spec (for query vectors of the same mixture) and the index build's figures."""
     from core.embedding import folder_content_hash
-    from db.migrate import upgrade
+    from migrations.apply import upgrade
 
     upgrade(postgres.url)
     spec = VectorSpec(clusters=max(50, n // 1000))

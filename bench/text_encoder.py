@@ -119,6 +119,17 @@ def api_latency(
     return {case: {**latency_stats(seconds[case]), "failures": failures[case]} for case in cases}
 
 
+def print_towers(towers: dict[int, dict[str, object]], queries: int) -> None:
+    rows = []
+    for threads, figures in towers.items():
+        for encoder, stats in figures.items():
+            s: dict[str, object] = stats  # type: ignore[assignment]
+            rows.append([threads, encoder, s["used"], s["p50_ms"], s["p95_ms"], s["min_cosine_vs_torch"]])
+    print(f"text tower alone, random-weights ViT-B/32, batch 1, {queries} distinct queries, interleaved", flush=True)
+    print_table(["threads", "encoder", "used", "p50 (ms)", "p95 (ms)", "min cosine vs torch"], rows)
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20_000, help="vectors in the index")
@@ -144,6 +155,7 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         towers[threads] = tower_latency(model_dir, args.onnx_dir, texts, threads)
     results["tower_batch_1"] = towers
+    print_towers(towers, args.queries)
 
     api_figures: dict[str, dict[str, float]] | None = None
     if not args.skip_api:
@@ -189,13 +201,7 @@ def main() -> None:
     print()
     print(f"CPU: {results['cpu']}")
     print(f"load average at start {results['load_average_at_start']}, at end {results['load_average_at_end']}")
-    rows = []
-    for threads, figures in towers.items():
-        for encoder, stats in figures.items():
-            s: dict[str, object] = stats  # type: ignore[assignment]
-            rows.append([threads, encoder, s["used"], s["p50_ms"], s["p95_ms"], s["min_cosine_vs_torch"]])
-    print(f"text tower alone, random-weights ViT-B/32, batch 1, {args.queries} distinct queries, interleaved")
-    print_table(["threads", "encoder", "used", "p50 (ms)", "p95 (ms)", "min cosine vs torch"], rows)
+    print_towers(towers, args.queries)
     if api_figures is not None:
         print()
         print(f"GET /v1/search, 1 client, cache off, {args.n:,} vectors, k={args.k}, API torch/ORT threads 1")
