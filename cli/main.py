@@ -512,7 +512,11 @@ def _print_models(models: list[ModelCoverage]) -> None:
         typer.echo("models: none registered yet (a worker registers its model when it indexes the first photo)")
     for m in models:
         state = "active" if m.active else "inactive"
-        typer.echo(f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos")
+        text = ", ".join(f"{t.label} (margin {t.margin:.2f})" for t in m.text_models) if m.text_models else "own tower"
+        typer.echo(
+            f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos  "
+            f"text model: {text}"
+        )
 
 
 models_app = typer.Typer(
@@ -553,6 +557,14 @@ def models_activate(
         f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
         "then restart them: an API on another model answers search with 503 until then."
     )
+    active = next((m for m in model_service.coverage() if m.active), None)
+    if active is not None and active.text_models:
+        typer.echo(f"text models recorded for it: {', '.join(t.label for t in active.text_models)}")
+    elif active is not None:
+        typer.echo(
+            "no text model is recorded for it yet: an API or worker with WITHSENSE_TEXT_MODEL checks its text "
+            "model against it at start and records it when it agrees; one from another space refuses text search."
+        )
 
 
 @models_app.command("floor")

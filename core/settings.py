@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # fused graph) or "onnx-int8" (dynamically quantised, about 2x torch; BENCHMARKS.md). Needs the `onnx`
     # extra. The export is checked against torch (cosine >= 0.99) when loaded. GPUs always use torch fp16.
     image_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # The text encoder of queries on CPU: "torch", or the tower that embeds them (the image model's own, or
+    # WITHSENSE_TEXT_MODEL) exported to ONNX Runtime, "onnx" (fp32) or "onnx-int8". Checked against torch on
+    # probe texts (cosine >= 0.99) when loaded; an export that fails (or a GPU) falls back to torch, with the reason
+    # in the log. Moderation prompts are always embedded by torch (their thresholds were calibrated there).
+    text_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
     # A model that cannot be loaded is tried again in the background (API) or by one delayed task (worker),
     # after 2 s, then twice as long each time up to this many seconds; nobody waits on a hub meanwhile.
     model_retry_max_s: float = Field(default=300.0, ge=0.1, le=86400)
