@@ -2,7 +2,7 @@
 BENCHMARKS.md 6c). db/sql/search_photos_filtered/0013.sql says what changed.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from db import sql
 
 revision = "0013"
-down_revision = "0010"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -42,6 +42,13 @@
 --   the floor is applied to that ranking (not to the semantic list, which fusion needs whole).
 -- The HNSW scan's ef_search is the caller's `withsense.ef_search` (as for search_photos), else 200; it
 -- does not depend on k or the page, so the candidates' order does not either.
+-- The model's index kind (embedding_models.vector_index, migration 0011): with 'binary', the HNSW scan above is
+-- the bit index's (Hamming distance, the same filters inside it), and its candidates are re-ranked by the exact
+-- halfvec cosine in blocks: the first `withsense.binary_rerank` (default 200; 200 more in hybrid mode, whose
+-- semantic list runs that much deeper) in one block, then blocks of binary_rerank, each block in cosine order.
+-- Blocks fixed by position keep pages exact: the first n of a deeper list are the first n of a shallower one.
+-- The exact path is the same for both kinds; with 'binary' it is taken below sqrt(re-ranking depth x catalogue)
+-- photos left by the filters instead of sqrt(depth x catalogue) (the bit index's scan needs that many candidates).
 CREATE OR REPLACE FUNCTION search_photos_filtered(
     query_embedding vector,
     query_text text DEFAULT NULL,
@@ -108,6 +115,11 @@ DECLARE
     scan_depth integer;
     saved_seqscan text;
     saved_sort text;
+    -- The binary index (migration 0011).
+    requested_rerank text := nullif(btrim(current_setting('withsense.binary_rerank', true)), '');
+    rerank integer;
+    first_block integer;
+    candidates integer;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'k must be between 1 and 1000, got %', k USING ERRCODE = 'invalid_parameter_value';
@@ -156,7 +168,8 @@ BEGIN
     END IF;
     unwanted := keyword_query(options->>'negative_text');
 
-    SELECT id, dimension, embedding_models.min_score INTO m FROM embedding_models WHERE active;
+    SELECT id, dimension, embedding_models.min_score, vector_index, binary_centre INTO m
+    FROM embedding_models WHERE active;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no active embedding model: nothing has been indexed yet'
             USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -280,8 +293,8 @@ BEGIN
         -- about depth x catalogue / qualifying photos before it has `depth` of them, and it always goes at least
         -- rerank_depth deep. So exact wins below about sqrt(depth x catalogue) qualifying photos
         -- (bench/search_filters.py measures both): 2,000 for a semantic page of 100,000 photos, ~6,300 at 1M,
-        -- ~15,000 at 1M for hybrid, whose semantic list runs 200 deeper. How many qualify is the planner's estimate (no rows are read for it); the depth
-        -- is the first page's, and a small catalogue (fewer photos than the deepest a search goes) is always
+        -- ~15,000 at 1M for hybrid, whose semantic list runs 200 deeper. How many qualify is the planner's
+        -- estimate (no rows are read for it); the depth is the first page's, and a small catalogue (fewer photos than the deepest a search goes) is always
         -- ranked exactly: the decision never depends on the page, so neither does the ranking.
         -- `withsense.exact_below` replaces the threshold; `withsense.exact_scan` = on / off forces a path.
         SELECT greatest(reltuples, 0)::numeric INTO catalogue_size FROM pg_class WHERE oid = 'photos'::regclass;
@@ -297,6 +310,22 @@ BEGIN
             requested_exact::numeric,
             greatest(1000, sqrt((CASE WHEN s_depth > wanted THEN 2 * fusion_depth + 10 ELSE rerank_depth END)
                                 * catalogue_size)));
+        -- ---- The binary index (migration 0011): its scan must bring `rerank` qualifying candidates, not 10, so it
+        -- visits about rerank x catalogue / qualifying photos: exact distances win below sqrt(rerank x catalogue)
+        -- (bench/binary_index.py: at a 1% filter the bit index's scan is 6-10x slower than the halfvec one). ----
+        IF m.vector_index = 'binary' THEN
+            IF requested_rerank IS NOT NULL
+               AND NOT (CASE WHEN requested_rerank ~ '^[0-9]{1,4}$'
+                             THEN requested_rerank::integer BETWEEN 1 AND 1000 ELSE false END) THEN
+                RAISE EXCEPTION 'withsense.binary_rerank must be an integer from 1 to 1000, got "%"', requested_rerank
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            rerank := coalesce(requested_rerank::integer, 200);
+            IF requested_exact IS NULL THEN
+                threshold := greatest(threshold, sqrt((rerank + s_depth - wanted) * catalogue_size));
+            END IF;
+        END IF;
+        -- ---- end of the binary index ----
         use_exact := CASE forced_scan WHEN 'on' THEN true WHEN 'off' THEN false
                      ELSE qualifying < threshold OR catalogue_size < 2 * (fusion_depth + deepest) END;
         -- %5$s: the order; format() is applied once to each variant, so no value quoted into `cond` is read
@@ -324,18 +353,54 @@ BEGIN
             saved_sort := current_setting('enable_sort');
             PERFORM set_config('enable_seqscan', 'off', true);
             PERFORM set_config('enable_sort', 'off', true);
-            -- At least rerank_depth deep whatever the page: the head re-sorted below is the same on every page.
-            scan_depth := greatest(s_depth, rerank_depth);
-            EXECUTE format(semantic_sql, m.dimension, m.id, minors, cond,
-                           format('e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)', m.dimension),
-                           flag, e_cond, joined)
-                INTO s_ids, s_scores USING query_embedding, scan_depth;
+            IF m.vector_index IS DISTINCT FROM 'binary' THEN
+                -- At least rerank_depth deep whatever the page: the head re-sorted below is the same on every page.
+                scan_depth := greatest(s_depth, rerank_depth);
+                EXECUTE format(semantic_sql, m.dimension, m.id, minors, cond,
+                               format('e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)', m.dimension),
+                               flag, e_cond, joined)
+                    INTO s_ids, s_scores USING query_embedding, scan_depth;
+            ELSE
+                scan_depth := s_depth;  -- the bit index's candidates are re-ranked in blocks of their own
+                -- ---- The binary index (migration 0011): candidates by Hamming distance, re-ranked in blocks. ----
+                first_block := rerank + (s_depth - wanted);  -- depends on the mode, not on the page
+                candidates := CASE WHEN s_depth <= first_block THEN first_block
+                                   ELSE first_block + ((s_depth - first_block + rerank - 1) / rerank) * rerank END;
+                PERFORM set_config('hnsw.ef_search',
+                                   least(1000, greatest(current_setting('hnsw.ef_search')::integer, first_block))::text,
+                                   true);
+                EXECUTE format(
+                    $q$
+                    SELECT coalesce(array_agg(r.photo_id ORDER BY r.block, r.d, r.photo_id), '{}'),
+                           coalesce(array_agg(1 - r.d ORDER BY r.block, r.d, r.photo_id), '{}')
+                    FROM (
+                        SELECT c.photo_id, c.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) AS d,
+                               CASE WHEN c.pos <= $4 THEN 0 ELSE 1 + (c.pos - $4 - 1) / $5 END AS block
+                        FROM (
+                            SELECT h.photo_id, h.embedding, row_number() OVER () AS pos
+                            FROM (
+                                SELECT e.photo_id, e.embedding
+                                FROM photo_embeddings e%6$s
+                                WHERE e.model_id = %2$s AND e.%3$I%4$s%5$s
+                                ORDER BY %7$s <~> %8$s
+                                LIMIT $3
+                            ) h
+                        ) c
+                        ORDER BY 3, 2, 1
+                        LIMIT $2
+                    ) r
+                    $q$, m.dimension, m.id, flag, e_cond, cond, joined,
+                    embedding_bits('e.embedding', m.dimension, m.binary_centre),
+                    embedding_bits('$1', m.dimension, m.binary_centre))
+                    INTO s_ids, s_scores USING query_embedding, s_depth, candidates, first_block, rerank;
+                -- ---- end of the binary index ----
+            END IF;
             PERFORM set_config('enable_seqscan', saved_seqscan, true);
             PERFORM set_config('enable_sort', saved_sort, true);
             -- Short: fewer photos qualify than the estimate said (or the scan hit its limits). The exact
             -- distances then, over what is few enough to be cheap: never fewer than k results while k qualify.
             use_exact := cardinality(s_ids) < scan_depth AND forced_scan IS DISTINCT FROM 'off';
-            IF NOT use_exact THEN
+            IF NOT use_exact AND m.vector_index IS DISTINCT FROM 'binary' THEN
                 -- The first rerank_depth finds in exact order (score, then id, as the exact path ranks), the
                 -- rest in the order found; then the list is cut to this search's depth.
                 SELECT coalesce(array_agg(r.i ORDER BY r.o), '{}'), coalesce(array_agg(r.sc ORDER BY r.o), '{}')
