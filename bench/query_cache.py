@@ -22,6 +22,7 @@ import argparse
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -116,6 +117,31 @@ def cache_counters(base_url: str) -> dict[str, float]:
     return counters
 
 
+def load_search_index(postgres: LocalPostgres, n: int, model_dir: Path) -> tuple[VectorSpec, dict[str, object]]:
+    """Migrate the running `postgres`, load `n` synthetic vectors under a model row named after `model_dir` (the API
+    serves search only with the active model's vectors) with their photos, and build the HNSW index; returns the
+    vector spec (for query vectors of the same mixture) and the index build's figures."""
+    from core.embedding import folder_content_hash
+    from migrations.apply import upgrade
+
+    upgrade(postgres.url)
+    spec = VectorSpec(clusters=max(50, n // 1000))
+    corpus = VectorSource(spec).draw(n, stream=0)
+    ids = photo_ids(n, spec.seed)
+    with connect(postgres.dsn) as conn:
+        model_id = create_model_row(conn, spec.dim)
+        conn.execute(
+            "UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s",
+            (str(model_dir), folder_content_hash(model_dir), model_id),
+        )
+        load_photos(conn, ids, row_buckets(n, spec.seed))
+        load_embeddings(conn, model_id, ids, corpus)
+        conn.execute("VACUUM (ANALYZE) photos")
+        conn.execute("VACUUM (ANALYZE) photo_embeddings")
+        index: dict[str, object] = build_index(conn, model_id, postmaster_pid=postgres.process.pid)  # type: ignore[union-attr]
+    return spec, index
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20_000, help="vectors in the index")
@@ -125,8 +151,6 @@ def main() -> None:
         "--threads", default="1", help="torch threads of each API process (WITHSENSE_API_TORCH_THREADS)"
     )
     args = parser.parse_args()
-
-    from core.embedding import folder_content_hash
 
     info = machine_info()
     warn_if_busy()
@@ -150,24 +174,7 @@ def main() -> None:
     results: dict[str, object] = {"machine": info, "cpu": cpu_line(info), "n": args.n, "queries": args.queries}
     postgres.start()
     try:
-        from db.migrate import upgrade
-
-        upgrade(postgres.url)
-        spec = VectorSpec(clusters=max(50, args.n // 1000))
-        corpus = VectorSource(spec).draw(args.n, stream=0)
-        ids = photo_ids(args.n, spec.seed)
-        with connect(postgres.dsn) as conn:
-            model_id = create_model_row(conn, spec.dim)
-            # The API serves search only with the active model's vectors: name the row after the API's model.
-            conn.execute(
-                "UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s",
-                (str(model_dir), folder_content_hash(model_dir), model_id),
-            )
-            load_photos(conn, ids, row_buckets(args.n, spec.seed))
-            load_embeddings(conn, model_id, ids, corpus)
-            conn.execute("VACUUM (ANALYZE) photos")
-            conn.execute("VACUUM (ANALYZE) photo_embeddings")
-            results["index"] = build_index(conn, model_id, postmaster_pid=postgres.process.pid)  # type: ignore[union-attr]
+        spec, results["index"] = load_search_index(postgres, args.n, model_dir)
         api_key = create_api_key(postgres.url)
         for api in apis.values():
             api.database_url = postgres.url

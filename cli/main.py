@@ -512,7 +512,11 @@ def _print_models(models: list[ModelCoverage]) -> None:
         typer.echo("models: none registered yet (a worker registers its model when it indexes the first photo)")
     for m in models:
         state = "active" if m.active else "inactive"
-        typer.echo(f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos")
+        text = ", ".join(f"{t.label} (margin {t.margin:.2f})" for t in m.text_models) if m.text_models else "own tower"
+        typer.echo(
+            f"{state:8}  {m.name}@{m.revision}  {m.dimension}-d  covers {m.embedded}/{m.indexed} indexed photos  "
+            f"text model: {text}"
+        )
 
 
 models_app = typer.Typer(
@@ -553,6 +557,14 @@ def models_activate(
         f"{label} is now the active model. Point every API and worker at it (WITHSENSE_MODEL), "
         "then restart them: an API on another model answers search with 503 until then."
     )
+    active = next((m for m in model_service.coverage() if m.active), None)
+    if active is not None and active.text_models:
+        typer.echo(f"text models recorded for it: {', '.join(t.label for t in active.text_models)}")
+    elif active is not None:
+        typer.echo(
+            "no text model is recorded for it yet: an API or worker with WITHSENSE_TEXT_MODEL checks its text "
+            "model against it at start and records it when it agrees; one from another space refuses text search."
+        )
 
 
 @models_app.command("floor")
@@ -602,7 +614,9 @@ def metadata_backfill(
     )
 
 
-embeddings_app = typer.Typer(help="The vectors' table: its partitions (the way to Citus, SCALING.md).")
+embeddings_app = typer.Typer(
+    help="The vectors' table: its partitions (the way to Citus) and its index kind (SCALING.md)."
+)
 app.add_typer(embeddings_app, name="embeddings")
 
 
@@ -626,6 +640,36 @@ def embeddings_partition(
         typer.echo(f"photo_embeddings already has {result.after} partition(s)")
     else:
         typer.echo(f"photo_embeddings: {result.before} -> {result.after} partition(s), HNSW indexes rebuilt")
+
+
+@embeddings_app.command("index")
+def embeddings_index(
+    kind: Annotated[
+        str | None,
+        typer.Option(help="halfvec or binary (re-ranked on the halfvec vectors); default WITHSENSE_VECTOR_INDEX"),
+    ] = None,
+    model: Annotated[int | None, typer.Option(help="one model's id (default: every model)")] = None,
+) -> None:
+    """Switch the vectors' HNSW index: build the new kind, switch searches to it, drop the old one.
+
+    Searches go on throughout (writes of vectors wait for each build); with hash partitions every partition
+    gets its own.
+    """
+    from services import vector_index as index_service
+    from services.errors import ServiceError
+
+    settings = _settings()
+    wanted = kind if kind is not None else settings.vector_index
+    try:
+        results = index_service.switch(wanted.strip().lower(), model, progress=typer.echo)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not results:
+        typer.echo("no embedding models yet: new ones get the index kind of WITHSENSE_VECTOR_INDEX")
+    for r in results:
+        change = "already" if r.before == r.after and not r.built else f"{r.before} ->"
+        typer.echo(f"model {r.model_id} ({r.name}): {change} {r.after}")
 
 
 @models_app.command("adopt")

@@ -52,6 +52,28 @@ class VisionExport:
 
 
 @dataclass(frozen=True)
+class TextExport:
+    """A text tower as the ONNX exporter needs it, given by each family's backend.
+
+    ``build_tower()`` returns a fresh float32 CPU module from the tokenizer's arrays (in ``input_names`` order) to
+    the (unnormalised) text features; ``tokenize(texts)`` is the model's own tokenizer (int64 arrays, cut to the
+    tower's context); ``reference(texts)`` is what the loaded torch model gives (unit rows).
+    """
+
+    family: str
+    build_tower: Callable[[], torch.nn.Module]
+    tokenize: Callable[[Sequence[str]], dict[str, np.ndarray]]
+    reference: Callable[[Sequence[str]], np.ndarray]
+    input_names: tuple[str, ...]
+    # onnxruntime.transformers.optimizer's model type whose fusions fit the tower ("clip", "bert").
+    optimizer_type: str
+    num_heads: int
+    hidden_size: int
+    # What defines the tower besides the revision (its config), for the export cache key.
+    config: Mapping[str, object]
+
+
+@dataclass(frozen=True)
 class ClipParts:
     """The Hugging Face CLIP model and the image processor that came with it."""
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from core.onnx_encoder import OnnxImageEncoder
+    from core.onnx_text_encoder import OnnxTextEncoder
 
 from core.runtime import runtime
 from core.settings import Settings
@@ -52,6 +53,7 @@ __all__ = [
     "HUB_PROBE_TIMEOUT_S",
     "ClipEmbedder",
     "ModelUnavailableError",
+    "TextModelRefused",
     "fit_text_context",
     "folder_content_hash",
     "get_embedder",
@@ -59,6 +61,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class TextModelRefused(ModelUnavailableError):
+    """The separate text model (WITHSENSE_TEXT_MODEL) failed its start-up check: texts are not embedded at all.
+
+    The image model is loaded and serves pictures; only what needs the text model (text queries) is refused, never
+    answered by the image model's own tower instead (it cannot read the language the text model was set for).
+    """
 
 
 class ClipEmbedder:
@@ -80,14 +90,17 @@ class ClipEmbedder:
         image_batch_size: int = 32,
         text_batch_size: int = 64,
         image_encoder: str = "torch",
+        text_encoder: str = "torch",
         onnx_cache_dir: str | Path | None = None,
         text_probes: Sequence[str] = (),
         text_min_margin: float | None = None,
     ) -> None:
         if image_encoder not in ("torch", "onnx", "onnx-int8"):
             raise ValueError(f"image_encoder must be torch, onnx or onnx-int8, not {image_encoder!r}")
-        if image_encoder != "torch" and onnx_cache_dir is None:
-            raise ValueError("an ONNX image encoder needs onnx_cache_dir (where the exported model is kept)")
+        if text_encoder not in ("torch", "onnx", "onnx-int8"):
+            raise ValueError(f"text_encoder must be torch, onnx or onnx-int8, not {text_encoder!r}")
+        if (image_encoder != "torch" or text_encoder != "torch") and onnx_cache_dir is None:
+            raise ValueError("an ONNX encoder needs onnx_cache_dir (where the exported model is kept)")
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
         if image_batch_size < 1 or text_batch_size < 1:
@@ -102,6 +115,9 @@ class ClipEmbedder:
         self._requested_image_encoder = image_encoder
         self._onnx_cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else None
         self._onnx: OnnxImageEncoder | None = None
+        self._requested_text_encoder = text_encoder
+        self._onnx_text: OnnxTextEncoder | None = None
+        self.text_encoder_fallback: str | None = None  # why the ONNX text encoder asked for is not used
         self._lock = threading.Lock()
         self._backend: EmbeddingBackend | None = None
         self._text_model: SentenceTransformerBackend | None = None
@@ -111,6 +127,8 @@ class ClipEmbedder:
         self._text_probes = tuple(text_probes)
         self._text_min_margin = text_min_margin
         self.text_alignment: TextAlignment | None = None
+        self._text_revision: str | None = None
+        self._text_refusal: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ClipEmbedder:
@@ -128,6 +146,7 @@ class ClipEmbedder:
             image_batch_size=settings.image_batch_size,
             text_batch_size=settings.text_batch_size,
             image_encoder=settings.image_encoder,
+            text_encoder=settings.text_encoder,
             onnx_cache_dir=settings.onnx_dir,
             text_probes=moderation_prompt_texts(settings.moderation_prompts) if settings.text_model else (),
             text_min_margin=settings.text_model_min_margin,
@@ -167,6 +186,9 @@ class ClipEmbedder:
             backend = self._load_one(self._name, "WITHSENSE_MODEL", self._requested_revision, device)
             dimension = backend.dimension
             text_model = None
+            alignment = None
+            refusal = None
+            text_revision = None
             if self._text_name:
                 loaded = self._load_one(self._text_name, "WITHSENSE_TEXT_MODEL", None, device)
                 if not isinstance(loaded, SentenceTransformerBackend):
@@ -174,34 +196,47 @@ class ClipEmbedder:
                         f"WITHSENSE_TEXT_MODEL={self._text_name} is a {loaded.family} model; a separate text "
                         f"model must be a sentence-transformers text model"
                     )
-                text_model = loaded
-                if text_model.dimension != dimension:
-                    raise ModelUnavailableError(
-                        f"text model {self._text_name} gives {text_model.dimension}-d vectors but {self._name} gives "
-                        f"{dimension}-d: they are not in the same embedding space"
-                    )
-            alignment = self._check_text_model(backend, text_model) if text_model is not None else None
+                text_revision = self._resolve_revision(loaded, self._text_name, None)
+                try:
+                    alignment = self._check_text_model(backend, loaded)
+                except TextModelRefused as exc:
+                    # The image model still serves pictures; texts are refused with this reason (core stays
+                    # quiet about what the caller does with it: the API answers 503 on text routes).
+                    refusal = str(exc)
+                    logger.error("%s", refusal)
+                else:
+                    text_model = loaded
             self._text_model = text_model
             self.text_alignment = alignment
+            self._text_revision = text_revision
+            self._text_refusal = refusal
             self._dimension = int(dimension)
-            self._revision = self._resolve_revision(backend)
+            self._revision = self._resolve_revision(backend, self._name, self._requested_revision)
             self._onnx = self._open_onnx(backend, device)
+            self._onnx_text = self._open_onnx_text(text_model or backend, text_revision or self._revision, device)
             # Published last: other threads treat a non-None backend as "fully loaded".
             self._backend = backend
             logger.info(
-                "loaded %s (%s, revision %s, %d-d) on %s; image encoder %s",
+                "loaded %s (%s, revision %s, %d-d) on %s; image encoder %s, text encoder %s",
                 self._name,
                 backend.family,
                 self._revision,
                 dimension,
                 device,
                 self._encoder_name(),
+                self._text_encoder_name(),
             )
 
     def _check_text_model(self, backend: EmbeddingBackend, text_model: EmbeddingBackend) -> TextAlignment:
-        """Refuse a text model whose probe captions do not land near the image model's own text tower's."""
+        """Refuse (TextModelRefused) a text model of another dimension, or whose probe captions do not land near
+        the image model's own text tower's."""
         from core.text_alignment import DEFAULT_MIN_MARGIN, probe_texts, require_alignment
 
+        if text_model.dimension != backend.dimension:
+            raise TextModelRefused(
+                f"WITHSENSE_TEXT_MODEL {self._text_name} is not in the embedding space of {self._name}: it gives "
+                f"{text_model.dimension}-d vectors but the image model {backend.dimension}-d"
+            )
         probes = list(probe_texts(self._text_probes))
         try:
             alignment = require_alignment(
@@ -211,8 +246,8 @@ class ClipEmbedder:
                 text_model=str(self._text_name),
                 min_margin=DEFAULT_MIN_MARGIN if self._text_min_margin is None else self._text_min_margin,
             )
-        except ValueError as exc:  # TextModelMismatchError: a configuration error, reported like a missing model
-            raise ModelUnavailableError(str(exc)) from exc
+        except ValueError as exc:  # TextModelMismatchError: a configuration error
+            raise TextModelRefused(str(exc)) from exc
         logger.info("text model %s agrees with %s: %s", self._text_name, self._name, alignment.describe())
         return alignment
 
@@ -251,30 +286,62 @@ class ClipEmbedder:
             # The export computes something else than the model: refuse to index with it.
             raise ModelUnavailableError(f"WITHSENSE_IMAGE_ENCODER={self._requested_image_encoder}: {exc}") from exc
 
-    def _resolve_revision(self, backend: EmbeddingBackend) -> str:
-        path = Path(self._name).expanduser()
+    def _open_onnx_text(self, tower: EmbeddingBackend, revision: str, device: str) -> OnnxTextEncoder | None:
+        """The ONNX Runtime text encoder when one is asked for, the model runs on CPU, and its export is at parity
+        with torch; otherwise None (torch embeds the texts) with the reason logged and kept."""
+        wanted = self._requested_text_encoder
+        if wanted == "torch" or self._text_refusal is not None:
+            return None
+        reason = None
+        if device != "cpu":
+            reason = f"it is a CPU path, and the model runs on {device}"
+        else:
+            try:
+                from core.onnx_encoder import OnnxExportError
+                from core.onnx_text_encoder import OnnxTextEncoder
+            except ImportError as exc:
+                reason = f"it needs ONNX Runtime: pip install 'withsense-search[onnx]' ({_first_line(exc)})"
+            else:
+                assert self._onnx_cache_dir is not None
+                try:
+                    return OnnxTextEncoder.from_export(
+                        tower.text_export(),
+                        revision,
+                        self._onnx_cache_dir,
+                        quantize=wanted == "onnx-int8",
+                        batch_size=self.text_batch_size,
+                    )
+                except (OnnxExportError, NotAClipModelError) as exc:
+                    reason = str(exc)
+        self.text_encoder_fallback = reason
+        logger.warning("WITHSENSE_TEXT_ENCODER=%s is not used (%s): texts are embedded by torch", wanted, reason)
+        return None
+
+    def _resolve_revision(self, backend: EmbeddingBackend, name: str, requested: str | None) -> str:
+        """Which weights `name` loaded: the content hash of a local folder, else the hub commit."""
+        path = Path(name).expanduser()
         if path.is_dir():
             return folder_content_hash(path)
         commit = backend.commit_hash()
         if isinstance(commit, str) and _COMMIT_HASH.match(commit):
             return commit
-        if self._requested_revision and _COMMIT_HASH.match(self._requested_revision):
-            return self._requested_revision
+        if requested and _COMMIT_HASH.match(requested):
+            return requested
         # The hub cache stores each commit in snapshots/<commit>/.
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(
-            _hub_repo_id(self._name),
+            _hub_repo_id(name),
             backend.marker_file,
             cache_dir=self._cache_folder,
-            revision=self._requested_revision,
+            revision=requested,
         )
         if isinstance(cached, str):
             snapshot = Path(cached).parent
             if _COMMIT_HASH.match(snapshot.name):
                 return snapshot.name
             return folder_content_hash(snapshot)
-        raise ModelUnavailableError(f"could not determine which revision of {self._name} was loaded")
+        raise ModelUnavailableError(f"could not determine which revision of {name} was loaded")
 
     def _loaded(self) -> EmbeddingBackend:
         self.load()
@@ -327,6 +394,18 @@ class ClipEmbedder:
         return self._text_name
 
     @property
+    def text_model_revision(self) -> str | None:
+        """Which weights the separate text model loaded (as :attr:`revision`), when one is configured (loads)."""
+        self._loaded()
+        return self._text_revision
+
+    @property
+    def text_model_refusal(self) -> str | None:
+        """Why the separate text model failed its start-up check (texts are then refused), or None (loads)."""
+        self._loaded()
+        return self._text_refusal
+
+    @property
     def revision(self) -> str:
         """The hub commit of the loaded model, or ``sha256:<hex>`` of a local folder's files."""
         self._loaded()
@@ -338,6 +417,17 @@ class ClipEmbedder:
         """What embeds images once loaded: "torch", "onnx" or "onnx-int8" (loads the model)."""
         self._loaded()
         return self._encoder_name()
+
+    @property
+    def text_encoder(self) -> str:
+        """What embeds texts (queries) once loaded: "torch", "onnx" or "onnx-int8" (loads the model)."""
+        self._loaded()
+        return self._text_encoder_name()
+
+    def _text_encoder_name(self) -> str:
+        if self._onnx_text is None:
+            return "torch"
+        return "onnx-int8" if self._onnx_text.quantized else "onnx"
 
     def _encoder_name(self) -> str:
         if self._onnx is None:
@@ -385,12 +475,17 @@ class ClipEmbedder:
         """Embed texts with the text model when one is set, else with the image model's own text tower.
 
         A text longer than the model reads (CLIP: 77 tokens) is cut to that length; `truncated_texts` says which.
+        `TextModelRefused` when the text model failed its start-up check.
         """
         backend = self._loaded()
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
+        if self._text_refusal is not None:
+            raise TextModelRefused(self._text_refusal)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._onnx_text is not None:
+            return self._onnx_text.embed_texts(list(texts))
         return (self._text_model or backend).embed_texts(list(texts), self.text_batch_size)
 
     def embed_image_model_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -31,6 +31,7 @@ from core.clip_parts import (
     ImageProcessor,
     NotAClipModelError,
     SquareInputShortcut,
+    TextExport,
     VisionExport,
     clip_image_features,
     clip_parts,
@@ -123,6 +124,11 @@ class EmbeddingBackend(ABC):
     @abstractmethod
     def vision_export(self) -> VisionExport:
         """The image tower as a plain module, for the ONNX exporter; NotAClipModelError when it has none."""
+
+    def text_export(self) -> TextExport:
+        """The text tower as a plain module with its tokenizer, for the ONNX text encoder; NotAClipModelError when
+        this family's tower cannot be exported."""
+        raise NotAClipModelError(f"the {self.family} text tower has no ONNX export: only torch embeds its texts")
 
     def commit_hash(self) -> str | None:
         """The hub commit the loaded files came from, when the loader recorded one."""
@@ -319,12 +325,88 @@ class SentenceTransformerBackend(EmbeddingBackend):
         scale = getattr(self._clip_model, "logit_scale", None)
         return ZeroShotScoring("softmax", float(scale.exp()) if scale is not None else 100.0)
 
+    def text_export(self) -> TextExport:
+        return _sentence_transformer_text_export(self)
+
     def vision_export(self) -> VisionExport:
         if self._clip_model is None or self._image_processor is None:
             raise NotAClipModelError(
                 "no CLIP vision tower found in the model: only CLIP models can use the ONNX encoder"
             )
         return _clip_vision_export(self._clip_model, self._image_processor)
+
+
+def _eager_attention(module: torch.nn.Module) -> None:
+    """Plain MatMul/Softmax attention in every sub-model: the pattern ONNX Runtime's optimizer fuses (SDPA exports
+    as one it does not recognise)."""
+    for part in module.modules():
+        config = getattr(part, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+
+
+def _int64_arrays(features: Any) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(value.cpu().numpy() if hasattr(value, "cpu") else value, dtype=np.int64)
+        for name, value in features.items()
+        if hasattr(value, "shape")
+    }
+
+
+def _sentence_transformer_text_export(backend: SentenceTransformerBackend) -> TextExport:
+    """A whole sentence-transformers text path (CLIP's text tower + projection, or a text model's transformer,
+    pooling and dense layers) behind the model's own tokenizer."""
+    import torch
+
+    model = backend.model
+    preprocess = getattr(model, "preprocess", None) or model.tokenize
+
+    def tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return _int64_arrays(preprocess(list(texts)))
+
+    input_names = tuple(tokenize(["a"]))
+    hf_model = next(
+        (
+            getattr(m, "model", None) or getattr(m, "auto_model", None)
+            for m in model
+            if hasattr(m, "model") or hasattr(m, "auto_model")
+        ),
+        None,
+    )
+    config = getattr(hf_model, "config", None)
+    if config is None:
+        raise NotAClipModelError("no transformers model found in the sentence-transformers modules")
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    model_type = str(getattr(config, "model_type", ""))
+
+    def build() -> torch.nn.Module:
+        class SentenceTransformerTextTower(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+                features: dict[str, Any] = dict(zip(input_names, inputs, strict=True))
+                features["modality"] = "text"  # ST 6 multimodal modules dispatch on it; older ones ignore it
+                embedding: torch.Tensor = self.inner(features)["sentence_embedding"]
+                return embedding
+
+        # A float32 CPU copy: the loaded model may be fp16 on a GPU, and must not be touched here.
+        inner = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        _eager_attention(inner)
+        return SentenceTransformerTextTower(inner).eval()
+
+    return TextExport(
+        family="clip" if model_type == "clip" else "sentence-transformers",
+        build_tower=build,
+        tokenize=tokenize,
+        reference=lambda texts: backend.embed_texts(list(texts), max(1, len(texts))),
+        input_names=input_names,
+        optimizer_type="clip" if model_type == "clip" else "bert",
+        num_heads=int(getattr(text_config, "num_attention_heads", 0) or getattr(text_config, "n_heads", 0) or 0),
+        hidden_size=int(getattr(text_config, "hidden_size", 0) or getattr(text_config, "dim", 0) or 0),
+        config={"model": repr(model)[:20_000], "text": text_config.to_dict(), "max_tokens": backend.max_text_tokens},
+    )
 
 
 # transformers SigLIP / SigLIP 2 --------------------------------------------------------------------------------
@@ -452,6 +534,44 @@ class SiglipBackend(EmbeddingBackend):
         scale = float(self.model.logit_scale.detach().float().exp())
         bias = float(self.model.logit_bias.detach().float())
         return ZeroShotScoring("sigmoid", scale, bias)
+
+    def text_export(self) -> TextExport:
+        import torch
+
+        text_model = self.model.text_model
+
+        def tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
+            tokens = self.tokenizer(
+                list(texts), padding="max_length", max_length=self.max_text_tokens, truncation=True, return_tensors="np"
+            )
+            return {"input_ids": np.asarray(tokens["input_ids"], dtype=np.int64)}
+
+        def build() -> torch.nn.Module:
+            class SiglipTextTower(torch.nn.Module):
+                def __init__(self, inner: torch.nn.Module) -> None:
+                    super().__init__()
+                    self.text_model = inner
+
+                def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+                    pooled: torch.Tensor = self.text_model(input_ids=input_ids).pooler_output
+                    return pooled
+
+            inner = copy.deepcopy(text_model).to("cpu", torch.float32).eval()
+            _eager_attention(inner)
+            return SiglipTextTower(inner).eval()
+
+        text_config = text_model.config
+        return TextExport(
+            family="siglip",
+            build_tower=build,
+            tokenize=tokenize,
+            reference=lambda texts: self.embed_texts(list(texts), max(1, len(texts))),
+            input_names=("input_ids",),
+            optimizer_type="clip",  # a pre-norm transformer like CLIP's text tower
+            num_heads=int(text_config.num_attention_heads),
+            hidden_size=int(text_config.hidden_size),
+            config={"text": text_config.to_dict(), "max_tokens": self.max_text_tokens},
+        )
 
     def vision_export(self) -> VisionExport:
         import torch

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # fused graph) or "onnx-int8" (dynamically quantised, about 2x torch; BENCHMARKS.md). Needs the `onnx`
     # extra. The export is checked against torch (cosine >= 0.99) when loaded. GPUs always use torch fp16.
     image_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # The text encoder of queries on CPU: "torch", or the tower that embeds them (the image model's own, or
+    # WITHSENSE_TEXT_MODEL) exported to ONNX Runtime, "onnx" (fp32) or "onnx-int8". Checked against torch on
+    # probe texts (cosine >= 0.99) when loaded; an export that fails (or a GPU) falls back to torch, with the reason
+    # in the log. Moderation prompts are always embedded by torch (their thresholds were calibrated there).
+    text_encoder: Literal["torch", "onnx", "onnx-int8"] = "torch"
     # A model that cannot be loaded is tried again in the background (API) or by one delayed task (worker),
     # after 2 s, then twice as long each time up to this many seconds; nobody waits on a hub meanwhile.
     model_retry_max_s: float = Field(default=300.0, ge=0.1, le=86400)
@@ -79,6 +84,15 @@ class Settings(BaseSettings):
     # layout before migration 0010). Applied by migration 0010 when it runs and by `withsense embeddings
     # partition`; the searches are one query whatever the number (SCALING.md: the figures, the way on to Citus).
     embedding_partitions: int = Field(default=1, ge=1, le=256)
+    # The HNSW index of each model's vectors (migration 0011): "halfvec" (1.3 KB a vector) or "binary"
+    # (binary_quantize(...)::bit(D), 0.35 KB a vector, its candidates re-ranked on the halfvec vectors; SCALING.md
+    # section 2 has the figures that chose the default). New models get it; `withsense embeddings index` (and
+    # migration 0011) switch existing ones: the new index is built first, searches switched, the old one dropped.
+    # The kind in force is recorded per model in the database, which every search function reads.
+    vector_index: Literal["halfvec", "binary"] = "halfvec"
+    # Candidates by Hamming distance re-ranked on the exact cosine with the binary index (at least k; a search
+    # page's semantic list re-ranks in blocks of this many). SQL callers that set nothing get 200.
+    binary_rerank: int = Field(default=200, ge=1, le=1000)
 
     # Search. ef_search of the HNSW scan (raised to k when k is larger); SQL callers that set nothing get 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)

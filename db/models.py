@@ -80,11 +80,45 @@ class EmbeddingModel(Base):
     # The relevance floor of search with this model (cosine; migration 0008): semantic matches below it are
     # dropped unless a search gives its own `min_score`. NULL: no floor.
     min_score: Mapped[float | None] = mapped_column(Float)
+    # The HNSW index its searches use (migration 0011): 'halfvec' (hnsw on the halfvec vectors) or 'binary' (hnsw on
+    # binary_quantize(...)::bit(D), re-ranked on the halfvec vectors); switched by `withsense embeddings index`.
+    # Its bit index's centre (embedding_models.binary_centre) is kept by the SQL functions and not mapped here.
+    vector_index: Mapped[str] = mapped_column(Text, server_default=text("'halfvec'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("name", "revision", name="uq_embedding_models_name_revision"),
         CheckConstraint("dimension BETWEEN 1 AND 4000", name="dimension_range"),
+        CheckConstraint("vector_index IN ('halfvec', 'binary')", name="vector_index_kind"),
+    )
+
+
+class EmbeddingTextModel(Base):
+    """A separate text model (WITHSENSE_TEXT_MODEL) whose start-up check against a model version passed (0012).
+
+    The check embeds probe captions with it and with the model version's own text tower (core/text_alignment.py);
+    the figures are kept as measured. A text model of another revision is checked (and recorded) on its own.
+    """
+
+    __tablename__ = "embedding_text_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(Integer, ForeignKey("embedding_models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    dimension: Mapped[int] = mapped_column(Integer)
+    probes: Mapped[int] = mapped_column(Integer)
+    margin: Mapped[float] = mapped_column(Float)
+    matched_cosine: Mapped[float] = mapped_column(Float)
+    mismatched_cosine: Mapped[float] = mapped_column(Float)
+    top1: Mapped[float] = mapped_column(Float)
+    min_margin: Mapped[float] = mapped_column(Float)
+    first_checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("model_id", "revision", name="uq_embedding_text_models_model_revision"),
+        CheckConstraint("margin >= min_margin", name="passed_the_check"),
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from core.runtime import TtlCache, runtime
 from core.settings import get_settings
 from db.models import EmbeddingModel, Photo, PhotoEmbedding, PhotoStatus
+from db.text_models import TextModelCheck, checks_by_model
 
 
 class InvalidEmbedding(ValueError):
@@ -322,7 +323,7 @@ def register_model(session: Session, name: str, revision: str, dimension: int) -
     if model is None:
         session.execute(
             insert(EmbeddingModel)
-            .values(name=name, revision=revision, dimension=dimension)
+            .values(name=name, revision=revision, dimension=dimension, vector_index=get_settings().vector_index)
             .on_conflict_do_nothing(constraint="uq_embedding_models_name_revision")
         )
         model = session.scalars(
@@ -381,6 +382,9 @@ class ModelCoverage:
     active: bool
     embedded: int  # indexed photos with a vector from this model
     indexed: int  # indexed photos
+    # The separate text models (WITHSENSE_TEXT_MODEL) whose start-up check against this version passed, the
+    # most recently checked first (migration 0012); none: only its own text tower has embedded queries.
+    text_models: tuple[TextModelCheck, ...] = ()
 
     @property
     def missing(self) -> int:
@@ -401,7 +405,11 @@ def model_coverage(session: Session) -> list[ModelCoverage]:
         .outerjoin(embedded, embedded.c.model_id == EmbeddingModel.id)
         .order_by(EmbeddingModel.created_at)
     ).all()
-    return [ModelCoverage(m.name, m.revision, m.dimension, m.active, n, indexed) for m, n in rows]
+    text_models = checks_by_model(session)
+    return [
+        ModelCoverage(m.name, m.revision, m.dimension, m.active, n, indexed, tuple(text_models.get(m.id, ())))
+        for m, n in rows
+    ]
 
 
 class ModelNotRegistered(LookupError):

@@ -34,15 +34,22 @@ class SearchHit:
 
 
 def search_by_vector(
-    session: Session, query: np.ndarray, k: int, region: str | None = None, *, ef_search: int | None = None
+    session: Session,
+    query: np.ndarray,
+    k: int,
+    region: str | None = None,
+    *,
+    ef_search: int | None = None,
+    binary_rerank: int | None = None,
 ) -> list[SearchHit]:
     """Nearest photos to `query` under every filter, best first. Raises NoActiveModel before any indexing.
 
     `ef_search` is the HNSW scan's candidate list (Settings.hnsw_ef_search; more: better recall, slower),
-    at least k in effect; None leaves search_photos' own default (200).
+    at least k in effect; None leaves search_photos' own default (200). `binary_rerank` (Settings.binary_rerank):
+    the candidates re-ranked when the model's searches use its binary index; None: the function's 200.
     """
     try:
-        with session.begin_nested(), _ef_search(session, ef_search):
+        with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
             rows = session.execute(
                 text("SELECT * FROM search_photos(:query, :k, :region)"),
                 {"query": Vector(np.asarray(query, dtype=np.float32).tolist()), "k": k, "region": region},
@@ -58,10 +65,16 @@ def search_by_vector(
 
 
 def similar_to_photo(
-    session: Session, photo_id: uuid.UUID, k: int, region: str | None = None, *, ef_search: int | None = None
+    session: Session,
+    photo_id: uuid.UUID,
+    k: int,
+    region: str | None = None,
+    *,
+    ef_search: int | None = None,
+    binary_rerank: int | None = None,
 ) -> list[SearchHit]:
     """Nearest photos to a photo the viewer may see (none when they may not), best first; `ef_search` as above."""
-    with session.begin_nested(), _ef_search(session, ef_search):
+    with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
         rows = session.execute(
             text("SELECT * FROM similar_photos(:photo_id, :k, :region)"),
             {"photo_id": photo_id, "k": k, "region": region},
@@ -70,18 +83,21 @@ def similar_to_photo(
 
 
 @contextmanager
-def _ef_search(session: Session, ef_search: int | None) -> Iterator[None]:
-    """search_photos reads the caller's choice from the custom setting `withsense.ef_search`, for this call only."""
-    if ef_search is None:
-        yield
-        return
-    if ef_search not in EF_SEARCH_RANGE:
-        raise ValueError(f"ef_search must be from 1 to 1000, got {ef_search}")
-    session.execute(text("SELECT set_config('withsense.ef_search', :value, true)"), {"value": str(ef_search)})
+def _ef_search(session: Session, ef_search: int | None, binary_rerank: int | None = None) -> Iterator[None]:
+    """The search functions read the caller's choices from the custom settings `withsense.ef_search` and
+    `withsense.binary_rerank`, for this call only."""
+    chosen = {"withsense.ef_search": ef_search, "withsense.binary_rerank": binary_rerank}
+    for name, value in chosen.items():
+        if value is not None and value not in EF_SEARCH_RANGE:
+            raise ValueError(f"{name.removeprefix('withsense.')} must be from 1 to 1000, got {value}")
+    given = {name: value for name, value in chosen.items() if value is not None}
+    for name, value in given.items():
+        session.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": str(value)})
     yield
     # Set for the transaction: cleared at once so that its later statements are not affected. (After an
     # error the caller's savepoint is rolled back, and the setting with it.)
-    session.execute(text("SELECT set_config('withsense.ef_search', '', true)"))
+    for name in given:
+        session.execute(text("SELECT set_config(:name, '', true)"), {"name": name})
 
 
 class NoActiveModel(LookupError):
@@ -129,6 +145,7 @@ def search_filtered(
     *,
     exact_below: int | None = None,
     ef_search: int | None = None,
+    binary_rerank: int | None = None,
 ) -> list[FoundPhoto]:
     """search_photos_filtered(): filters, keyword and hybrid search, the floor, the order and the page in one call.
 
@@ -139,7 +156,7 @@ def search_filtered(
     """
     vector = Vector(np.asarray(query, dtype=np.float32).tolist()) if query is not None else None
     try:
-        with session.begin_nested(), _ef_search(session, ef_search):
+        with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
             if exact_below is not None:  # for this statement only: the savepoint's end does not undo a SET LOCAL
                 session.execute(
                     text("SELECT set_config('withsense.exact_below', :value, true)"), {"value": str(exact_below)}

@@ -8,9 +8,10 @@ from sqlalchemy import text
 from core.settings import get_settings
 from db.engine import ReplicaState, get_engine, has_replicas, session_scope
 from db.engine import replica_states as _replica_states
-from services.model_loader import model_loader
+from services.model_loader import model_loader, query_embedder
 from services.query_cache import CacheStats, query_cache
 from services.search import model_mismatch
+from services.text_models import refusal
 from storage import get_storage
 
 
@@ -57,6 +58,7 @@ def model_state(database_ok: bool) -> tuple[str, bool]:
         return "unknown (the database is unreachable)", False
     with session_scope() as session:
         problem = model_mismatch(session)
+    problem = problem or refusal(query_embedder())
     return (problem, True) if problem else ("ok", False)
 
 

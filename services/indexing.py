@@ -33,6 +33,7 @@ from db.models import EmbeddingModel
 from services import metadata as file_metadata
 from services.moderation import ClassifierOutcome, apply_classifier
 from services.queue import QueueUnavailable, enqueue_in_batches, enqueue_ingest, enqueue_resume_after_model_failure
+from services.text_models import record_text_model
 from storage import get_storage
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def _register_loaded_model() -> EmbeddingModel:
         model = photo_sql.register_model(session, embedder.model_name, embedder.revision, embedder.dimension)
         session.flush()
         session.expunge(model)
+    record_text_model(embedder, model.id)  # the worker's text model, when it passed its check (queries only)
     if not model.active:
         log.warning(
             "this worker's model %s@%s is registered but not active: search uses another model. Photos it "

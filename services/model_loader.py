@@ -56,6 +56,19 @@ class ModelStatus:
         return f"unavailable: {self.model} could not be loaded (attempt {self.attempts}{retry}): {self.reason}"
 
 
+def record_checked_text_model(embedder: ClipEmbedder) -> None:
+    """Record a text model that passed its start-up check with the model version (services/text_models.py); a
+    database that cannot take it now only costs the record (the next process that loads the pair writes it)."""
+    if embedder.text_model_name is None:
+        return
+    from services.text_models import record_text_model
+
+    try:
+        record_text_model(embedder)
+    except Exception as exc:  # noqa: BLE001 - the model serves either way
+        log.warning("could not record text model %s: %s", embedder.text_model_name, _one_line(exc))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.replace("\n", " ") if text else type(exc).__name__
@@ -118,6 +131,7 @@ class ModelLoader:
                 continue
             with self._lock:
                 self._state, self._reason, self._next_attempt_at = "ready", None, None
+            record_checked_text_model(embedder)
             if self._attempts > 1:
                 log.info("model %s loaded after %d attempts", embedder.model_name, self._attempts)
             self._first_attempt_done.set()
@@ -145,6 +159,7 @@ class ModelLoader:
             return embedder
         if not self.started:
             embedder.load()
+            record_checked_text_model(embedder)
             return embedder
         self._first_attempt_done.wait(FIRST_LOAD_WAIT_S)
         if embedder.is_loaded:

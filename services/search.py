@@ -46,6 +46,7 @@ from services.model_loader import query_embedder
 from services.photos import load_visible
 from services.query_cache import normalise, query_cache
 from services.shared_state import shared_redis
+from services.text_models import ensure_text_model
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,8 @@ def _log_blocked(decision: PolicyDecision, region: str | None) -> None:
 def query_model_id() -> str:
     """What a query vector depends on besides its words: the model and its revision, and the text tower."""
     embedder = query_embedder()
-    return f"{embedder.model_name}@{embedder.revision}|text={embedder.text_model_name or ''}"
+    text = f"{embedder.text_model_name}@{embedder.text_model_revision}" if embedder.text_model_name else ""
+    return f"{embedder.model_name}@{embedder.revision}|text={text}|encoder={embedder.text_encoder}"
 
 
 def embed_query_text(text: str) -> np.ndarray:
@@ -303,6 +305,7 @@ def embed_query_texts(texts: list[str]) -> list[np.ndarray]:
     """The vectors of a query's texts (its words and its negatives), in order: each from the query-embedding cache
     when this model embedded the same text recently, the others from the text tower in one batch (then cached)."""
     embedder = query_embedder()
+    ensure_text_model(embedder)  # before the cache: a refused text model answers nothing
     cache = query_cache()
     model_id = query_model_id()
     found: dict[str, np.ndarray] = {}
@@ -455,6 +458,7 @@ def embed_texts(session: Session, texts: list[str]) -> TextEmbeddings:
             raise InvalidRequest("every text must have at least one non-blank character")
     ensure_query_model(session)
     embedder = query_embedder()
+    ensure_text_model(embedder)
     vectors = embedder.embed_texts(texts)
     return TextEmbeddings(
         model=embedder.model_name,
@@ -683,6 +687,7 @@ def _run(
             sql_options,
             exact_below=get_settings().search_exact_below,
             ef_search=get_settings().hnsw_ef_search,
+            binary_rerank=get_settings().binary_rerank,
         )
     except search_sql.NoActiveModel:
         rows = []  # nothing indexed yet: an empty result, not an error

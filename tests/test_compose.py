@@ -66,6 +66,7 @@ def test_cpu_override_drops_the_gpu_reservation() -> None:
     assert override["services"]["worker"]["environment"]["WITHSENSE_DEVICE"] == "cpu"
     # The faster CPU encoder is on by default there, and the image has ONNX Runtime for it.
     assert override["services"]["worker"]["environment"]["WITHSENSE_IMAGE_ENCODER"].endswith(":-onnx-int8}")
+    assert override["services"]["api"]["environment"]["WITHSENSE_TEXT_ENCODER"].endswith(":-onnx-int8}")
     assert 'pip install ".[onnx]"' in (ROOT / "Dockerfile").read_text()
 
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from core.clip_parts import clip_parts, square_input_shortcut
-from core.embedding import ClipEmbedder, ModelUnavailableError, folder_content_hash, get_embedder
+from core.embedding import ClipEmbedder, ModelUnavailableError, TextModelRefused, folder_content_hash, get_embedder
 from evaluation.standins import synthetic
 from evaluation.standins.tiny_clip import (
     MARKER_FILE,
@@ -327,8 +327,12 @@ def test_text_model_of_another_dimension_is_refused(tiny_clip_path: Path, tmp_pa
         projection_dim=16,
     )
     folder = save_random_clip(tmp_path / "other", other)
-    with pytest.raises(ModelUnavailableError, match="not in the same embedding space"):
-        ClipEmbedder(str(tiny_clip_path), text_model=str(folder), device="cpu").load()
+    embedder = ClipEmbedder(str(tiny_clip_path), text_model=str(folder), device="cpu")
+    embedder.load()  # the image model serves pictures; only texts are refused
+    assert embedder.text_model_refusal is not None and "16-d vectors" in embedder.text_model_refusal
+    with pytest.raises(TextModelRefused, match="is not in the embedding space of"):
+        embedder.embed_texts(["a red circle"])
+    assert embedder.embed_images([synthetic.generate(1, seed=0)[0].image]).shape == (1, embedder.dimension)
 
 
 # Missing models ------------------------------------------------------------------------------

@@ -177,6 +177,30 @@ def test_a_one_percent_filter_returns_k_results_of_the_exact_scan(catalogue: Cat
     assert np.mean(recalls) >= 0.95, recalls
 
 
+def test_the_scans_first_40_finds_are_in_exact_order_on_every_page(catalogue: Catalogue) -> None:
+    """The HNSW path: pgvector's relaxed iterative scan returns its finds in loose order once it needs more than one
+    batch (a filter, a small ef_search), so the function puts its first 40 finds (fetched whatever the page's depth)
+    in exact order. Revision 0009 returned them as found: unsorted for each of these queries."""
+    from db.engine import session_scope
+    from db.search import search_filtered
+
+    half: dict[str, Any] = {"tag": "even"}  # 50% of the photos, 45% without the minors: the HNSW path
+
+    def search(query: np.ndarray, k: int, offset: int = 0) -> list[Any]:
+        options = {"mode": "semantic", "offset": offset}
+        with session_scope() as session:
+            return search_filtered(session, query, None, k, "RU", half, options, exact_below=0, ef_search=10)
+
+    for seed in range(5):
+        query = catalogue.query(100 + seed)
+        deep, first, second = search(query, 40), search(query, 10), search(query, 10, offset=10)
+        scores = [hit.score for hit in deep]
+        assert len(scores) == 40
+        assert scores == sorted(scores, reverse=True), "the head is in exact order"
+        assert [h.photo_id for h in first + second] == [h.photo_id for h in deep[:20]], "pages are slices of it"
+        assert all(catalogue.index_of[h.photo_id] % 2 == 0 for h in deep)
+
+
 def test_where_the_law_does_not_apply_the_minors_are_back(catalogue: Catalogue, free_region: str) -> None:
     query = catalogue.query(3)
     people: dict[str, Any] = {"photographer": ["person 13", "person 19"]}  # Person 19's photos all show minors
@@ -196,6 +220,7 @@ def test_where_the_law_does_not_apply_the_minors_are_back(catalogue: Catalogue, 
     [
         ("semantic", None, {}),
         ("semantic", None, {"tag": "even"}),
+        ("semantic", None, {"photographer": [f"Person {p}" for p in range(5)]}),  # 135 qualify: the exact path
         ("keyword", "photo baikal", {}),
         ("hybrid", "photo baikal", {}),
         ("hybrid", "photo baikal", {"orientation": ["landscape", "square"]}),
