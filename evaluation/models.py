@@ -83,6 +83,7 @@ class ClipRetrievalModel:
 
     def __init__(self, spec: ModelSpec, *, device: str = "auto", cache_folder: str | None = None) -> None:
         from core.embedding import ClipEmbedder
+        from core.text_alignment import TextModelMismatchError
 
         if spec.path is None:
             raise ValueError("a CLIP model spec needs a path or model name")
@@ -91,6 +92,9 @@ class ClipRetrievalModel:
             spec.path, text_model=spec.text_path, revision=spec.revision, device=device, cache_folder=cache_folder
         )
         self._embedder.load()
+        refusal = self._embedder.text_model_refusal
+        if refusal is not None:  # a service would refuse every query of this pairing: nothing to evaluate
+            raise TextModelMismatchError(refusal)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         return np.asarray(self._embedder.embed_images(images), dtype=np.float32)
