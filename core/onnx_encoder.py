@@ -26,7 +26,8 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -129,6 +130,24 @@ def export_key(revision: str, export: VisionExport) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def _mha_fast_path_off() -> Iterator[None]:
+    """Trace ``torch.nn.MultiheadAttention`` (open_clip's towers) through its plain MatMul/Softmax path.
+
+    In inference its fast path runs one fused kernel, ``aten::_native_multi_head_attention``, which has no ONNX
+    form (the export fails with UnsupportedOperatorError); transformers' towers do not use the module.
+    """
+    import torch
+
+    mha = torch.backends.mha
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def export_vision_model(
     model: SentenceTransformer | VisionExport, out_dir: Path, *, quantize: bool
 ) -> dict[str, object]:
@@ -147,7 +166,7 @@ def export_vision_model(
     size = export.image_size
     example = torch.zeros(2, 3, size, size)
     raw = out_dir / "vision-raw.onnx"
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), _mha_fast_path_off():
         # Tracer notes about shape-dependent Python branches: the exported graph fixes 224x224 input,
         # which is what the processor always produces.
         warnings.simplefilter("ignore")
