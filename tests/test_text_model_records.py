@@ -74,6 +74,18 @@ def _records() -> dict[str, list[tuple[str, str, float, float, int]]]:
         return found
 
 
+def _forget_records(revision: str) -> None:
+    """Drop the text-model records of one model version (rows of this session's earlier tests)."""
+    from sqlalchemy import delete, select
+
+    from db.engine import session_scope
+    from db.models import EmbeddingModel, EmbeddingTextModel
+
+    with session_scope() as session:
+        ids = select(EmbeddingModel.id).where(EmbeddingModel.revision == revision).scalar_subquery()
+        session.execute(delete(EmbeddingTextModel).where(EmbeddingTextModel.model_id.in_(ids)))
+
+
 def _cli(*args: str) -> Result:
     from cli.main import app
 
@@ -98,6 +110,7 @@ def test_a_text_model_that_passes_is_recorded_and_one_from_another_space_refuses
     photo_id = _index_one(api, seed=5)  # the worker registers the tiny model's version
     version = _revision_of(tiny_clip_path)
     multilingual = (str(tiny_multilingual_path), _revision_of(tiny_multilingual_path))
+    _forget_records(version)  # an earlier test's API may have recorded it already: start from none
     assert all(entry[:2] != multilingual for entry in _records()[version])
 
     for client in _api_with(admin_key, WITHSENSE_TEXT_MODEL=str(tiny_multilingual_path)):
@@ -135,7 +148,7 @@ def _another_version(tiny_clip_path: Path, destination: Path) -> Path:
     """The tiny CLIP with a slightly moved text projection: a new model version in (almost) the same space."""
     shutil.copytree(tiny_clip_path, destination)
     weights = load_file(destination / "model.safetensors")
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator().manual_seed(1407)  # not another test's "new version" (same files, same revision)
     name = next(n for n, t in weights.items() if n.endswith("text_projection.weight"))
     weights[name] = weights[name] + 1e-3 * torch.randn(weights[name].shape, generator=generator)
     save_file(weights, destination / "model.safetensors", metadata={"format": "pt"})
