@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -218,25 +218,36 @@ def ensure_export(model: SentenceTransformer | VisionExport, revision: str, cach
     worker processes starting at once never read a half-written file.
     """
     export = _as_export(model)
-    key = export_key(revision, export)
-    target = Path(cache_dir) / f"{export.family}-vision-{key}"
-    wanted = target / (INT8_FILE if quantize else FP32_FILE)
-    if wanted.is_file():
+    return staged_export(
+        Path(cache_dir) / f"{export.family}-vision-{export_key(revision, export)}",
+        INT8_FILE if quantize else FP32_FILE,
+        lambda staging: export_vision_model(export, staging, quantize=quantize),
+        f"the {export.family} image tower (int8={quantize})",
+    )
+
+
+def staged_export(target: Path, wanted: str, write: Callable[[Path], object], what: str) -> Path:
+    """The cache folder `target` once it holds the file `wanted`, written first by `write(staging)` when missing.
+
+    Exports go to a staging folder next to the cache entry and are renamed into place, so several
+    worker processes starting at once never read a half-written file. Shared by the image and text towers.
+    """
+    if (target / wanted).is_file():
         return target
     with _export_lock:
-        if wanted.is_file():
+        if (target / wanted).is_file():
             return target
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{export.family}-vision-{key}-", dir=cache_dir))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            logger.info("exporting the %s image tower to ONNX (%s, int8=%s)", export.family, target, quantize)
-            export_vision_model(export, staging, quantize=quantize)
+            logger.info("exporting %s to ONNX (%s)", what, target)
+            write(staging)
             if target.exists():  # an fp32-only export exists and int8 is wanted now: replace it
                 shutil.rmtree(target, ignore_errors=True)
             try:
                 os.rename(staging, target)
             except OSError:
-                if not wanted.is_file():  # another process won the race and has what we need
+                if not (target / wanted).is_file():  # another process won the race and has what we need
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.clip_parts import TextExport
-from core.onnx_encoder import OPSET, OnnxExportError, _versions, session_options
+from core.onnx_encoder import OPSET, OnnxExportError, _versions, session_options, staged_export
 
 logger = logging.getLogger(__name__)
 
@@ -124,34 +121,21 @@ def export_text_model(export: TextExport, out_dir: Path, *, quantize: bool) -> d
 
 def ensure_text_export(export: TextExport, revision: str, cache_dir: Path, *, quantize: bool) -> Path:
     """The cached export folder of this text tower and revision, exported first when needed (staged, renamed)."""
-    key = export_key(revision, export)
-    target = Path(cache_dir) / f"{export.family}-text-{key}"
-    wanted = target / (INT8_FILE if quantize else FP32_FILE)
-    if wanted.is_file():
-        return target
-    with _export_lock:
-        if wanted.is_file():
-            return target
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{export.family}-text-{key}-", dir=cache_dir))
+
+    def write(staging: Path) -> None:
         try:
-            logger.info("exporting the %s text tower to ONNX (%s, int8=%s)", export.family, target, quantize)
-            try:
-                export_text_model(export, staging, quantize=quantize)
-            except OnnxExportError:
-                raise
-            except Exception as exc:  # any exporter failure means: this tower stays on torch
-                raise OnnxExportError(f"the text tower could not be exported: {type(exc).__name__}: {exc}") from exc
-            if target.exists():  # an fp32-only export exists and int8 is wanted now: replace it
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not wanted.is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+            export_text_model(export, staging, quantize=quantize)
+        except OnnxExportError:
+            raise
+        except Exception as exc:  # any exporter failure means: this tower stays on torch
+            raise OnnxExportError(f"the text tower could not be exported: {type(exc).__name__}: {exc}") from exc
+
+    return staged_export(
+        Path(cache_dir) / f"{export.family}-text-{export_key(revision, export)}",
+        INT8_FILE if quantize else FP32_FILE,
+        write,
+        f"the {export.family} text tower (int8={quantize})",
+    )
 
 
 class OnnxTextEncoder:
