@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import psycopg
@@ -26,29 +25,11 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from tests.conftest import Services, create_api_key, reset_cached_state, sample_of, upload, wait_for_status
+from tests.vector_catalogue import Catalogue, K, literal, random_catalogue
 
 N = 300
-K = 10
 FREE = "XB"  # a region where the minors law does not apply (this module only)
 DISCLAIMER = "This image is unavailable in your country in compliance with local laws."
-
-
-@dataclass
-class Catalogue:
-    model_id: int
-    ids: list[uuid.UUID]
-    vectors: np.ndarray
-    minor: np.ndarray
-    admin_dsn: str
-    reader_dsn: str
-
-    def exact(self, query: np.ndarray, restricted: bool, k: int = K) -> list[uuid.UUID]:
-        stored = self.vectors.astype(np.float16).astype(np.float32)
-        asked = query.astype(np.float16).astype(np.float32)
-        scores = (stored @ asked) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(asked))
-        if restricted:
-            scores[self.minor] = -np.inf
-        return [self.ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
 def _kinds() -> dict[int, tuple[str, tuple[str, ...]]]:
@@ -59,55 +40,25 @@ def _kinds() -> dict[int, tuple[str, tuple[str, ...]]]:
 
 @pytest.fixture()
 def catalogue(services: Services) -> Iterator[Catalogue]:
-    from db.engine import session_scope
-    from db.policy import delete_region_rule, set_region_rule
-    from services.indexing import registered_model
     from services.partitions import repartition
     from services.vector_index import switch
 
-    model = registered_model()
-    rng = np.random.default_rng(16)
-    vectors = rng.normal(size=(N, model.dimension)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    minor = np.arange(N) % 5 == 2
-    with session_scope() as session:
-        session.execute(text("TRUNCATE photos CASCADE"))
-        set_region_rule(session, FREE, minors_restricted=False, note="test")
-        ids = list(
-            session.execute(
-                text(
-                    "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status,"
-                    " depicts_minor, title, tags) SELECT 'bq/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 800, 600, 1,"
-                    " 'indexed', 'approved', g % 5 = 2, 'Photo ' || g,"
-                    " CASE WHEN g % 3 = 0 THEN ARRAY['harbour'] ELSE ARRAY['field'] END"
-                    " FROM generate_series(0, :n - 1) g ORDER BY g RETURNING id"
-                ),
-                {"n": N},
-            ).scalars()
-        )
-        session.execute(
-            text("INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (:p, :m, :e)"),
-            [{"p": p, "m": model.id, "e": HalfVector(v.tolist())} for p, v in zip(ids, vectors, strict=True)],
-        )
-        session.execute(text("ANALYZE photos; ANALYZE photo_embeddings"))
-    role = f"bq_{uuid.uuid4().hex[:8]}"
-    admin_dsn = services.database_url.replace("+psycopg", "")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
-    try:
-        yield Catalogue(model.id, ids, vectors, minor, admin_dsn, services.postgres.dsn_for(role, f"{role}-pw"))
-    finally:
-        switch("halfvec")  # the layout every other test expects
-        repartition(1)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {role}")
-        with session_scope() as session:
-            session.execute(text("TRUNCATE photos CASCADE"))
-            delete_region_rule(session, FREE)
-
-
-def _literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
+    with random_catalogue(
+        services,
+        n=N,
+        seed=16,
+        minor_every=5,
+        minor_at=2,
+        prefix="bq/",
+        free_region=FREE,
+        tags_sql="CASE WHEN g % 3 = 0 THEN ARRAY['harbour'] ELSE ARRAY['field'] END",
+        analyze=True,
+    ) as catalogue:
+        try:
+            yield catalogue
+        finally:
+            switch("halfvec")  # the layout every other test expects
+            repartition(1)
 
 
 # Every search through the HNSW scan (search_photos_filtered would rank 300 photos exactly by itself, and the
@@ -128,16 +79,14 @@ def _searches(dsn: str, query: np.ndarray, region: str, setup: tuple[str, ...] =
             conn.execute(statement)
         plain = [
             r[0]
-            for r in conn.execute(
-                "SELECT photo_id FROM search_photos(%s::vector, %s, %s)", (_literal(query), K, region)
-            )
+            for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, %s, %s)", (literal(query), K, region))
         ]
         filtered = [
             r[0]
             for r in conn.execute(
                 "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, %s, %s, '{}', "
                 '\'{"mode": "semantic", "min_score": null}\')',
-                (_literal(query), K, region),
+                (literal(query), K, region),
             )
         ]
     return {"search_photos": plain, "search_photos_filtered": filtered}
@@ -172,7 +121,7 @@ def _bit_index_scan(plan: str) -> bool:
 
 def _scans_bit_index(cat: Catalogue, seed: int) -> bool:
     """Whether both search functions' scans use the model's bit index (auto_explain of the statements inside)."""
-    query = _literal(_query(seed, int(cat.vectors.shape[1])))
+    query = literal(_query(seed, int(cat.vectors.shape[1])))
     seen = []
     with psycopg.connect(cat.admin_dsn, autocommit=True) as conn:
         plans: list[str] = []
@@ -284,7 +233,7 @@ def test_pages_filters_and_hybrid_with_the_binary_index(catalogue: Catalogue) ->
             (r[0], r[1], r[3])
             for r in conn.execute(
                 "SELECT photo_id, rank, score, matched FROM search_photos_filtered(%s::vector, %s, %s, 'RU', %s, %s)",
-                (_literal(query), query_text, k, filters, options),
+                (literal(query), query_text, k, filters, options),
             )
         ]
 
@@ -313,7 +262,7 @@ def test_pages_filters_and_hybrid_with_the_binary_index(catalogue: Catalogue) ->
             for r in conn.execute(
                 "SELECT score FROM search_photos_filtered(%s::vector, NULL, 7, 'RU', '{}', "
                 '\'{"mode": "semantic", "min_score": null}\')',
-                (_literal(query),),
+                (literal(query),),
             )
         ]
         assert scores == sorted(scores, reverse=True) and len(semantic) == 3
@@ -335,7 +284,7 @@ def test_pages_filters_and_hybrid_with_the_binary_index(catalogue: Catalogue) ->
         # The re-ranking depth is checked like ef_search.
         conn.execute("SET withsense.binary_rerank = 'many'")
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="binary_rerank"):
-            conn.execute("SELECT * FROM search_photos(%s::vector, 5, 'RU')", (_literal(query),))
+            conn.execute("SELECT * FROM search_photos(%s::vector, 5, 'RU')", (literal(query),))
 
 
 def test_an_index_kind_cannot_be_switched_to_before_it_is_built_nor_dropped_while_used(catalogue: Catalogue) -> None:
@@ -412,7 +361,7 @@ def test_recall_of_binary_with_reranking_on_clustered_vectors(services: Services
             conn.execute("SET enable_seqscan = off")
             conn.execute(f"SET withsense.binary_rerank = {rerank}")
             for q in queries:
-                found = conn.execute("SELECT photo_id FROM search_photos(%s::vector, %s)", (_literal(q), K))
+                found = conn.execute("SELECT photo_id FROM search_photos(%s::vector, %s)", (literal(q), K))
                 got = {r[0] for r in found}
                 truth = {ids[i] for i in np.argsort(-(stored @ q.astype(np.float16).astype(np.float32)))[:K]}
                 hits.append(len(got & truth) / K)
@@ -569,7 +518,7 @@ def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec()
             for photo, vector in zip(ids, vectors, strict=True):
                 conn.execute(
                     "INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (%s, %s, %s::halfvec)",
-                    (photo, model_id, _literal(vector)),
+                    (photo, model_id, literal(vector)),
                 )
             conn.execute("SELECT ensure_embedding_index(%s)", (model_id,))
 
@@ -584,7 +533,7 @@ def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec()
                 conn.execute("SET withsense.binary_rerank = 60")
                 found = [
                     r[0]
-                    for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 5)", (_literal(vectors[3]),))
+                    for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 5)", (literal(vectors[3]),))
                 ]
             return names, found
 
@@ -656,7 +605,7 @@ def test_a_selective_filter_takes_exact_distances_sooner_with_the_binary_index(s
                 for r in conn.execute(
                     "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, 10, 'RU', '{}', "
                     '\'{"mode": "semantic", "min_score": null}\')',
-                    (_literal(query),),
+                    (literal(query),),
                 )
             ]
         scanned = any("Index Scan using" in p and "Order By:" in p and "photo_embeddings e" in p for p in plans)

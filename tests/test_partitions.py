@@ -11,104 +11,44 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import psycopg
 import pytest
-from pgvector import HalfVector
-from sqlalchemy import text
 
 from services.errors import InvalidRequest
 from tests.conftest import Services
+from tests.vector_catalogue import Catalogue, K, literal, random_catalogue
 
 N = 300
-K = 10
 FREE = "XP"
-
-
-@dataclass
-class Catalogue:
-    model_id: int
-    ids: list[uuid.UUID]
-    vectors: np.ndarray
-    minor: np.ndarray
-    admin_dsn: str
-    reader_dsn: str
-
-    def exact(self, query: np.ndarray, restricted: bool) -> list[uuid.UUID]:
-        stored = self.vectors.astype(np.float16).astype(np.float32)
-        asked = query.astype(np.float16).astype(np.float32)
-        scores = (stored @ asked) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(asked))
-        if restricted:
-            scores[self.minor] = -np.inf
-        return [self.ids[i] for i in np.argsort(-scores, kind="stable")[:K]]
 
 
 @pytest.fixture()
 def catalogue(services: Services) -> Iterator[Catalogue]:
-    from db.engine import session_scope
-    from db.policy import delete_region_rule, set_region_rule
-    from services.indexing import registered_model
+    from services.partitions import repartition
 
-    model = registered_model()
-    rng = np.random.default_rng(3)
-    vectors = rng.normal(size=(N, model.dimension)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    minor = np.arange(N) % 7 == 3
-    with session_scope() as session:
-        session.execute(text("TRUNCATE photos CASCADE"))
-        set_region_rule(session, FREE, minors_restricted=False, note="test")
-        ids = list(
-            session.execute(
-                text(
-                    "INSERT INTO photos (storage_key, sha256, format, width, height, bytes, status, moderation_status,"
-                    " depicts_minor, title) SELECT 'part/' || g, lpad(to_hex(g), 64, '0'), 'JPEG', 800, 600, 1,"
-                    " 'indexed', 'approved', g % 7 = 3, 'Photo ' || g FROM generate_series(0, :n - 1) g ORDER BY g"
-                    " RETURNING id"
-                ),
-                {"n": N},
-            ).scalars()
-        )
-        session.execute(
-            text("INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (:p, :m, :e)"),
-            [{"p": p, "m": model.id, "e": HalfVector(v.tolist())} for p, v in zip(ids, vectors, strict=True)],
-        )
-    role = f"part_{uuid.uuid4().hex[:8]}"
-    admin_dsn = services.database_url.replace("+psycopg", "")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw' IN ROLE withsense_reader")
-    try:
-        yield Catalogue(model.id, ids, vectors, minor, admin_dsn, services.postgres.dsn_for(role, f"{role}-pw"))
-    finally:
-        from services.partitions import repartition
-
-        repartition(1)  # the layout every other test expects
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {role}")
-        with session_scope() as session:
-            session.execute(text("TRUNCATE photos CASCADE"))
-            delete_region_rule(session, FREE)
-
-
-def _literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
+    with random_catalogue(
+        services, n=N, seed=3, minor_every=7, minor_at=3, prefix="part/", free_region=FREE
+    ) as catalogue:
+        try:
+            yield catalogue
+        finally:
+            repartition(1)  # the layout every other test expects
 
 
 def _searches(cat: Catalogue, query: np.ndarray, region: str) -> dict[str, list[uuid.UUID]]:
     with psycopg.connect(cat.reader_dsn, autocommit=True) as conn:
         plain = [
             r[0]
-            for r in conn.execute(
-                "SELECT photo_id FROM search_photos(%s::vector, %s, %s)", (_literal(query), K, region)
-            )
+            for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, %s, %s)", (literal(query), K, region))
         ]
         filtered = [
             r[0]
             for r in conn.execute(
                 "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, %s, %s, '{}', "
                 '\'{"mode": "semantic", "min_score": null}\')',
-                (_literal(query), K, region),
+                (literal(query), K, region),
             )
         ]
     return {"search_photos": plain, "search_photos_filtered": filtered}
@@ -163,7 +103,7 @@ def test_four_partitions_give_the_same_answers_and_keep_the_rule(catalogue: Cata
         conn.execute("DELETE FROM photo_embeddings WHERE photo_id = %s", (photo,))
         conn.execute(
             "INSERT INTO photo_embeddings (photo_id, model_id, embedding) VALUES (%s, %s, %s::halfvec)",
-            (photo, catalogue.model_id, _literal(vector)),
+            (photo, catalogue.model_id, literal(vector)),
         )
         flags = conn.execute(
             "SELECT tableoid::regclass::text, visible_restricted FROM photo_embeddings WHERE photo_id = %s", (photo,)
