@@ -11,11 +11,23 @@ case in phase B (bench/search_data.py); each layout is measured in the phase the
 layout costs one phase change (9% of the rows rewritten by the moderation, then VACUUM). The 1-partition build is
 the loader's index build (the table is one partition already). Stops by itself; the data folder is removed unless
 --keep.
+
+    nice -n 10 .venv/bin/python -m bench.partitions --from-search-filters /work/bench1m/wspart1m \
+        --maintenance-work-mem 4GB          # 1M: a COPY of a bench/search_filters.py --keep folder (it is rebuilt)
+
+With --from-search-filters DIR the database is one that `bench/search_filters.py --n N --keep DIR` made (loaded
+and its one-table HNSW index built, so neither is repeated; the 1-partition build time is the one that run
+recorded). All its photos are visible and the region is the restricted default; the cases are unfiltered
+(search_photos and search_photos_filtered) and one of its 1% metadata filters (--filter-case, default "tag 1%",
+search_photos_filtered in semantic mode, which keeps its own choice of exact distances or the index scan, and the
+index scan forced with `withsense.exact_scan = off`). The folder is left in the last layout of --partitions: run
+it on a copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -25,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import emit, machine_info, print_table, short_tmp_dir, warn_if_busy
+from bench.common import emit, fetch_value, machine_info, print_table, short_tmp_dir, warn_if_busy
 from bench.search_at_scale import CASES, prepare_database, server_settings
 from bench.search_data import (
     MIGRATED_EF_CONSTRUCTION,
@@ -82,8 +94,20 @@ def main() -> None:
     parser.add_argument("--shared-buffers", default="2GB")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--from-search-filters",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a copy of a bench.search_filters --keep folder",
+    )
+    parser.add_argument("--filter-case", default="tag 1%", help="with --from-search-filters: its 1%% filter")
+    parser.add_argument("--queries-1pct", type=int, default=50, help="with --from-search-filters: queries at 1%%")
     args = parser.parse_args()
     counts = [int(c) for c in args.partitions.split(",")]
+    if args.from_search_filters is not None:
+        run_from_search_filters(args, counts)
+        return
 
     info = machine_info()
     warn_if_busy()
@@ -147,6 +171,103 @@ def main() -> None:
         postgres.stop()
         if not args.keep and args.data_dir is None:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def run_from_search_filters(args: argparse.Namespace, counts: list[int]) -> None:
+    """Each layout of `counts` on a kept bench/search_filters.py database (see the module docstring)."""
+    from bench.binary_index import FUNCTIONS, literal
+    from bench.search_filters import Metadata, filter_cases
+    from db import sql
+    from migrations.apply import upgrade
+
+    info = machine_info()
+    warn_if_busy()
+    home: Path = args.from_search_filters
+    saved = json.loads((home / "loaded.json").read_text())
+    n, seed, model_id = int(saved["n"]), int(saved["seed"]), int(saved["model_id"])
+    source = VectorSource(VectorSpec(clusters=max(50, n // 1000), seed=seed))
+    corpus = source.draw(n, stream=0)  # what bench/search_filters.py loaded
+    queries = source.draw(args.queries, stream=1)
+    index_of: dict[uuid.UUID, int] = {photo_id: i for i, photo_id in enumerate(photo_ids(n, seed))}
+    filters, mask = filter_cases(Metadata(n, seed))[args.filter_case]
+    few = min(args.queries, args.queries_1pct)
+    # case: (filters as JSON, mask of the rows it may return, queries, setup statements, functions measured)
+    cases: dict[str, tuple[str, np.ndarray | None, int, tuple[str, ...], tuple[str, ...]]] = {
+        "none": ("{}", None, args.queries, (), ("search_photos", "search_photos_filtered")),
+        "1pct": (json.dumps(filters), mask, few, (), ("search_photos_filtered",)),
+        "1pct, index scan": (
+            json.dumps(filters),
+            mask,
+            few,
+            ("SET withsense.exact_scan = off",),
+            ("search_photos_filtered",),
+        ),
+    }
+    truths = {
+        case: exact_top_k(corpus, queries[:count], kept, args.k)[0] for case, (_, kept, count, _, _) in cases.items()
+    }
+    del corpus
+    results: dict[str, Any] = {
+        "machine": info,
+        "n": n,
+        "k": args.k,
+        "queries": args.queries,
+        "database": f"a copy of bench/search_filters.py --keep (loaded {saved})",
+        "filter_1pct": {"case": args.filter_case, "filters": filters, "share": round(float(mask.mean()), 4)},
+    }
+    postgres = LocalPostgres(home / "pg", server_settings=server_settings(args.shared_buffers))
+    postgres.start()
+    figures: dict[str, Any] = {}
+    rows: list[list[object]] = []
+    try:
+        upgrade(postgres.url)
+        with connect(postgres.dsn) as conn:  # this tree's definitions, as bench/search_filters.py applies them
+            for name in sql.names():
+                if name not in ("searchable_photos", "photo_search_document"):
+                    conn.execute(sql.current(name)[1])
+            conn.execute("SELECT set_embedding_index_kind(%s, 'halfvec')", (model_id,))
+            current = int(
+                fetch_value(
+                    conn,
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = 'photo_embeddings'::regclass",
+                )
+            )
+        for partitions in counts:
+            print(f"{partitions} partitions from {time.strftime('%H:%M:%S')}", file=sys.stderr, flush=True)
+            built = repartition(postgres.dsn, partitions, args.maintenance_work_mem, args.build_workers)
+            if partitions == 1 and current == 0:  # one table already: the loader's build
+                built["repartition_s"] = saved["load"].get("index_build_s")
+            entry = figures.setdefault(str(partitions), {"build": built})
+            for case, (filter_json, _, count, setup, functions) in cases.items():
+                for function in functions:
+                    statement = FUNCTIONS[function]
+                    params = [
+                        (literal(q), None) if function == "search_photos" else (literal(q), None, filter_json)
+                        for q in queries[:count]
+                    ]
+                    run_clients(postgres.dsn, statement, params[: min(10, count)], 1, setup=setup)  # warm
+                    stats, found = run_clients(postgres.dsn, statement, params, 1, setup=setup)
+                    recall = recall_at_k([[index_of[p] for p in row] for row in found], truths[case], args.k)
+                    entry.setdefault(case, {})[function] = {**stats, **recall}
+                    rows.append(
+                        [
+                            partitions,
+                            case,
+                            function,
+                            recall["recall_at_10"],
+                            stats["p50_ms"],
+                            stats["p95_ms"],
+                            built["repartition_s"],
+                            built["hnsw_mb"],
+                        ]
+                    )
+                    print(rows[-1], time.strftime("%H:%M:%S"), file=sys.stderr, flush=True)
+    finally:
+        postgres.stop()
+    results["by_partitions"] = figures
+    emit(f"partitions_{n}_search_filters", results)
+    print()
+    print_table(["partitions", "filter", "function", "recall@10", "p50 ms", "p95 ms", "build s", "HNSW MB"], rows)
 
 
 if __name__ == "__main__":

@@ -143,10 +143,12 @@ def prepare_database(
     from migrations.apply import upgrade
 
     wanted = {"n": args.n, "spec": source.spec.as_dict(), "m": args.m, "ef_construction": args.ef_construction}
+    if getattr(args, "load_phase", "A") != "A":
+        wanted["load_phase"] = args.load_phase
     corpus_path = meta_path.with_name("corpus.npy")
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        same_data = all(meta.get(key) == wanted[key] for key in ("n", "spec"))
+        same_data = all(meta.get(key) == wanted.get(key) for key in ("n", "spec", "load_phase"))
         if not same_data or not corpus_path.is_file():
             raise SystemExit(f"{meta_path.parent} holds a different data set; choose another --data-dir")
         print(f"reusing the loaded database in {meta_path.parent}", file=sys.stderr)
@@ -180,6 +182,8 @@ def prepare_database(
         model_id = create_model_row(conn, source.spec.dim)
         photos_s = load_photos(conn, ids, u)
         print(f"photos loaded in {photos_s:.0f}s", file=sys.stderr)
+        if getattr(args, "load_phase", "A") == "B":  # moderated before the vectors exist: no rows to rewrite
+            set_phase(conn, ids, u, "B")
         embeddings_s = load_embeddings(
             conn, model_id, ids, corpus, progress=lambda i: print(f"  embeddings: {i:,}", file=sys.stderr)
         )

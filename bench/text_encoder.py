@@ -3,6 +3,7 @@ the tower alone per query, then `GET /v1/search` at 1 client with the cache off 
 
     .venv/bin/python -m bench.text_encoder                          # 20,000 vectors, 200 distinct queries
     .venv/bin/python -m bench.text_encoder --queries 100 --skip-api  # the tower alone
+    .venv/bin/python -m bench.text_encoder --threads 1 --from-search-filters /work/bench1m/wsf1m  # 1M vectors
 
 What it does:
 1. the tower: the random-weights ViT-B/32 (the real architecture: bench/common.py) loaded three times by
@@ -12,8 +13,12 @@ What it does:
    --threads (an API uses WITHSENSE_API_TORCH_THREADS=1);
 2. the API: one embedded Postgres holding N synthetic vectors under that model (bench/query_cache.py's index),
    three API processes (uvicorn api.app:app) with the query cache off and WITHSENSE_TEXT_ENCODER torch / onnx /
-   onnx-int8, one client, keep-alive, loopback, k=10; each query to the three in turn, then its vector to
-   `POST /v1/search/vector` (no text tower: the floor that the API and the SQL cost);
+   onnx-int8, one client, keep-alive, loopback, k=10, and a fourth with onnx-int8 and the query cache on; each
+   query to the three cache-less APIs in turn, then twice to the cached one (the second is the warm case: a hit),
+   then its vector to `POST /v1/search/vector` (no text tower: the floor that the API and the SQL cost);
+   with --from-search-filters DIR the database is a `bench/search_filters.py --keep DIR` one (1M vectors: no
+   load, no build; its model row is renamed to the random ViT-B/32 for the run and named back after), with
+   --shared-buffers and its index prewarmed, as a serving database is;
 3. prints p50/p95 of each, the parity of the exports (min cosine against torch over the queries), the CPU with
    its vector extensions and the load average.
 """
@@ -42,7 +47,7 @@ from bench.common import (
 )
 from bench.query_cache import cpu_line, load_search_index, query_texts
 from bench.search_at_scale import ApiServer, create_api_key, server_settings
-from bench.search_data import UNRESTRICTED_REGION, VectorSource
+from bench.search_data import UNRESTRICTED_REGION, VectorSource, VectorSpec, connect
 from cli.local_services import LocalPostgres
 
 ENCODERS = ("torch", "onnx", "onnx-int8")
@@ -88,17 +93,22 @@ def tower_latency(model_dir: Path, onnx_dir: Path, texts: list[str], threads: in
     return figures
 
 
+WARM = "text, onnx-int8, cache on, warm (a hit)"
+
+
 def api_latency(
-    urls: dict[str, str], api_key: str, texts: list[str], vectors: np.ndarray, k: int
+    urls: dict[str, str], cached_url: str, api_key: str, texts: list[str], vectors: np.ndarray, k: int
 ) -> dict[str, dict[str, float]]:
-    """One client per API; each query to the three APIs in turn, then a vector search (no text tower)."""
-    cases = [*(f"text, {encoder}" for encoder in urls), "vector search (no text tower)"]
+    """One client per API; each query to the three cache-less APIs in turn, then twice to the cached one (the
+    second a hit), then a vector search (no text tower)."""
+    cases = [*(f"text, {encoder}" for encoder in urls), WARM, "vector search (no text tower)"]
     seconds: dict[str, list[float]] = {case: [] for case in cases}
     failures = dict.fromkeys(cases, 0)
     headers = {"Authorization": f"Bearer {api_key}"}
     clients = {encoder: httpx.Client(base_url=url, headers=headers, timeout=60) for encoder, url in urls.items()}
+    cached = httpx.Client(base_url=cached_url, headers=headers, timeout=60)
     try:
-        for client in clients.values():
+        for client in (*clients.values(), cached):
             client.get("/healthz")  # the keep-alive connections open outside the measurement
         first = next(iter(clients.values()))
         for text, vector in zip(texts, vectors, strict=True):
@@ -108,15 +118,54 @@ def api_latency(
                 response = client.get("/v1/search", params=params)
                 seconds[f"text, {encoder}"].append(time.perf_counter() - started)
                 failures[f"text, {encoder}"] += response.status_code != 200 or len(response.json()["results"]) != k
+            cached.get("/v1/search", params=params)  # a miss: embedded and stored
+            started = time.perf_counter()
+            response = cached.get("/v1/search", params=params)
+            seconds[WARM].append(time.perf_counter() - started)
+            failures[WARM] += response.status_code != 200 or len(response.json()["results"]) != k
             body = {"embedding": vector.tolist(), "k": k, "region": UNRESTRICTED_REGION}
             started = time.perf_counter()
             response = first.post("/v1/search/vector", json=body)
             seconds[cases[-1]].append(time.perf_counter() - started)
             failures[cases[-1]] += response.status_code != 200 or len(response.json()["results"]) != k
     finally:
-        for client in clients.values():
+        for client in (*clients.values(), cached):
             client.close()
     return {case: {**latency_stats(seconds[case]), "failures": failures[case]} for case in cases}
+
+
+def adopt_kept_index(
+    postgres: LocalPostgres, home: Path, model_dir: Path
+) -> tuple[VectorSpec, dict[str, object], tuple[object, ...]]:
+    """Serve a kept bench/search_filters.py database (running `postgres`, folder `home`) with `model_dir`: its model
+    row renamed to that model for the run (the API serves only the active model's vectors), its index prewarmed.
+    Returns the vector spec it was drawn from, its figures, and the row's (name, revision, id) to put back."""
+    import json
+
+    from core.embedding import folder_content_hash
+    from migrations.apply import upgrade
+
+    saved = json.loads((home / "loaded.json").read_text())
+    n, seed, model_id = int(saved["n"]), int(saved["seed"]), int(saved["model_id"])
+    upgrade(postgres.url)
+    with connect(postgres.dsn) as conn:
+        row = conn.execute("SELECT name, revision FROM embedding_models WHERE id = %s", (model_id,)).fetchone()
+        if row is None:
+            raise SystemExit(f"{home}: no model row {model_id}")
+        conn.execute(
+            "UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s",
+            (str(model_dir), folder_content_hash(model_dir), model_id),
+        )
+        conn.execute("DELETE FROM embedding_text_models WHERE model_id = %s", (model_id,))
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        for relation in (f"ix_photo_embeddings_hnsw_model_{model_id}", "photo_embeddings", "photos"):
+            conn.execute("SELECT pg_prewarm(%s)", (relation,))
+    index = {
+        "n": n,
+        "database": f"bench/search_filters.py --keep {home}",
+        "build_s": saved["load"].get("index_build_s"),
+    }
+    return VectorSpec(clusters=max(50, n // 1000), seed=seed), index, (row[0], row[1], model_id)
 
 
 def print_towers(towers: dict[int, dict[str, object]], queries: int) -> None:
@@ -138,6 +187,10 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="torch/ORT thread counts for the tower alone")
     parser.add_argument("--onnx-dir", type=Path, default=MODEL_CACHE / "onnx-text", help="where exports are kept")
     parser.add_argument("--skip-api", action="store_true", help="measure the tower alone")
+    parser.add_argument(
+        "--from-search-filters", type=Path, default=None, metavar="DIR", help="a bench.search_filters --keep folder"
+    )
+    parser.add_argument("--shared-buffers", default="512MB")
     args = parser.parse_args()
 
     info = machine_info()
@@ -160,39 +213,54 @@ def main() -> None:
     api_figures: dict[str, dict[str, float]] | None = None
     if not args.skip_api:
         home = short_tmp_dir("wsbte-")
-        postgres = LocalPostgres(home / "pg", server_settings=server_settings("512MB"))
+        kept: Path | None = args.from_search_filters
+        postgres = LocalPostgres((kept or home) / "pg", server_settings=server_settings(args.shared_buffers))
+        settings = {
+            "WITHSENSE_API_TORCH_THREADS": "1",
+            "WITHSENSE_ONNX_CACHE_DIR": str(args.onnx_dir),
+        }
         apis = {
             encoder: ApiServer(
                 home,
                 "",
                 model_dir,
                 label=encoder,
-                extra_env={
-                    "WITHSENSE_QUERY_CACHE_TTL_S": "0",  # cold: every query goes through the text tower
-                    "WITHSENSE_API_TORCH_THREADS": "1",
-                    "WITHSENSE_TEXT_ENCODER": encoder,
-                    "WITHSENSE_ONNX_CACHE_DIR": str(args.onnx_dir),
-                },
+                # cold: every query goes through the text tower
+                extra_env={**settings, "WITHSENSE_QUERY_CACHE_TTL_S": "0", "WITHSENSE_TEXT_ENCODER": encoder},
             )
             for encoder in ENCODERS
         }
+        cached_api = ApiServer(
+            home, "", model_dir, label="int8-cache", extra_env={**settings, "WITHSENSE_TEXT_ENCODER": "onnx-int8"}
+        )
         postgres.start()
+        restore: tuple[object, ...] | None = None
         try:
-            spec, results["index"] = load_search_index(postgres, args.n, model_dir)
+            if kept is None:
+                spec, results["index"] = load_search_index(postgres, args.n, model_dir)
+                results["vectors"] = args.n
+            else:
+                spec, index, restore = adopt_kept_index(postgres, kept, model_dir)
+                results["index"], results["vectors"] = index, index["n"]
             api_key = create_api_key(postgres.url)
-            for api in apis.values():
+            for api in (*apis.values(), cached_api):
                 api.database_url = postgres.url
                 api.start(api_key)
             fallbacks = {
                 encoder: "is not used" in api.log_path.read_text(errors="replace") for encoder, api in apis.items()
             }
             vectors = VectorSource(spec).draw(len(texts), stream=1)
-            api_figures = api_latency({e: a.base_url for e, a in apis.items()}, api_key, texts, vectors, args.k)
+            api_figures = api_latency(
+                {e: a.base_url for e, a in apis.items()}, cached_api.base_url, api_key, texts, vectors, args.k
+            )
             results["api_1_client_cache_off"] = api_figures
             results["api_fell_back_to_torch"] = fallbacks
         finally:
-            for api in apis.values():
+            for api in (*apis.values(), cached_api):
                 api.stop()
+            if restore is not None:
+                with connect(postgres.dsn) as conn:
+                    conn.execute("UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s", restore)
             postgres.stop()
             shutil.rmtree(home, ignore_errors=True)
     results["load_average_at_end"] = os.getloadavg()
@@ -204,7 +272,8 @@ def main() -> None:
     print_towers(towers, args.queries)
     if api_figures is not None:
         print()
-        print(f"GET /v1/search, 1 client, cache off, {args.n:,} vectors, k={args.k}, API torch/ORT threads 1")
+        vectors_n = results.get("vectors", args.n)
+        print(f"GET /v1/search, 1 client, cache off unless named, {vectors_n:,} vectors, k={args.k}, API threads 1")
         print_table(
             ["case", "p50 (ms)", "p95 (ms)", "p99 (ms)", "failures"],
             [[case, s["p50_ms"], s["p95_ms"], s["p99_ms"], s["failures"]] for case, s in api_figures.items()],

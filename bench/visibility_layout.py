@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.visibility_layout --n 200000          # load + build ~10 min on 2 shared cores
     .venv/bin/python -m bench.visibility_layout --n 1000000 --maintenance-work-mem 4GB
+    .venv/bin/python -m bench.visibility_layout --n 1000000 --maintenance-work-mem 4GB --load-phase B  # ~35 min
 
 One database, one HNSW index, the same queries. Two versions of each search function run against it:
 - "heap" (today until migration 0009): the scan joins each graph candidate to `photos` and tests
@@ -13,6 +14,11 @@ Filters are the ones bench/search_at_scale.py uses (the minors rule of a restric
 bench/search_data.py): none (98.5% of rows visible), 10% and 1%. recall@10 is against an exact top 10 over the
 same visible rows; latency is one client, k = 10, warm caches, the two versions alternated (heap, flags, heap,
 flags), each figure from the second pass. Stops by itself; the data folder is removed unless --keep.
+
+--load-phase B loads the photos already moderated as phase B has them (9% pending review) before the vectors
+are loaded and indexed, and measures the 1% case and the unrestricted region in that phase only: no rows are
+rewritten (the phase change costs ~30 min at 1M on 2 cores: every moved photo rewrites its embedding row and
+its graph entry), so a 1M run is the load, one build and the queries. The 10% case needs phase A: not measured.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def main() -> None:
     parser.add_argument("--shared-buffers", default="2GB")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--load-phase", choices=("A", "B"), default="A", help="B: see the module docstring")
     args = parser.parse_args()
 
     info = machine_info()
@@ -99,14 +106,19 @@ def main() -> None:
         index_of: dict[uuid.UUID, int] = {photo_id: i for i, photo_id in enumerate(ids)}
         u = np.load(home / "buckets.npy")
         queries = source.draw(args.queries, stream=1)
+        phase = args.load_phase
         with connect(postgres.dsn) as conn:
-            results["phase_A_update_s"] = round(set_phase(conn, ids, u, "A"), 1)
+            if phase == "A":
+                results["phase_A_update_s"] = round(set_phase(conn, ids, u, "A"), 1)
             conn.execute("VACUUM (ANALYZE) photo_embeddings")
             prewarm(conn, model_id)
-        phase = "A"
         rows: list[list[object]] = []
         figures: dict[str, Any] = {}
-        for case, (case_phase, region) in CASES.items():
+        # (case, phase, region): phase B's loads measure the 1% case and the unrestricted region in phase B only.
+        plan = [(case, case_phase, region) for case, (case_phase, region) in CASES.items()]
+        if phase == "B":
+            plan = [("1pct", "B", CASES["1pct"][1]), ("none", "B", CASES["none"][1])]
+        for case, case_phase, region in plan:
             if case_phase != phase:
                 with connect(postgres.dsn) as conn:
                     # The moderation of 9% of the photos: the trigger rewrites their embedding rows, then VACUUM
@@ -127,7 +139,7 @@ def main() -> None:
                     stats, found = run_clients(postgres.dsn, variants[layout], params, 1)
                     recall = recall_at_k([[index_of[p] for p in row] for row in found], truth, args.k)
                     measured[layout] = {**stats, **recall}
-                figures.setdefault(case, {})[function] = measured
+                figures.setdefault(case if phase == "A" else f"{case} (phase B)", {})[function] = measured
                 for layout in ("heap", "flags"):
                     m = measured[layout]
                     rows.append(
@@ -138,7 +150,8 @@ def main() -> None:
             size = conn.execute("SELECT pg_relation_size('photo_embeddings')").fetchone()
             results["photo_embeddings_heap_mb_after"] = round(int(size[0]) / 2**20) if size else None
         results["postmaster_pid"] = running_pid(postgres)
-        emit(f"visibility_layout_{args.n}", results)
+        results["load_phase"] = args.load_phase
+        emit(f"visibility_layout_{args.n}" + ("" if args.load_phase == "A" else "_phase_b"), results)
         print()
         print_table(["filter", "visible", "function", "layout", "recall@10", "p50 ms", "p95 ms"], rows)
     finally:
