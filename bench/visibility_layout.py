@@ -8,12 +8,15 @@ One database, one HNSW index, the same queries. Two versions of each search func
 - "heap" (today until migration 0009): the scan joins each graph candidate to `photos` and tests
   photo_is_visible() there: search_photos and search_photos_filtered as revision 0008 left them, installed under
   the names search_photos_heap / search_photos_filtered_heap;
-- "flags" (0009): the scan tests the flag on the embedding row it reads (visible_restricted /
-  visible_unrestricted, kept by triggers) and joins photos only for the k rows it returns.
+- "flags, graph only" (0009-0013): the scan tests the flag on the embedding row it reads (visible_restricted /
+  visible_unrestricted, kept by triggers) and joins photos only for the k rows it returns; today's functions
+  with `withsense.exact_scan = off`;
+- "flags" (0014, today): the same, except that where the planner's statistics say few rows are visible the
+  distances are computed exactly over the rows of the flag's own index (ix_photo_embeddings_<flag>).
 Filters are the ones bench/search_at_scale.py uses (the minors rule of a restricted region, see
 bench/search_data.py): none (98.5% of rows visible), 10% and 1%. recall@10 is against an exact top 10 over the
-same visible rows; latency is one client, k = 10, warm caches, the two versions alternated (heap, flags, heap,
-flags), each figure from the second pass. Stops by itself; the data folder is removed unless --keep.
+same visible rows; latency is one client, k = 10, warm caches, the three alternated (heap, graph only, flags, and
+again), each figure from the second pass. Stops by itself; the data folder is removed unless --keep.
 
 --load-phase B loads the photos already moderated as phase B has them (9% pending review) before the vectors
 are loaded and indexed, and measures the 1% case and the unrestricted region in that phase only: no rows are
@@ -63,6 +66,12 @@ VARIANTS: dict[str, dict[str, str]] = {
         "flags": "SELECT photo_id FROM search_photos_filtered(%s, NULL, %s, %s, '{}', '{\"mode\": \"semantic\"}')",
     },
 }
+
+
+# "flags, graph only": today's functions with the exact path of migration 0014 switched off (what 0009-0013 ran);
+# "flags": today's functions as they choose (exact distances where few rows are visible).
+GRAPH_ONLY = "flags, graph only"
+LAYOUTS = ("heap", GRAPH_ONLY, "flags")
 
 
 def install_heap_variants(dsn: str) -> None:
@@ -135,12 +144,14 @@ def main() -> None:
             print(f"{case}: {mask.mean():.2%} of rows visible", file=sys.stderr)
             for function, variants in VARIANTS.items():
                 measured: dict[str, Any] = {}
-                for layout in ("heap", "flags", "heap", "flags"):  # alternated: both see the same load
-                    stats, found = run_clients(postgres.dsn, variants[layout], params, 1)
+                for layout in LAYOUTS * 2:  # alternated: all see the same load; the second pass is kept
+                    statement = variants["heap" if layout == "heap" else "flags"]
+                    setup = ("SET withsense.exact_scan = 'off'",) if layout == GRAPH_ONLY else ()
+                    stats, found = run_clients(postgres.dsn, statement, params, 1, setup=setup)
                     recall = recall_at_k([[index_of[p] for p in row] for row in found], truth, args.k)
                     measured[layout] = {**stats, **recall}
                 figures.setdefault(case if phase == "A" else f"{case} (phase B)", {})[function] = measured
-                for layout in ("heap", "flags"):
+                for layout in LAYOUTS:
                     m = measured[layout]
                     rows.append(
                         [case, f"{mask.mean():.1%}", function, layout, m["recall_at_10"], m["p50_ms"], m["p95_ms"]]

@@ -527,10 +527,12 @@ def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec()
                 names = {
                     r[0]
                     for r in conn.execute(
-                        "SELECT indexname FROM pg_indexes WHERE tablename = 'photo_embeddings' AND indexname ~ '^ix_'"
+                        "SELECT indexname FROM pg_indexes WHERE tablename = 'photo_embeddings' "
+                        "AND indexname ~ '^ix_photo_embeddings_(hnsw|bq)_'"
                     )
                 }
                 conn.execute("SET withsense.binary_rerank = 60")
+                conn.execute("SET withsense.exact_scan = 'off'")  # the index, not the exact path of 60 rows
                 found = [
                     r[0]
                     for r in conn.execute("SELECT photo_id FROM search_photos(%s::vector, 5)", (literal(vectors[3]),))
@@ -554,15 +556,16 @@ def test_migration_0011_applies_the_setting_and_its_downgrade_restores_halfvec()
 
 
 def test_a_selective_filter_takes_exact_distances_sooner_with_the_binary_index(services: Services) -> None:
-    """10,000 photos, 1,200 of them visible in RU: below sqrt(200 x 10,000) = 1,414, so exact with the bit index
-    (its scan would need 200 qualifying candidates), above the halfvec kind's 1,000, so its HNSW scan; the same
-    exact nearest photos either way."""
+    """10,000 photos, 4,000 of them visible in RU (the rule alone, so the threshold of migration 0014:
+    sqrt(20 x depth x catalogue)): below sqrt(20 x 200 x 10,000) = 6,325, so exact with the bit index (its scan
+    would need 200 qualifying candidates), above the halfvec kind's sqrt(20 x 40 x 10,000) = 2,828, so its HNSW
+    scan; the same exact nearest photos either way."""
     from db.engine import session_scope
     from services.indexing import registered_model
     from services.vector_index import switch
 
     model = registered_model()
-    n, shown = 10_000, 1_200
+    n, shown = 10_000, 4_000
     rng = np.random.default_rng(21)
     vectors = rng.normal(size=(n, model.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

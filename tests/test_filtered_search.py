@@ -81,6 +81,7 @@ def test_one_percent_filter_returns_k_rows_matching_the_exact_scan(many_vectors:
             # exercises the iterative index scan a production-sized table gets.
             session.execute(text("SET LOCAL enable_seqscan = off"))
             session.execute(text("SET LOCAL enable_sort = off"))
+            session.execute(text("SET LOCAL withsense.exact_scan = off"))  # not the exact path of few visible rows
             hits = search_by_vector(session, query, K, "RU")
             exact = (
                 session.execute(
@@ -147,6 +148,7 @@ def test_search_photos_runs_the_rule_inside_the_models_hnsw_scan(many_vectors: M
             "auto_explain.log_level": "notice",
             "enable_seqscan": "off",  # as in the recall test: the plan a production-sized table gets
             "enable_sort": "off",
+            "withsense.exact_scan": "off",  # 1% of 4,000 visible: search_photos would rank them exactly
         }.items():
             conn.execute("SELECT set_config(%s, %s, true)", (name, value))
         conn.execute("INSERT INTO region_rules (region, minors_restricted) VALUES ('XE', false)")  # rolled back
@@ -193,6 +195,7 @@ def test_ef_search_comes_from_the_caller(many_vectors: ManyVectors) -> None:
         session.execute(text("UPDATE photos SET moderation_status = 'approved'"))
         session.execute(text("SET LOCAL enable_seqscan = off"))
         session.execute(text("SET LOCAL enable_sort = off"))
+        session.execute(text("SET LOCAL withsense.exact_scan = off"))  # the scan, whatever the statistics say
         exact = [
             set(
                 session.scalars(
@@ -291,3 +294,72 @@ def test_the_read_only_role_can_call_every_function_it_is_granted(
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_where_few_photos_are_visible_the_search_reads_only_those_and_ranks_them_exactly(
+    many_vectors: ManyVectors, services: Services
+) -> None:
+    """Where the rule leaves 1% of the catalogue (migration 0014): search_photos and search_photos_filtered read
+    the visible rows from the flag's own index, never the graph, and return the true top k; once most photos are
+    visible, the same searches go back to the HNSW scan. The choice follows the planner's statistics."""
+    model, *_ = many_vectors
+    dim = model.dimension
+    rng = np.random.default_rng(41)
+    queries = [q / np.linalg.norm(q) for q in rng.normal(size=(15, dim)).astype(np.float32)]
+    searches = {
+        "search_photos": "SELECT photo_id FROM search_photos(%s::vector, %s, %s)",
+        "search_photos_filtered": (
+            "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, %s, %s, '{}', "
+            '\'{"mode": "semantic", "min_score": null}\')'
+        ),
+    }
+    with psycopg.connect(services.database_url.replace("+psycopg", "")) as conn:
+        conn.execute("INSERT INTO region_rules (region, minors_restricted) VALUES ('XE', false)")  # rolled back
+        conn.execute("LOAD 'auto_explain'")
+        for name, value in {
+            "auto_explain.log_min_duration": "0",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.log_level": "notice",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+        def exact_top(query: np.ndarray, region: str) -> list[uuid.UUID]:
+            flag = "visible_restricted" if region == "RU" else "visible_unrestricted"
+            conn.execute("SET LOCAL enable_indexscan = off")  # no graph: every visible row's distance
+            rows = conn.execute(
+                f"SELECT photo_id FROM photo_embeddings WHERE model_id = %s AND {flag} "
+                f"ORDER BY embedding::halfvec({dim}) <=> %s::halfvec({dim}), photo_id LIMIT %s",
+                (model.id, Vector(query.tolist()).to_text(), K),
+            ).fetchall()
+            conn.execute("SET LOCAL enable_indexscan = on")
+            return [row[0] for row in rows]
+
+        def run(name: str, query: np.ndarray, region: str) -> tuple[list[uuid.UUID], list[str]]:
+            plans: list[str] = []
+
+            def keep(notice: psycopg.errors.Diagnostic) -> None:
+                plans.append(str(notice.message_primary))
+
+            conn.add_notice_handler(keep)
+            try:
+                found = [row[0] for row in conn.execute(searches[name], (Vector(query.tolist()).to_text(), K, region))]
+            finally:
+                conn.remove_notice_handler(keep)
+            return found, [plan for plan in plans if "photo_embeddings" in plan]
+
+        for region, flag in (("RU", "visible_restricted"), ("XE", "visible_unrestricted")):
+            for name in searches:
+                for query in queries:
+                    found, plans = run(name, query, region)
+                    assert found == exact_top(query, region), f"{name} in {region}: not the true top {K}"
+                    used = "\n".join(plans)
+                    assert f"ix_photo_embeddings_{flag}" in used, used
+                    assert f"ix_photo_embeddings_hnsw_model_{model.id}" not in used, used
+        # Most photos visible: the graph again, for both functions.
+        conn.execute("UPDATE photos SET moderation_status = 'approved'")
+        conn.execute("ANALYZE photo_embeddings")
+        for name in searches:
+            found, plans = run(name, queries[0], "RU")
+            assert len(found) == K
+            assert f"ix_photo_embeddings_hnsw_model_{model.id}" in "\n".join(plans), plans
+        conn.rollback()

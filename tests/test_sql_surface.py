@@ -330,3 +330,30 @@ def test_search_photos_refuses_a_bad_ef_search_setting(session: Session, every_s
 
     with pytest.raises(ValueError, match="ef_search"):
         search_by_vector(session, np.asarray(query.to_list()), 5, ef_search=0)
+
+
+def test_search_photos_refuses_bad_exact_path_settings(session: Session, every_state: EveryState) -> None:
+    """withsense.exact_below / withsense.exact_scan (migration 0014) are read as search_photos_filtered reads them:
+    a value it cannot read is refused with its name, not taken for something else."""
+    model, _photos = every_state
+    query = Vector([1.0] + [0.0] * (model.dimension - 1))
+    for setting, bad, message in (
+        ("withsense.exact_below", "many", r"withsense\.exact_below must be a whole number"),
+        ("withsense.exact_below", "-1", r"withsense\.exact_below must be a whole number"),
+        ("withsense.exact_scan", "sometimes", r"withsense\.exact_scan must be on or off"),
+    ):
+        with pytest.raises(DBAPIError, match=message), session.begin_nested():
+            session.execute(text("SELECT set_config(:s, :v, true)"), {"s": setting, "v": bad})
+            session.execute(text("SELECT * FROM search_photos(:q, 5)"), {"q": query}).all()
+    answers = []
+    for setting, value in (
+        ("withsense.exact_scan", "on"),
+        ("withsense.exact_scan", "off"),
+        ("withsense.exact_below", "0"),
+    ):
+        with session.begin_nested():
+            session.execute(text("SELECT set_config(:s, :v, true)"), {"s": setting, "v": value})
+            rows = session.execute(text("SELECT * FROM search_photos(:q, 5)"), {"q": query}).all()
+            answers.append([row[0] for row in rows])
+            session.execute(text("SELECT set_config(:s, '', true)"), {"s": setting})
+    assert answers[0] and answers[0] == answers[1] == answers[2], "each accepted value: the same photos, best first"

@@ -94,9 +94,14 @@ def _literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
 
 
-def _sql_top(cat: Catalogue, index: int, region: str, *, filtered: bool, k: int = 5) -> list[uuid.UUID]:
-    """The reader role's search for photo `index`'s own vector (it is its own nearest neighbour)."""
+def _sql_top(
+    cat: Catalogue, index: int, region: str, *, filtered: bool, k: int = 5, exact: bool | None = None
+) -> list[uuid.UUID]:
+    """The reader role's search for photo `index`'s own vector (it is its own nearest neighbour); `exact` forces
+    the exact distances (True) or the HNSW scan (False), None leaves the functions' own choice."""
     with psycopg.connect(cat.reader_dsn, autocommit=True) as conn:
+        if exact is not None:
+            conn.execute(f"SET withsense.exact_scan = '{'on' if exact else 'off'}'")
         if filtered:
             sql = (
                 "SELECT photo_id FROM search_photos_filtered(%s::vector, NULL, %s, %s, '{}', "
@@ -118,10 +123,16 @@ def _shown(client: TestClient, cat: Catalogue, index: int, region: str) -> dict[
     """Whether photo `index` is found by each way of searching, in `region`."""
     photo = cat.ids[index]
     return {
-        "search_photos": photo in _sql_top(cat, index, region, filtered=False),
-        "search_photos_filtered": photo in _sql_top(cat, index, region, filtered=True),
+        **{
+            f"{name}, {path}": photo in _sql_top(cat, index, region, filtered=filtered, exact=path == "exact")
+            for name, filtered in (("search_photos", False), ("search_photos_filtered", True))
+            for path in ("hnsw", "exact")
+        },
         "api": photo in _api_top(client, cat, index, region),
     }
+
+
+WAYS = tuple(f"{name}, {path}" for name in ("search_photos", "search_photos_filtered") for path in ("hnsw", "exact"))
 
 
 def _set(cat: Catalogue, photo: uuid.UUID, **columns: object) -> None:
@@ -164,9 +175,9 @@ def test_each_column_of_the_rule_changes_every_search_at_once(
     try:
         for region in (RESTRICTED, FREE):
             expected = region not in hidden_in
-            assert _shown(search_client, catalogue, index, region) == dict.fromkeys(
-                ("search_photos", "search_photos_filtered", "api"), expected
-            ), f"after {change} in {region}"
+            assert _shown(search_client, catalogue, index, region) == dict.fromkeys((*WAYS, "api"), expected), (
+                f"after {change} in {region}"
+            )
     finally:
         _set(catalogue, photo, **VISIBLE)
     for region in (RESTRICTED, FREE):
