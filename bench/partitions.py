@@ -176,14 +176,12 @@ def main() -> None:
 def run_from_search_filters(args: argparse.Namespace, counts: list[int]) -> None:
     """Each layout of `counts` on a kept bench/search_filters.py database (see the module docstring)."""
     from bench.binary_index import FUNCTIONS, literal
-    from bench.search_filters import Metadata, filter_cases
-    from db import sql
-    from migrations.apply import upgrade
+    from bench.search_filters import Metadata, adopt_kept, filter_cases
 
     info = machine_info()
     warn_if_busy()
     home: Path = args.from_search_filters
-    saved = json.loads((home / "loaded.json").read_text())
+    saved = json.loads((home / "loaded.json").read_text())  # read again by adopt_kept once the server runs
     n, seed, model_id = int(saved["n"]), int(saved["seed"]), int(saved["model_id"])
     source = VectorSource(VectorSpec(clusters=max(50, n // 1000), seed=seed))
     corpus = source.draw(n, stream=0)  # what bench/search_filters.py loaded
@@ -220,11 +218,8 @@ def run_from_search_filters(args: argparse.Namespace, counts: list[int]) -> None
     figures: dict[str, Any] = {}
     rows: list[list[object]] = []
     try:
-        upgrade(postgres.url)
-        with connect(postgres.dsn) as conn:  # this tree's definitions, as bench/search_filters.py applies them
-            for name in sql.names():
-                if name not in ("searchable_photos", "photo_search_document"):
-                    conn.execute(sql.current(name)[1])
+        adopt_kept(postgres, home)
+        with connect(postgres.dsn) as conn:
             conn.execute("SELECT set_embedding_index_kind(%s, 'halfvec')", (model_id,))
             current = int(
                 fetch_value(

@@ -24,6 +24,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pgvector import Vector
@@ -102,6 +103,22 @@ def _any_of(values: np.ndarray, count: int, target: float) -> list[int]:
         if total >= target * 0.95 or len(chosen) == 50:
             break
     return chosen
+
+
+def adopt_kept(postgres: Any, home: Path) -> dict[str, Any]:
+    """A kept database of this script (`--keep DIR`, running as `postgres`) brought to this checkout: migrated to
+    head and given this tree's SQL definitions (a kept database measures this checkout's SQL surface). Returns what
+    its loaded.json says: n, seed, model_id and the load's figures (JSON, hence Any)."""
+    from db import sql
+    from migrations.apply import upgrade
+
+    saved: dict[str, Any] = json.loads((home / "loaded.json").read_text())
+    upgrade(postgres.url)
+    with connect(postgres.dsn) as conn:
+        for name in sql.names():
+            if name not in ("searchable_photos", "photo_search_document"):
+                conn.execute(sql.current(name)[1])
+    return saved
 
 
 def filter_cases(meta: Metadata) -> dict[str, tuple[dict[str, object], np.ndarray]]:
@@ -253,14 +270,8 @@ def main() -> None:
                 load["index_build_s"] = float(index["build_s"])
                 print(f"HNSW index built in {load['index_build_s']}s", file=sys.stderr)
             marker.write_text(json.dumps({"n": args.n, "seed": args.seed, "model_id": model_id, "load": load}))
-        saved = json.loads(marker.read_text())
+        saved = adopt_kept(postgres, home)
         model_id, load = int(saved["model_id"]), saved["load"]
-        from db import sql
-
-        with connect(postgres.dsn) as conn:  # a kept database measures this checkout's SQL surface
-            for name in sql.names():
-                if name not in ("searchable_photos", "photo_search_document"):
-                    conn.execute(sql.definition(name, "9999"))
 
         queries = source.draw(args.queries, stream=1)
         rng = np.random.default_rng([args.seed, 11])
