@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -285,6 +286,15 @@ def _indexed_by(worker: WorkerProcess) -> list[str]:
     return re.findall(r"succeeded in [^:]*: \{'photo_id': '([0-9a-f-]{36})', 'result': 'indexed'\}", worker.full_log())
 
 
+def _until_finished(workers: list[WorkerProcess], task: str, count: int, timeout: float = 120.0) -> None:
+    """Wait until the workers' logs hold `count` finished runs of `task` between them."""
+    pattern = re.compile(rf"Task {re.escape(task)}\[[0-9a-f-]+\] (succeeded|raised|failed)")
+    deadline = time.monotonic() + timeout
+    while sum(len(pattern.findall(worker.full_log())) for worker in workers) < count:
+        assert time.monotonic() < deadline, f"{task} not finished {count} times: " + "".join(w.log() for w in workers)
+        time.sleep(0.2)
+
+
 def test_two_worker_hosts_index_from_one_bucket(services: Services, s3_server: LocalS3, clean_db: None) -> None:
     from fastapi.testclient import TestClient
 
@@ -304,6 +314,9 @@ def test_two_worker_hosts_index_from_one_bucket(services: Services, s3_server: L
             prepare_storage()
             for worker in workers:
                 worker.start()
+            # Each worker queues one `photos.resume_waiting` when it is ready, and the child that takes it loads
+            # its model first: uploads sent before both have finished would all go to whichever was idle first.
+            _until_finished(workers, "photos.resume_waiting", len(workers))
             admin = create_api_key("admin", name="two-hosts")
             with TestClient(create_app(), headers={"Authorization": f"Bearer {admin}"}) as client:
                 ids = [_upload(client, jpeg_bytes(s.image)).json()["id"] for s in _samples(16, seed=46)]
