@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, openapi, pages
 from api.routes import embeddings, health, moderation, photos, search
@@ -77,20 +78,37 @@ def create_app() -> FastAPI:
     errors.install(app)
     openapi.install(app, _vector_dimension)
 
-    @app.middleware("http")
-    async def _read_your_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # After a key's successful write, its searches read the primary for a while (services.search.note_write).
-        response = await call_next(request)
-        if request.method in WRITE_METHODS and response.status_code < 400 and not _is_search(request.url.path):
-            principal = getattr(request.state, "principal", None)
-            if principal is not None:
-                note_write(principal)
-        return response
-
+    app.add_middleware(ReadYourWritesMiddleware)
     return app
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ReadYourWritesMiddleware:
+    """After a key's successful write, its searches read the primary for a while (services.search.note_write).
+
+    Plain ASGI (it reads the status line as it goes out): Starlette's BaseHTTPMiddleware would cost every request
+    a task and a stream copy of its response for a check that needs only the status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or _is_search(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def note_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, note_status)
+        principal = scope.get("state", {}).get("principal")
+        if status and status[0] < 400 and principal is not None:
+            note_write(principal)
 
 
 def _is_search(path: str) -> bool:

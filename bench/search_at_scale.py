@@ -268,9 +268,11 @@ class ApiServer:
         *,
         label: str = "default",
         extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> None:
         from cli.local_services import LocalRedis, free_port
 
+        self.root = root  # the checkout whose code it runs (another one: a side-by-side baseline)
         self.home = home / f"api-{label}"
         self.extra_env = extra_env or {}
         self.redis = LocalRedis(self.home / "redis")
@@ -292,7 +294,7 @@ class ApiServer:
         env = {key: value for key, value in os.environ.items() if not key.startswith("WITHSENSE_")}
         env.update(
             {
-                "PYTHONPATH": str(ROOT),
+                "PYTHONPATH": str(self.root),
                 "WITHSENSE_HOME": str(self.home / "data"),
                 "WITHSENSE_DATABASE_URL": self.database_url,
                 "WITHSENSE_BROKER_URL": self.redis.url,
@@ -318,7 +320,7 @@ class ApiServer:
                 "warning",
                 "--no-access-log",
             ],
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey
@@ -55,8 +55,8 @@ def create_key(session: Session, name: str, scopes: list[str]) -> tuple[ApiKey, 
     return key, f"{KEY_PREFIX}_{prefix}_{secret}"
 
 
-def authenticate(session: Session, presented: str) -> Principal | None:
-    """The principal for a presented key, or None when it is malformed, unknown, wrong or revoked."""
+def authenticate(connection: Connection | Session, presented: str) -> Principal | None:
+    """The principal for a presented key, or None when it is malformed, unknown, wrong or revoked (one statement)."""
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
@@ -64,10 +64,12 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     # A key is `wsk_<12 hex>_<urlsafe base64>`; anything else (control characters included) never reaches SQL.
     if not _PREFIX.fullmatch(prefix) or not _SECRET.fullmatch(secret):
         return None
-    key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
-    if key is None or key.revoked_at is not None:
-        return None
-    if not hmac.compare_digest(key.secret_hash, _hash(secret)):
+    key = connection.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.secret_hash, ApiKey.scopes).where(
+            ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)
+        )
+    ).one_or_none()
+    if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
         return None
     return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes))
 

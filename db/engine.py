@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,6 +100,14 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def single_read() -> Iterator[Connection]:
+    """A pooled connection of the primary in autocommit, for one read statement: no BEGIN and COMMIT round trips
+    around it (what authenticating every request would otherwise pay)."""
+    with get_engine().connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def dispose_engine() -> None:

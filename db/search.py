@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 from pgvector import Vector
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -49,7 +50,7 @@ def search_by_vector(
     the candidates re-ranked when the model's searches use its binary index; None: the function's 200.
     """
     try:
-        with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
+        with _search_settings(session, ef_search, binary_rerank):
             rows = session.execute(
                 text("SELECT * FROM search_photos(:query, :k, :region)"),
                 {"query": Vector(np.asarray(query, dtype=np.float32).tolist()), "k": k, "region": region},
@@ -74,7 +75,7 @@ def similar_to_photo(
     binary_rerank: int | None = None,
 ) -> list[SearchHit]:
     """Nearest photos to a photo the viewer may see (none when they may not), best first; `ef_search` as above."""
-    with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
+    with _search_settings(session, ef_search, binary_rerank):
         rows = session.execute(
             text("SELECT * FROM similar_photos(:photo_id, :k, :region)"),
             {"photo_id": photo_id, "k": k, "region": region},
@@ -83,21 +84,39 @@ def similar_to_photo(
 
 
 @contextmanager
-def _ef_search(session: Session, ef_search: int | None, binary_rerank: int | None = None) -> Iterator[None]:
-    """The search functions read the caller's choices from the custom settings `withsense.ef_search` and
-    `withsense.binary_rerank`, for this call only."""
-    chosen = {"withsense.ef_search": ef_search, "withsense.binary_rerank": binary_rerank}
-    for name, value in chosen.items():
+def _search_settings(
+    session: Session, ef_search: int | None, binary_rerank: int | None = None, exact_below: int | None = None
+) -> Iterator[None]:
+    """The search functions read the caller's choices from the custom settings `withsense.ef_search`,
+    `withsense.binary_rerank` and `withsense.exact_below`, for this call only; None leaves what the session has.
+
+    The call runs in a savepoint that is rolled back once its rows are read: the search functions only read, so
+    nothing is lost, and the rollback takes the settings with it, so the caller's later statements see none of
+    them. All of them are set by one statement: two round trips per search where clearing each one and
+    releasing the savepoint took four more. An error rolls the savepoint back too: the caller's transaction stays
+    usable.
+    """
+    for name, value in {"ef_search": ef_search, "binary_rerank": binary_rerank}.items():
         if value is not None and value not in EF_SEARCH_RANGE:
-            raise ValueError(f"{name.removeprefix('withsense.')} must be from 1 to 1000, got {value}")
-    given = {name: value for name, value in chosen.items() if value is not None}
-    for name, value in given.items():
-        session.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": str(value)})
-    yield
-    # Set for the transaction: cleared at once so that its later statements are not affected. (After an
-    # error the caller's savepoint is rolled back, and the setting with it.)
-    for name in given:
-        session.execute(text("SELECT set_config(:name, '', true)"), {"name": name})
+            raise ValueError(f"{name} must be from 1 to 1000, got {value}")
+    given = {
+        name: str(value)
+        for name, value in {"ef_search": ef_search, "binary_rerank": binary_rerank, "exact_below": exact_below}.items()
+        if value is not None
+    }
+    savepoint = session.begin_nested()
+    try:
+        if given:
+            session.execute(_set_settings(tuple(given)), given)
+        yield
+    finally:
+        if savepoint.is_active:
+            savepoint.rollback()
+
+
+@lru_cache(maxsize=8)
+def _set_settings(names: tuple[str, ...]) -> TextClause:
+    return text("SELECT " + ", ".join(f"set_config('withsense.{name}', :{name}, true)" for name in names))
 
 
 class NoActiveModel(LookupError):
@@ -134,6 +153,12 @@ class InvalidSearch(ValueError):
     """The SQL function refused an argument (an unknown filter, a value out of range); the message says which."""
 
 
+_SEARCH_FILTERED = text(
+    "SELECT * FROM search_photos_filtered(CAST(:query AS vector), :query_text, :k, :region, "
+    "CAST(:filters AS jsonb), CAST(:options AS jsonb))"
+)
+
+
 def search_filtered(
     session: Session,
     query: np.ndarray | None,
@@ -156,16 +181,9 @@ def search_filtered(
     """
     vector = Vector(np.asarray(query, dtype=np.float32).tolist()) if query is not None else None
     try:
-        with session.begin_nested(), _ef_search(session, ef_search, binary_rerank):
-            if exact_below is not None:  # for this statement only: the savepoint's end does not undo a SET LOCAL
-                session.execute(
-                    text("SELECT set_config('withsense.exact_below', :value, true)"), {"value": str(exact_below)}
-                )
+        with _search_settings(session, ef_search, binary_rerank, exact_below):
             rows = session.execute(
-                text(
-                    "SELECT * FROM search_photos_filtered(CAST(:query AS vector), :query_text, :k, :region, "
-                    "CAST(:filters AS jsonb), CAST(:options AS jsonb))"
-                ),
+                _SEARCH_FILTERED,
                 {
                     "query": vector,
                     "query_text": query_text,
@@ -175,8 +193,6 @@ def search_filtered(
                     "options": json.dumps(options),
                 },
             ).all()
-            if exact_below is not None:
-                session.execute(text("SELECT set_config('withsense.exact_below', '', true)"))
     except DBAPIError as exc:
         raise _search_error(exc) from exc
     return [FoundPhoto(*row) for row in rows]

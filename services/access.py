@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from db import api_keys as key_sql
 from db.api_keys import SCOPES, Principal
-from db.engine import session_scope
+from db.engine import session_scope, single_read
 from db.models import ApiKey
 from services.errors import InvalidRequest, NotFound
 
@@ -15,8 +15,8 @@ __all__ = ["ANONYMOUS", "SCOPES", "Principal", "authenticate", "create_key", "li
 
 def authenticate(presented: str) -> Principal | None:
     """The principal for a presented key, or None when it is malformed, unknown, wrong or revoked."""
-    with session_scope() as session:
-        return key_sql.authenticate(session, presented)
+    with single_read() as connection:
+        return key_sql.authenticate(connection, presented)
 
 
 def create_key(name: str, scopes: list[str]) -> tuple[int, str]:
