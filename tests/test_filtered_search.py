@@ -363,3 +363,66 @@ def test_where_few_photos_are_visible_the_search_reads_only_those_and_ranks_them
             assert len(found) == K
             assert f"ix_photo_embeddings_hnsw_model_{model.id}" in "\n".join(plans), plans
         conn.rollback()
+
+
+def test_hybrid_words_that_match_nothing_cost_a_semantic_search_and_rank_as_one(
+    many_vectors: ManyVectors, services: Services
+) -> None:
+    """Migration 0015: when a hybrid search's words match no photo, the results are the semantic search's, in its
+    order, and its scan goes no deeper than a semantic search's (not 200 rows deeper); once some photos match the
+    words, they are fused in again and the scan goes deep."""
+    import re
+
+    model, ids, _vectors, _approved = many_vectors
+    rng = np.random.default_rng(43)
+    queries = [q / np.linalg.norm(q) for q in rng.normal(size=(8, model.dimension)).astype(np.float32)]
+    search = "SELECT photo_id, matched FROM search_photos_filtered(%s::vector, %s, %s, 'XE', '{}', %s::jsonb)"
+    scanned = re.compile(r"Limit .*?\(actual time=[\d.]+\.\.[\d.]+ rows=([\d.]+)")
+    with psycopg.connect(services.database_url.replace("+psycopg", "")) as conn:
+        conn.execute("UPDATE photos SET moderation_status = 'approved'")  # rolled back
+        conn.execute("ANALYZE photo_embeddings")
+        conn.execute("SET LOCAL withsense.exact_scan = off")  # the graph, as at scale
+        conn.execute("LOAD 'auto_explain'")
+        for name, value in {
+            "auto_explain.log_min_duration": "0",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.log_analyze": "on",
+            "auto_explain.log_level": "notice",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+        def run(query: np.ndarray, words: str | None, mode: str) -> tuple[list[tuple[uuid.UUID, str]], int]:
+            """The rows, and how many rows the semantic scan brought."""
+            plans: list[str] = []
+
+            def keep(notice: psycopg.errors.Diagnostic) -> None:
+                plans.append(str(notice.message_primary))
+
+            conn.add_notice_handler(keep)
+            try:
+                rows = conn.execute(
+                    search, (Vector(query.tolist()).to_text(), words, K, f'{{"mode": "{mode}"}}')
+                ).fetchall()
+            finally:
+                conn.remove_notice_handler(keep)
+            scans = [plan for plan in plans if f"ix_photo_embeddings_hnsw_model_{model.id}" in plan]
+            assert len(scans) == 1, plans
+            found = scanned.search(scans[0])
+            assert found is not None, scans[0]
+            return [(row[0], row[1]) for row in rows], int(float(found.group(1)))
+
+        for query in queries:
+            semantic, semantic_depth = run(query, None, "semantic")
+            hybrid, hybrid_depth = run(query, "zebra crossing", "hybrid")
+            assert [photo for photo, _ in hybrid] == [photo for photo, _ in semantic]
+            assert {how for _, how in hybrid} == {"semantic"}
+            assert len(hybrid) == K
+            assert hybrid_depth == semantic_depth < 100, (hybrid_depth, semantic_depth)
+
+        # Words that some photos carry: fused in (matched 'keyword' or 'both'), the semantic list 200 deeper again.
+        titled = list(ids[:3])
+        conn.execute("UPDATE photos SET title = 'zebra crossing' WHERE id = ANY(%s)", (titled,))
+        hybrid, hybrid_depth = run(queries[0], "zebra crossing", "hybrid")
+        assert {photo for photo, how in hybrid if how in ("keyword", "both")} == set(titled)
+        assert hybrid_depth > 200, hybrid_depth
+        conn.rollback()
