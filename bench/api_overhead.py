@@ -3,15 +3,15 @@ service layer, the API key check, and `POST /v1/search/vector` over HTTP.
 
     .venv/bin/python -m bench.api_overhead                 # 20,000 vectors, 300 queries
     .venv/bin/python -m bench.api_overhead --n 5000 --queries 200
-    git worktree add /tmp/ws-base HEAD~1 && .venv/bin/python -m bench.api_overhead --baseline-tree /tmp/ws-base
+    git worktree add /tmp/ws-base <commit before a change> && .venv/bin/python -m bench.api_overhead --baseline-tree /tmp/ws-base
     .venv/bin/python -m bench.api_overhead --from-search-filters /work/bench1m/wsf1m --shared-buffers 2GB  # 1M
 
 What it does:
 1. starts the embedded Postgres (its own folder under /tmp), loads N synthetic CLIP-like vectors under a model
    row of the random-weights ViT-B/32 and builds the HNSW index (bench/query_cache.py's index);
 2. starts one API process (uvicorn api.app:app with its own Valkey for the rate limiter), one client, keep-alive;
-3. for each query vector, in turn (so that the layers share the machine's load; each query starts at the next
-   layer, so that none is always the one that brings the vector's part of the graph into the CPU caches):
+3. for each query vector, in turn (so that the layers share the machine's load; in a new random order for each
+   query, so that none is always the one that brings the vector's part of the graph into the CPU caches):
    - `SQL`: `SELECT * FROM search_photos_filtered(...)` on one psycopg connection, as the service sends it;
    - `db layer`: db.search.search_filtered() in a session (SQLAlchemy, the per-call settings, the savepoint);
    - `service layer`: services.search.search_vector() in the session a search reads from (checks, cursor, page);
@@ -19,6 +19,9 @@ What it does:
    - `HTTP`: `POST /v1/search/vector` to the API (everything: parsing, auth, rate limit, session, search, JSON);
    - `HTTP text, cache hit`: `GET /v1/search?q=...` with a text asked once before (the query cache's warm case:
      no text tower; the query policy, the cache's Redis, the hybrid search with the words);
+   - `SQL hybrid, words match nothing`: search_photos_filtered in hybrid mode with the query's words (which match
+     no photo in these databases), and the same with the function as it was before migration 0015 (installed
+     for the run as search_photos_filtered_0014): what running the keyword query first saves;
    - with --baseline-tree DIR, `HTTP, baseline`: the same request to a second API process running the code of
      another checkout (say the commit before a change) against the same database: the change measured side by
      side with what it replaces;
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -51,6 +55,18 @@ LAYERS = ("SQL", "db layer", "service layer", "API key check", "HTTP")
 BASELINE = "HTTP, baseline"
 TEXT = "HTTP text, cache hit"
 TEXT_BASELINE = "HTTP text, cache hit, baseline"
+HYBRID = "SQL hybrid, words match nothing"
+# The function as it was before migration 0015, installed beside today's for the run under this name.
+BEFORE_0015 = "search_photos_filtered_0014"
+HYBRID_0014 = "SQL hybrid, words match nothing, 0014"
+
+
+def _renamed(definition: str, name: str) -> str:
+    """A search_photos_filtered definition of another revision, as a function called `name`."""
+    renamed = re.sub(r"\bsearch_photos_filtered\(", f"{name}(", definition)
+    if renamed == definition:
+        raise SystemExit("search_photos_filtered: definition not found")
+    return renamed
 
 
 def measure(
@@ -69,6 +85,8 @@ def measure(
     from pgvector.psycopg import register_vector
 
     from core.runtime import runtime
+    from core.settings import get_settings
+    from db import sql as sql_surface
     from services import access
     from services import search as search_service
 
@@ -78,6 +96,7 @@ def measure(
     sql_options = json.dumps({"mode": "semantic", "sort": "relevance", "offset": 0})
     raw = connect(dsn)
     register_vector(raw)
+    raw.execute(_renamed(sql_surface.definition("search_photos_filtered", at="0014"), BEFORE_0015))
     headers = {"Authorization": f"Bearer {api_key}"}
     client = httpx.Client(base_url=base_url, headers=headers, timeout=60)
     baseline = httpx.Client(base_url=baseline_url, headers=headers, timeout=60) if baseline_url else None
@@ -85,17 +104,42 @@ def measure(
     def sql(vector: np.ndarray) -> int:
         rows = raw.execute(
             "SELECT * FROM search_photos_filtered(%s::vector, NULL, %s, %s, '{}'::jsonb, %s::jsonb)",
-            (vector.astype(np.float32), k, UNRESTRICTED_REGION, sql_options),
+            (vector.astype(np.float32), k + 1, UNRESTRICTED_REGION, sql_options),
             prepare=True,
         ).fetchall()
         return len(rows)
+
+    hybrid_options = json.dumps({"mode": "hybrid", "sort": "relevance", "offset": 0})
+
+    def hybrid_sql(function: str) -> Callable[[np.ndarray], int]:
+        def run(vector: np.ndarray) -> int:
+            rows = raw.execute(
+                f"SELECT * FROM {function}(%s::vector, %s, %s, %s, '{{}}'::jsonb, %s::jsonb)",
+                (vector.astype(np.float32), texts[query_index[id(vector)]], k + 1, UNRESTRICTED_REGION, hybrid_options),
+                prepare=True,
+            ).fetchall()
+            return len(rows)
+
+        return run
 
     def db_layer(vector: np.ndarray) -> int:
         from db import search as search_sql
         from db.engine import session_scope
 
         with session_scope() as session:
-            return len(search_sql.search_filtered(session, vector, None, k, UNRESTRICTED_REGION, {}, {}))
+            settings = get_settings()
+            rows = search_sql.search_filtered(
+                session,
+                vector,
+                None,
+                k + 1,
+                UNRESTRICTED_REGION,
+                {},
+                json.loads(sql_options),
+                ef_search=settings.hnsw_ef_search,
+                binary_rerank=settings.binary_rerank,
+            )
+            return len(rows)
 
     def service_layer(vector: np.ndarray) -> int:
         with contextmanager_session() as session:
@@ -127,7 +171,11 @@ def measure(
         zip(LAYERS, (sql, db_layer, service_layer, auth, over_http(client)), strict=True)
     )
     layers[TEXT] = text_over_http(client)
-    expected = {layer: k for layer in (*LAYERS, BASELINE, TEXT, TEXT_BASELINE)} | {"API key check": 1}
+    layers[HYBRID] = hybrid_sql("search_photos_filtered")
+    layers[HYBRID_0014] = hybrid_sql(BEFORE_0015)
+    expected = {layer: k for layer in (*LAYERS, BASELINE, TEXT, TEXT_BASELINE, HYBRID, HYBRID_0014)}
+    # The service asks for one row more than the page (is there a next page?): so do the layers under it.
+    expected |= {"SQL": k + 1, "db layer": k + 1, HYBRID: k + 1, HYBRID_0014: k + 1, "API key check": 1}
     if baseline is not None:
         layers[BASELINE] = over_http(baseline)
         layers[TEXT_BASELINE] = text_over_http(baseline)
@@ -141,10 +189,11 @@ def measure(
             for run in layers.values():
                 run(vector)
         names = list(layers)
-        for i, vector in enumerate(vectors):
-            # The first layer to meet a query vector pays for its part of the graph coming into the CPU's caches:
-            # each query starts at another layer, so that every layer is first as often as the others.
-            for layer in names[i % len(names) :] + names[: i % len(names)]:
+        order = np.random.default_rng(0)
+        for vector in vectors:
+            # The first layer to meet a query vector pays for its part of the graph coming into the CPU's caches,
+            # and the next ones find it there: the layers go in a new random order for each query.
+            for layer in (names[i] for i in order.permutation(len(names))):
                 run = layers[layer]
                 started = time.perf_counter()
                 found = run(vector)
@@ -154,6 +203,7 @@ def measure(
         client.close()
         if baseline is not None:
             baseline.close()
+        raw.execute(f"DROP FUNCTION IF EXISTS {BEFORE_0015}(vector, text, integer, text, jsonb, jsonb)")
         raw.close()
     return {layer: {**latency_stats(seconds[layer]), "failures": failures[layer]} for layer in layers}
 
