@@ -3,7 +3,8 @@ service layer, the API key check, and `POST /v1/search/vector` over HTTP.
 
     .venv/bin/python -m bench.api_overhead                 # 20,000 vectors, 300 queries
     .venv/bin/python -m bench.api_overhead --n 5000 --queries 200
-    git worktree add /tmp/ws-base <commit before a change> && .venv/bin/python -m bench.api_overhead --baseline-tree /tmp/ws-base
+    git worktree add /tmp/ws-base <commit before a change>
+    .venv/bin/python -m bench.api_overhead --baseline-tree /tmp/ws-base   # that code beside this one
     .venv/bin/python -m bench.api_overhead --from-search-filters /work/bench1m/wsf1m --shared-buffers 2GB  # 1M
 
 What it does:
