@@ -46,10 +46,10 @@ import httpx
 import numpy as np
 
 from bench.common import emit, latency_stats, machine_info, print_table, random_vit_b32, short_tmp_dir, warn_if_busy
-from bench.query_cache import cpu_line, load_search_index, query_texts
+from bench.query_cache import cpu_line, query_texts
 from bench.search_at_scale import ApiServer, create_api_key, server_settings
 from bench.search_data import UNRESTRICTED_REGION, VectorSource, connect
-from bench.text_encoder import adopt_kept_index
+from bench.text_encoder import serving_index
 from cli.local_services import LocalPostgres
 
 LAYERS = ("SQL", "db layer", "service layer", "API key check", "HTTP")
@@ -236,37 +236,29 @@ def main() -> None:
     results["baseline_tree"] = str(args.baseline_tree) if args.baseline_tree else None
     results["load_average_at_start"] = os.getloadavg()
     postgres.start()
-    restore: tuple[object, ...] | None = None
     try:
-        if kept is None:
-            spec, results["index"] = load_search_index(postgres, args.n, model_dir)
-            results["vectors"] = args.n
-        else:
-            spec, index, restore = adopt_kept_index(postgres, kept, model_dir)
-            results["index"], results["vectors"] = index, index["n"]
-        api_key = create_api_key(postgres.url)
-        for api in apis:
-            api.database_url = postgres.url
-            api.start(api_key)
-        vectors = list(VectorSource(spec).draw(args.queries, stream=1))
-        texts = query_texts(args.queries)
-        baseline_url = apis[1].base_url if len(apis) > 1 else None
-        figures = measure(postgres.url, postgres.dsn, apis[0].base_url, api_key, vectors, texts, args.k, baseline_url)
+        with serving_index(postgres, kept, args.n, model_dir) as (spec, results["index"], vectors_n):
+            api_key = create_api_key(postgres.url)
+            for api in apis:
+                api.database_url = postgres.url
+                api.start(api_key)
+            vectors = list(VectorSource(spec).draw(args.queries, stream=1))
+            texts = query_texts(args.queries)
+            baseline_url = apis[1].base_url if len(apis) > 1 else None
+            figures = measure(
+                postgres.url, postgres.dsn, apis[0].base_url, api_key, vectors, texts, args.k, baseline_url
+            )
     finally:
         for api in apis:
             api.stop()
-        if restore is not None:
-            with connect(postgres.dsn) as conn:
-                conn.execute("UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s", restore)
         postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
-    results["layers"] = figures
+    results["layers"], results["vectors"] = figures, vectors_n
     results["load_average_at_end"] = os.getloadavg()
     emit("api_overhead", results)
     print()
     print(f"CPU: {results['cpu']}")
     print(f"load average at start {results['load_average_at_start']}, at end {results['load_average_at_end']}")
-    vectors_n = results["vectors"]
     print(f"one vector search, 1 client, {vectors_n:,} vectors, k={args.k}, {args.queries} queries, layers interleaved")
     previous = 0.0
     rows = []

@@ -30,6 +30,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -168,6 +170,26 @@ def adopt_kept_index(
     return VectorSpec(clusters=max(50, n // 1000), seed=seed), index, (row[0], row[1], model_id)
 
 
+@contextmanager
+def serving_index(
+    postgres: LocalPostgres, kept: Path | None, n: int, model_dir: Path
+) -> Iterator[tuple[VectorSpec, dict[str, object], int]]:
+    """The index an API benchmark searches, in the running `postgres`: `n` synthetic vectors loaded under a model
+    row named after `model_dir`, or the kept bench/search_filters.py database in folder `kept` adopted for the run
+    (adopt_kept_index; its model row named back when the block ends). Yields the vector spec (for query vectors
+    of the same mixture), the index's figures and how many vectors it holds."""
+    if kept is None:
+        spec, index = load_search_index(postgres, n, model_dir)
+        yield spec, index, n
+        return
+    spec, index, restore = adopt_kept_index(postgres, kept, model_dir)
+    try:
+        yield spec, index, int(str(index["n"]))
+    finally:
+        with connect(postgres.dsn) as conn:
+            conn.execute("UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s", restore)
+
+
 def print_towers(towers: dict[int, dict[str, object]], queries: int) -> None:
     rows = []
     for threads, figures in towers.items():
@@ -234,33 +256,24 @@ def main() -> None:
             home, "", model_dir, label="int8-cache", extra_env={**settings, "WITHSENSE_TEXT_ENCODER": "onnx-int8"}
         )
         postgres.start()
-        restore: tuple[object, ...] | None = None
         try:
-            if kept is None:
-                spec, results["index"] = load_search_index(postgres, args.n, model_dir)
-                results["vectors"] = args.n
-            else:
-                spec, index, restore = adopt_kept_index(postgres, kept, model_dir)
-                results["index"], results["vectors"] = index, index["n"]
-            api_key = create_api_key(postgres.url)
-            for api in (*apis.values(), cached_api):
-                api.database_url = postgres.url
-                api.start(api_key)
-            fallbacks = {
-                encoder: "is not used" in api.log_path.read_text(errors="replace") for encoder, api in apis.items()
-            }
-            vectors = VectorSource(spec).draw(len(texts), stream=1)
-            api_figures = api_latency(
-                {e: a.base_url for e, a in apis.items()}, cached_api.base_url, api_key, texts, vectors, args.k
-            )
-            results["api_1_client_cache_off"] = api_figures
-            results["api_fell_back_to_torch"] = fallbacks
+            with serving_index(postgres, kept, args.n, model_dir) as (spec, results["index"], results["vectors"]):
+                api_key = create_api_key(postgres.url)
+                for api in (*apis.values(), cached_api):
+                    api.database_url = postgres.url
+                    api.start(api_key)
+                fallbacks = {
+                    encoder: "is not used" in api.log_path.read_text(errors="replace") for encoder, api in apis.items()
+                }
+                vectors = VectorSource(spec).draw(len(texts), stream=1)
+                api_figures = api_latency(
+                    {e: a.base_url for e, a in apis.items()}, cached_api.base_url, api_key, texts, vectors, args.k
+                )
+                results["api_1_client_cache_off"] = api_figures
+                results["api_fell_back_to_torch"] = fallbacks
         finally:
             for api in (*apis.values(), cached_api):
                 api.stop()
-            if restore is not None:
-                with connect(postgres.dsn) as conn:
-                    conn.execute("UPDATE embedding_models SET name = %s, revision = %s WHERE id = %s", restore)
             postgres.stop()
             shutil.rmtree(home, ignore_errors=True)
     results["load_average_at_end"] = os.getloadavg()
