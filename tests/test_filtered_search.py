@@ -296,6 +296,35 @@ def test_the_read_only_role_can_call_every_function_it_is_granted(
             conn.execute(f"DROP ROLE {role}")
 
 
+def _explain_nested(conn: psycopg.Connection, *, analyze: bool = False) -> None:
+    """auto_explain for the rest of this transaction: every statement's plan, those inside functions too, as a
+    notice (with the rows each node returned when `analyze`)."""
+    conn.execute("LOAD 'auto_explain'")
+    settings = {
+        "auto_explain.log_min_duration": "0",
+        "auto_explain.log_nested_statements": "on",
+        "auto_explain.log_analyze": "on" if analyze else "off",
+        "auto_explain.log_level": "notice",
+    }
+    for name, value in settings.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _with_plans(conn: psycopg.Connection, statement: str, params: Sequence[object]) -> tuple[list[tuple], list[str]]:
+    """A statement's rows, and the plans auto_explain sent while it ran (_explain_nested)."""
+    plans: list[str] = []
+
+    def keep(notice: psycopg.errors.Diagnostic) -> None:
+        plans.append(str(notice.message_primary))
+
+    conn.add_notice_handler(keep)
+    try:
+        rows = conn.execute(statement, params).fetchall()
+    finally:
+        conn.remove_notice_handler(keep)
+    return rows, plans
+
+
 def test_where_few_photos_are_visible_the_search_reads_only_those_and_ranks_them_exactly(
     many_vectors: ManyVectors, services: Services
 ) -> None:
@@ -315,13 +344,7 @@ def test_where_few_photos_are_visible_the_search_reads_only_those_and_ranks_them
     }
     with psycopg.connect(services.database_url.replace("+psycopg", "")) as conn:
         conn.execute("INSERT INTO region_rules (region, minors_restricted) VALUES ('XE', false)")  # rolled back
-        conn.execute("LOAD 'auto_explain'")
-        for name, value in {
-            "auto_explain.log_min_duration": "0",
-            "auto_explain.log_nested_statements": "on",
-            "auto_explain.log_level": "notice",
-        }.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        _explain_nested(conn)
 
         def exact_top(query: np.ndarray, region: str) -> list[uuid.UUID]:
             flag = "visible_restricted" if region == "RU" else "visible_unrestricted"
@@ -335,17 +358,8 @@ def test_where_few_photos_are_visible_the_search_reads_only_those_and_ranks_them
             return [row[0] for row in rows]
 
         def run(name: str, query: np.ndarray, region: str) -> tuple[list[uuid.UUID], list[str]]:
-            plans: list[str] = []
-
-            def keep(notice: psycopg.errors.Diagnostic) -> None:
-                plans.append(str(notice.message_primary))
-
-            conn.add_notice_handler(keep)
-            try:
-                found = [row[0] for row in conn.execute(searches[name], (Vector(query.tolist()).to_text(), K, region))]
-            finally:
-                conn.remove_notice_handler(keep)
-            return found, [plan for plan in plans if "photo_embeddings" in plan]
+            rows, plans = _with_plans(conn, searches[name], (Vector(query.tolist()).to_text(), K, region))
+            return [row[0] for row in rows], [plan for plan in plans if "photo_embeddings" in plan]
 
         for region, flag in (("RU", "visible_restricted"), ("XE", "visible_unrestricted")):
             for name in searches:
@@ -382,29 +396,12 @@ def test_hybrid_words_that_match_nothing_cost_a_semantic_search_and_rank_as_one(
         conn.execute("UPDATE photos SET moderation_status = 'approved'")  # rolled back
         conn.execute("ANALYZE photo_embeddings")
         conn.execute("SET LOCAL withsense.exact_scan = off")  # the graph, as at scale
-        conn.execute("LOAD 'auto_explain'")
-        for name, value in {
-            "auto_explain.log_min_duration": "0",
-            "auto_explain.log_nested_statements": "on",
-            "auto_explain.log_analyze": "on",
-            "auto_explain.log_level": "notice",
-        }.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        _explain_nested(conn, analyze=True)
 
         def run(query: np.ndarray, words: str | None, mode: str) -> tuple[list[tuple[uuid.UUID, str]], int]:
             """The rows, and how many rows the semantic scan brought."""
-            plans: list[str] = []
-
-            def keep(notice: psycopg.errors.Diagnostic) -> None:
-                plans.append(str(notice.message_primary))
-
-            conn.add_notice_handler(keep)
-            try:
-                rows = conn.execute(
-                    search, (Vector(query.tolist()).to_text(), words, K, f'{{"mode": "{mode}"}}')
-                ).fetchall()
-            finally:
-                conn.remove_notice_handler(keep)
+            params = (Vector(query.tolist()).to_text(), words, K, f'{{"mode": "{mode}"}}')
+            rows, plans = _with_plans(conn, search, params)
             scans = [plan for plan in plans if f"ix_photo_embeddings_hnsw_model_{model.id}" in plan]
             assert len(scans) == 1, plans
             found = scanned.search(scans[0])
